@@ -1,0 +1,146 @@
+"""The training configuration: every field with its default, and the checks run before a job starts.
+
+Field names follow the 2019 PaddleCV ``train.py`` flags where they still make sense
+(``class_dim`` became ``num_classes``, ``model_save_dir`` became ``--workdir``).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+LR_STRATEGIES = (
+    "piecewise_decay",
+    "cosine_decay",
+    "linear_decay",
+    "exponential_decay",
+    "constant",
+)
+DTYPES = ("float32", "bfloat16", "float16")
+DATA_SOURCES = ("auto", "list", "folder", "tfds")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos3", "lanczos5")
+# cv2 codes accepted by the original --interpolation flag.
+CV2_INTERPOLATIONS = {0: "nearest", 1: "bilinear", 2: "bicubic", 3: "area", 4: "lanczos5"}
+MODES = ("train", "eval")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """All fields with their defaults. Recipes in configs/ start from this and change a few."""
+    c = ml_collections.ConfigDict()
+
+    # --- model
+    c.model = "ResNet50"
+    c.num_classes = 1000  # the original class_dim
+    c.dtype = "float32"  # compute dtype; parameters stay float32
+    c.pretrained_model = ""  # weights to start from (Orbax checkpoint dir)
+    c.checkpoint = ""  # resume from this checkpoint dir instead of the workdir's newest
+
+    # --- data
+    c.data_dir = ""
+    c.data_source = "auto"  # auto: list files if present, else class folders
+    c.tfds_name = ""  # e.g. "imagenet2012"; prepared from a manual_dir, never downloaded
+    c.train_list = "train_list.txt"
+    c.val_list = "val_list.txt"
+    c.train_split = "train"
+    c.eval_split = "val"
+    c.total_images = 0  # 0: counted from the data set
+    c.image_shape = ()  # C, H, W as in the original flag; () = (3, crop_size, crop_size)
+    c.crop_size = 224
+    c.resize_short_size = 256
+    c.lower_scale = 0.08
+    c.lower_ratio = 3.0 / 4.0
+    c.upper_ratio = 4.0 / 3.0
+    c.random_flip = True
+    c.rotate = False
+    c.rotate_degrees = 10.0
+    c.color_jitter = False
+    c.brightness = 0.4
+    c.contrast = 0.4
+    c.saturation = 0.4
+    c.hue = 0.0
+    c.interpolation = "bilinear"
+    c.image_mean = (0.485, 0.456, 0.406)
+    c.image_std = (0.229, 0.224, 0.225)
+    c.reader_thread = 0  # tf.data parallelism; 0 = autotune
+    c.reader_buf_size = 8192  # shuffle buffer (examples)
+    c.cache_eval = False
+
+    # --- optimisation
+    c.num_epochs = 120
+    c.num_train_steps = -1  # >0 stops after this many steps (tests, benchmarks)
+    c.batch_size = 256  # global, all devices and hosts
+    c.test_batch_size = 256  # global
+    c.lr_strategy = "piecewise_decay"
+    c.lr = 0.1
+    c.lr_base_batch_size = 0  # >0: lr is per this many images and scales linearly
+    c.warm_up_epochs = 0.0  # linear warm-up from 0 before any lr_strategy
+    c.step_epochs = (30, 60, 90)
+    c.decay_rate = 0.1  # piecewise factor; per decay_epochs for exponential_decay
+    c.decay_epochs = 2.4  # exponential_decay period
+    c.end_lr = 0.0  # linear_decay target
+    c.l2_decay = 1e-4
+    c.momentum_rate = 0.9
+    c.nesterov = False
+    c.use_mixup = False
+    c.mixup_alpha = 0.2
+    c.use_label_smoothing = False
+    c.label_smoothing_epsilon = 0.1
+    c.random_seed = 0
+    c.loss_scale = 32768.0  # initial dynamic loss scale (float16 only)
+
+    # --- bookkeeping
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.eval_every_epochs = 1
+    c.compilation_cache = True
+    return c
+
+
+class ConfigError(ValueError):
+    """A configuration value a user set is wrong; the message names the field."""
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Checks that need no data or devices. Raises ConfigError naming the field."""
+
+    def need(cond: bool, field: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"config.{field}={getattr(c, field)!r}: {msg}")
+
+    need(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
+    need(c.lr_strategy.removesuffix("_warmup") in LR_STRATEGIES, "lr_strategy",
+         f"must be one of {LR_STRATEGIES} (optionally with '_warmup')")
+    need(c.data_source in DATA_SOURCES, "data_source", f"must be one of {DATA_SOURCES}")
+    need(c.num_classes >= 1, "num_classes", "must be >= 1")
+    need(c.batch_size >= 1, "batch_size", "must be >= 1")
+    need(c.test_batch_size >= 1, "test_batch_size", "must be >= 1")
+    need(c.lr >= 0, "lr", "must be >= 0")
+    need(0 < c.lower_scale <= 1, "lower_scale", "must be in (0, 1]")
+    need(0 < c.lower_ratio <= c.upper_ratio, "lower_ratio", "must be > 0 and <= upper_ratio")
+    need(c.crop_size >= 1, "crop_size", "must be >= 1")
+    need(c.resize_short_size >= c.crop_size, "resize_short_size", "must be >= crop_size")
+    if len(c.image_shape):
+        need(len(c.image_shape) == 3 and int(c.image_shape[0]) == 3, "image_shape",
+             "must be (3, H, W): images are decoded as RGB")
+        need(int(c.image_shape[1]) == c.crop_size == int(c.image_shape[2]), "image_shape",
+             f"H and W must equal crop_size={c.crop_size} (or leave image_shape empty)")
+    need(len(c.image_mean) == 3, "image_mean", "needs 3 values (RGB)")
+    need(len(c.image_std) == 3 and all(s > 0 for s in c.image_std), "image_std",
+         "needs 3 positive values (RGB)")
+    need(interpolation_name(c.interpolation) in INTERPOLATIONS, "interpolation",
+         f"must be one of {INTERPOLATIONS} or a cv2 code {sorted(CV2_INTERPOLATIONS)}")
+    need(all(b > a for a, b in zip(c.step_epochs, c.step_epochs[1:])), "step_epochs",
+         "must be increasing")
+    need(c.mixup_alpha > 0 or not c.use_mixup, "mixup_alpha", "must be > 0 with use_mixup")
+    need(0 <= c.label_smoothing_epsilon < 1, "label_smoothing_epsilon", "must be in [0, 1)")
+    need(c.log_every_steps >= 1, "log_every_steps", "must be >= 1")
+    need(c.checkpoint_every_steps >= 1, "checkpoint_every_steps", "must be >= 1")
+    need(c.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+    need(c.warm_up_epochs >= 0, "warm_up_epochs", "must be >= 0")
+
+
+def interpolation_name(value: str | int) -> str:
+    """Accepts a method name or the original cv2 integer code."""
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return CV2_INTERPOLATIONS.get(int(value), f"unknown cv2 code {value}")
+    return str(value).lower()
