@@ -21,6 +21,7 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos3", "lanczos
 # cv2 codes accepted by the original --interpolation flag.
 CV2_INTERPOLATIONS = {0: "nearest", 1: "bilinear", 2: "bicubic", 3: "area", 4: "lanczos5"}
 MODES = ("train", "eval")
+BUILTIN_DATASETS = ("", "digits")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -36,6 +37,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     # --- data
     c.data_dir = ""
+    c.builtin_dataset = ""  # "digits": write scikit-learn's digits as JPEGs under the workdir
     c.data_source = "auto"  # auto: list files if present, else class folders
     c.tfds_name = ""  # e.g. "imagenet2012"; prepared from a manual_dir, never downloaded
     c.train_list = "train_list.txt"
@@ -111,6 +113,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.lr_strategy.removesuffix("_warmup") in LR_STRATEGIES, "lr_strategy",
          f"must be one of {LR_STRATEGIES} (optionally with '_warmup')")
     need(c.data_source in DATA_SOURCES, "data_source", f"must be one of {DATA_SOURCES}")
+    need(c.builtin_dataset in BUILTIN_DATASETS, "builtin_dataset",
+         f"must be one of {BUILTIN_DATASETS}")
+    need(bool(c.data_dir or c.builtin_dataset or c.tfds_name), "data_dir",
+         "is empty: set --config.data_dir=PATH (list files or class folders) or tfds_name")
     need(c.num_classes >= 1, "num_classes", "must be >= 1")
     need(c.batch_size >= 1, "batch_size", "must be >= 1")
     need(c.test_batch_size >= 1, "test_batch_size", "must be >= 1")

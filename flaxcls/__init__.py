@@ -1,0 +1,18 @@
+"""flaxcls: a JAX/Flax image-classification trainer and model zoo (PaddleCV 2019, re-created).
+
+Importing the package registers the models; it never imports TensorFlow (only flaxcls.data does).
+"""
+
+from flaxcls.registry import ModelCfg, create_model, get_model_cfg, list_models, register_model
+from flaxcls import models  # noqa: E402,F401  (registers the model families)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ModelCfg",
+    "__version__",
+    "create_model",
+    "get_model_cfg",
+    "list_models",
+    "register_model",
+]

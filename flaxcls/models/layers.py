@@ -1,0 +1,103 @@
+"""Building blocks shared by the model families: Paddle-style explicit padding and pooling.
+
+Fluid 1.x pads convolutions and pools symmetrically (never TF 'SAME'), lets padded cells never
+win a max pool, and averages over the valid cells only (``exclusive=True``), including the
+partial windows that ``ceil_mode`` adds at the bottom and right edges.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Array = jax.Array
+ModuleDef = Any
+
+# Paddle's default conv initialiser (MSRA): normal, std = sqrt(2 / (kh * kw * in_channels)).
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+# Paddle's fc in the 2019 zoo: Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)); bias starts at zero.
+dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def symmetric_padding(kernel_size: int | tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """Paddle's ``padding=(k - 1) // 2`` on both sides of each spatial axis."""
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    return ((kh - 1) // 2, (kh - 1) // 2), ((kw - 1) // 2, (kw - 1) // 2)
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _pool_geometry(size: int, window: int, stride: int, pad: int, ceil_mode: bool):
+    """Output length and (low, high) padding of one spatial axis, as Paddle's pool2d sizes it."""
+    span = size + 2 * pad - window
+    if span < 0:
+        raise ValueError(f"pool window {window} is larger than the padded input {size + 2 * pad}")
+    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+    # Floor mode never needs more than `pad` on the high side; ceil mode may add a partial window.
+    high = max(pad, (out - 1) * stride + window - size - pad)
+    return out, (pad, high)
+
+
+def _valid_counts(size: int, out: int, window: int, stride: int, pad: int) -> np.ndarray:
+    starts = np.arange(out) * stride - pad
+    ends = np.minimum(starts + window, size)
+    return np.maximum(ends - np.maximum(starts, 0), 1)
+
+
+def max_pool(
+    x: Array,
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int] = 0,
+    ceil_mode: bool = False,
+) -> Array:
+    """Max pool on NHWC input; padded cells are -inf, so they never win."""
+    (wh, ww), (sh, sw), (ph, pw) = _pair(window), _pair(stride), _pair(padding)
+    _, pads_h = _pool_geometry(x.shape[1], wh, sh, ph, ceil_mode)
+    _, pads_w = _pool_geometry(x.shape[2], ww, sw, pw, ceil_mode)
+    init = jnp.array(-jnp.inf, dtype=x.dtype)
+    return jax.lax.reduce_window(
+        x, init, jax.lax.max, (1, wh, ww, 1), (1, sh, sw, 1), ((0, 0), pads_h, pads_w, (0, 0))
+    )
+
+
+def avg_pool(
+    x: Array,
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int] = 0,
+    ceil_mode: bool = False,
+    exclusive: bool = True,
+) -> Array:
+    """Average pool on NHWC input with Paddle's rules.
+
+    ``exclusive=True`` divides each window by its number of valid (in-bounds) cells, also for the
+    partial windows ``ceil_mode`` creates; ``exclusive=False`` always divides by the window area.
+    """
+    (wh, ww), (sh, sw), (ph, pw) = _pair(window), _pair(stride), _pair(padding)
+    out_h, pads_h = _pool_geometry(x.shape[1], wh, sh, ph, ceil_mode)
+    out_w, pads_w = _pool_geometry(x.shape[2], ww, sw, pw, ceil_mode)
+    zero = jnp.array(0, dtype=x.dtype)
+    summed = jax.lax.reduce_window(
+        x, zero, jax.lax.add, (1, wh, ww, 1), (1, sh, sw, 1), ((0, 0), pads_h, pads_w, (0, 0))
+    )
+    if exclusive:
+        counts = np.outer(
+            _valid_counts(x.shape[1], out_h, wh, sh, ph),
+            _valid_counts(x.shape[2], out_w, ww, sw, pw),
+        )
+    else:
+        counts = np.full((out_h, out_w), wh * ww)
+    return summed / jnp.asarray(counts[None, :, :, None], dtype=x.dtype)
+
+
+def global_avg_pool(x: Array) -> Array:
+    """Mean over H and W of an NHWC map -> [N, C], accumulated in float32."""
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -1,0 +1,373 @@
+"""The training loop: data -> mesh -> jitted step, with logging, checkpoints, resume, eval and SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+import flaxcls
+from flaxcls import parallel
+from flaxcls.checkpoint import Checkpointer
+from flaxcls.config import ConfigError, validate
+from flaxcls.train import losses, optim
+from flaxcls.train.state import TrainState, create_train_state
+from flaxcls.train.step import (
+    EVAL_METRICS,
+    TRAIN_METRICS,
+    fetch_metrics,
+    make_eval_step,
+    make_train_step,
+    zeros_metrics,
+)
+from flaxcls.train.writer import MetricWriter, format_eta
+
+log = logging.getLogger("flaxcls")
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT (a preempted job): the loop saves a checkpoint and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("received signal %d: saving a checkpoint and stopping", signum)
+
+    def agreed(self) -> bool:
+        """All processes must stop at the same step, so multi-host runs vote."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        votes = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+        return bool(np.max(votes))
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str):
+    validate(config)
+    from flaxcls import data
+
+    if config.builtin_dataset and not config.data_dir:
+        config.data_dir = _prepare_builtin(config.builtin_dataset, workdir)
+
+    mesh = parallel.make_mesh()
+    local_batch = parallel.check_batch_size(config.batch_size, mesh, "batch_size")
+    parallel.check_batch_size(config.test_batch_size, mesh, "test_batch_size")
+    info = data.dataset_info(config)
+    if info.num_classes > config.num_classes:
+        raise ConfigError(
+            f"config.num_classes={config.num_classes} but the data set has {info.num_classes} classes"
+        )
+    model = flaxcls.create_model(config.model, num_classes=config.num_classes, dtype=config.dtype)
+    return data, mesh, local_batch, info, model
+
+
+def _prepare_builtin(name: str, workdir: str) -> str:
+    """Writes a data set that ships with a package (no download) under the workdir, once."""
+    from flaxcls.data import digits
+
+    out = os.path.join(workdir, "data", name)
+    if jax.process_index() == 0:
+        digits.write_digits_dataset(out)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"flaxcls builtin dataset {name}")
+    log.info("built-in data set %r in %s", name, out)
+    return out
+
+
+def _steps(config, info) -> tuple[int, int]:
+    steps_per_epoch = info.num_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} is larger than the training set "
+            f"({info.num_train} images): not one full batch per epoch"
+        )
+    total = config.num_epochs * steps_per_epoch
+    if config.num_train_steps > 0:
+        total = config.num_train_steps
+    return steps_per_epoch, total
+
+
+def _make_loss_scale(config):
+    if config.dtype == "float16":
+        return losses.DynamicScale.create(config.loss_scale)
+    return None
+
+
+def evaluate(
+    config, model, variables, mesh, data, *, step: int, writer: MetricWriter | None, workdir: str
+) -> dict[str, Any]:
+    """One pass over the eval split; every example counted once. Writes eval_results.json."""
+    eval_step = make_eval_step(model, config, mesh)
+    metrics = zeros_metrics(EVAL_METRICS, mesh)
+    t0 = time.time()
+    it = data.eval_iterator(
+        config,
+        global_batch_size=config.test_batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    for batch in parallel.prefetch_to_mesh(it, mesh):
+        metrics = eval_step(variables, metrics, batch)
+    m = fetch_metrics(metrics)
+    result = {
+        "top1": m["top1"],
+        "top5": m["top5"],
+        "loss": m["loss"],
+        "num_examples": int(round(m["count"])),
+        "step": int(step),
+    }
+    seconds = time.time() - t0
+    log.info(
+        "eval @ step %d: top1 %.4f  top5 %.4f  loss %.4f  on %d images (%.1fs)",
+        step, result["top1"], result["top5"], result["loss"], result["num_examples"], seconds,
+    )
+    if writer is not None:
+        writer.write("eval", step, {**result, "seconds": seconds})
+    if jax.process_index() == 0:
+        _write_json_atomic(os.path.join(workdir, "eval_results.json"), result)
+    return result
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _checkpoint_metadata(config, step: int, steps_per_epoch: int, skipped: int) -> dict[str, Any]:
+    return {
+        "step": int(step),
+        "epoch": int(step // steps_per_epoch),
+        "step_in_epoch": int(step % steps_per_epoch),
+        "model": config.model,
+        "num_classes": int(config.num_classes),
+        "skipped_images": int(skipped),
+        "flaxcls_version": flaxcls.__version__,
+        "config": json.loads(config.to_json_best_effort()),
+    }
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains ``config.model`` on ``config.data_dir``; resumes from the workdir's newest checkpoint.
+
+    Returns the final evaluation result (also written to ``workdir/eval_results.json``).
+    """
+    data, mesh, local_batch, info, model = _setup(config, workdir)
+    steps_per_epoch, total_steps = _steps(config, info)
+    schedule = optim.make_schedule(config, steps_per_epoch, config.batch_size)
+    tx = optim.make_optimizer(config, schedule)
+
+    state = create_train_state(
+        model, tx, image_size=config.crop_size, seed=config.random_seed, mesh=mesh,
+        loss_scale=_make_loss_scale(config),
+    )
+    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+    start_step, skipped_before = 0, 0
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state, meta = ckpt.restore(latest, _abstract(state))
+        start_step, skipped_before = int(latest), int(meta.get("skipped_images", 0))
+        log.info("resumed from %s at step %d (epoch %d)", ckpt.directory, latest,
+                 latest // steps_per_epoch)
+    elif config.checkpoint:
+        state, meta = ckpt.restore_from(config.checkpoint, _abstract(state))
+        start_step = int(jax.device_get(state.step))
+        log.info("resumed from config.checkpoint=%s at step %d", config.checkpoint, start_step)
+    elif config.pretrained_model:
+        state = _load_pretrained(config.pretrained_model, state, ckpt)
+
+    writer = MetricWriter(workdir)
+    if jax.process_index() == 0:
+        _write_json_atomic(os.path.join(workdir, "config.json"),
+                           json.loads(config.to_json_best_effort()))
+    log.info(
+        "model %s (%s), %d train / %d eval images, %d classes; global batch %d (%d per process) "
+        "on %s; %d steps per epoch, %d steps in all",
+        config.model, config.dtype, info.num_train, info.num_eval, info.num_classes,
+        config.batch_size, local_batch, parallel.local_device_summary(), steps_per_epoch,
+        total_steps,
+    )
+
+    train_step = make_train_step(model, tx, config, mesh)
+    metrics = zeros_metrics(TRAIN_METRICS, mesh)
+    host_iter = data.train_iterator(
+        config,
+        global_batch_size=config.batch_size,
+        start_step=start_step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    batches = parallel.prefetch_to_mesh(host_iter, mesh)
+    stop = _StopFlag()
+    stop.install()
+    result: dict[str, Any] = {}
+    step = start_step
+    t_log, step_log = time.time(), start_step
+    t_epoch = time.time()
+    skipped = lambda: skipped_before + int(getattr(host_iter, "num_skipped", 0))  # noqa: E731
+    try:
+        while step < total_steps:
+            batch = next(batches)
+            state, metrics = train_step(state, metrics, batch)
+            step += 1
+            at_log = step % config.log_every_steps == 0 or step == total_steps
+            at_epoch_end = step % steps_per_epoch == 0
+            if at_log:
+                m = fetch_metrics(metrics)  # the only host sync in the loop
+                metrics = zeros_metrics(TRAIN_METRICS, mesh)
+                now = time.time()
+                rate = (step - step_log) * config.batch_size / max(now - t_log, 1e-9)
+                epoch = step // steps_per_epoch
+                in_epoch = step % steps_per_epoch or steps_per_epoch
+                eta = (steps_per_epoch - in_epoch) * (now - t_log) / max(step - step_log, 1)
+                m.update(lr=float(schedule(step - 1)), images_per_sec=rate,
+                         epoch=step / steps_per_epoch, skipped_images=skipped())
+                writer.write("train", step, m)
+                log.info(
+                    "epoch %d [%d/%d] step %d  loss %.4f  top1 %.4f  top5 %.4f  lr %.5f  "
+                    "%.0f img/s  epoch ETA %s%s",
+                    epoch + (0 if at_epoch_end else 1), in_epoch, steps_per_epoch, step,
+                    m["loss"], m["top1"], m["top5"], m["lr"], rate, format_eta(eta),
+                    f"  skipped images {m['skipped_images']}" if m["skipped_images"] else "",
+                )
+                t_log, step_log = now, step
+            if step % config.checkpoint_every_steps == 0 or step == total_steps:
+                ckpt.save(step, state, _checkpoint_metadata(config, step, steps_per_epoch,
+                                                            skipped()))
+            if at_epoch_end:
+                epoch = step // steps_per_epoch
+                log.info("epoch %d done in %s", epoch, format_eta(time.time() - t_epoch))
+                t_epoch = time.time()
+                if epoch % config.eval_every_epochs == 0 and step != total_steps:
+                    result = evaluate(config, model, state.variables(), mesh, data, step=step,
+                                      writer=writer, workdir=workdir)
+            if (at_log or jax.process_count() == 1) and stop.agreed():
+                ckpt.save(step, state, _checkpoint_metadata(config, step, steps_per_epoch,
+                                                            skipped()), force=True)
+                ckpt.wait()
+                log.warning("stopped at step %d on request; re-run the same command to resume",
+                            step)
+                return {"stopped_at_step": step}
+        if step == total_steps and not result.get("step") == step:
+            result = evaluate(config, model, state.variables(), mesh, data, step=step,
+                              writer=writer, workdir=workdir)
+            if latest is not None and latest == total_steps:
+                log.info("training was already complete at step %d", step)
+        ckpt.wait()
+        return result
+    finally:
+        stop.uninstall()
+        batches.close()
+        writer.close()
+        ckpt.close()
+
+
+def _abstract(state: TrainState) -> Any:
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )
+
+
+def _load_pretrained(path: str, state: TrainState, ckpt: Checkpointer) -> TrainState:
+    """Starts from the params/batch_stats of another run; tensors of another shape are re-initialised."""
+    restored = ckpt.read_variables(path)
+    new_params, reinit = _merge(state.params, restored.get("params", {}), "params")
+    new_stats, reinit_s = _merge(state.batch_stats, restored.get("batch_stats", {}), "batch_stats")
+    for name in reinit + reinit_s:
+        log.info("pretrained_model: %s re-initialised (not in %s or another shape)", name, path)
+    log.info("loaded pretrained weights from %s", path)
+    return state.replace(params=new_params, batch_stats=new_stats)
+
+
+def _merge(target: Any, source: Any, prefix: str) -> tuple[Any, list[str]]:
+    flat_t = _flatten(target)
+    flat_s = _flatten(source)
+    reinit = []
+    out = {}
+    for path, value in flat_t.items():
+        src = flat_s.get(path)
+        if src is not None and tuple(np.shape(src)) == tuple(value.shape):
+            out[path] = jax.device_put(np.asarray(src, value.dtype), value.sharding)
+        else:
+            out[path] = value
+            reinit.append(f"{prefix}/{'/'.join(path)}")
+    return _unflatten(out), reinit
+
+
+def _flatten(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    if isinstance(tree, dict) or hasattr(tree, "items"):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, prefix + (str(k),)))
+        return out
+    return {prefix: tree}
+
+
+def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
+    root: dict = {}
+    for path, v in flat.items():
+        node = root
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = v
+    return root
+
+
+def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """``--mode=eval``: the workdir's newest checkpoint (or config.checkpoint / pretrained_model)."""
+    data, mesh, _, _, model = _setup(config, workdir)
+    tx = optim.make_optimizer(config, optim.make_schedule(config, 1, config.batch_size))
+    state = create_train_state(model, tx, image_size=config.crop_size, seed=config.random_seed,
+                               mesh=mesh, loss_scale=_make_loss_scale(config))
+    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+    try:
+        source = config.checkpoint or config.pretrained_model
+        if source:
+            state = _load_pretrained(source, state, ckpt)
+            step = 0
+        else:
+            latest = ckpt.latest_step()
+            if latest is None:
+                raise ConfigError(
+                    f"--mode=eval: no checkpoint in {ckpt.directory} and neither "
+                    "config.checkpoint nor config.pretrained_model is set"
+                )
+            state, _ = ckpt.restore(latest, _abstract(state))
+            step = latest
+        writer = MetricWriter(workdir)
+        try:
+            return evaluate(config, model, state.variables(), mesh, data, step=step,
+                            writer=writer, workdir=workdir)
+        finally:
+            writer.close()
+    finally:
+        ckpt.close()

@@ -1,0 +1,65 @@
+"""The training state (a pytree of arrays only, so Orbax can save it whole) and its creation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from flaxcls.parallel import replicated
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key data; per-step keys are fold_in(rng, step)
+    loss_scale: Any = None  # losses.DynamicScale for float16, else None
+
+    def variables(self) -> dict[str, Any]:
+        out = {"params": self.params}
+        if self.batch_stats:
+            out["batch_stats"] = self.batch_stats
+        return out
+
+
+def create_train_state(
+    model: flax.linen.Module,
+    tx: optax.GradientTransformation,
+    *,
+    image_size: int,
+    seed: int,
+    mesh: Mesh,
+    loss_scale: Any = None,
+) -> TrainState:
+    """Initialises parameters directly as replicated arrays on the mesh (no host copy)."""
+
+    def init() -> TrainState:
+        root = jax.random.key(seed)
+        init_key, params_key_dropout, train_key = jax.random.split(root, 3)
+        x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+        variables = model.init({"params": init_key, "dropout": params_key_dropout}, x, train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(train_key),
+            loss_scale=loss_scale,
+        )
+
+    return jax.jit(init, out_shardings=replicated(mesh))()
+
+
+def abstract_train_state(state_fn, mesh: Mesh) -> Any:
+    """Shapes, dtypes and shardings of a state without computing it (for Orbax restore)."""
+    shapes = jax.eval_shape(state_fn)
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)

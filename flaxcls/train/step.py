@@ -1,0 +1,151 @@
+"""The jitted train and eval steps: normalise, mixup, forward, loss, update, metrics on device.
+
+Both steps take and return a metrics accumulator (a dict of float32 sums) so the host only
+reads metrics every ``log_every_steps``; state and accumulator are donated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from flaxcls.parallel import batch_sharding, replicated
+from flaxcls.train import losses
+from flaxcls.train.state import TrainState
+
+TRAIN_METRICS = ("loss", "top1", "top5", "count", "skipped_steps")
+EVAL_METRICS = ("loss", "top1", "top5", "count")
+
+Metrics = dict[str, jax.Array]
+
+
+def zeros_metrics(names: tuple[str, ...], mesh: Mesh) -> Metrics:
+    z = {k: jnp.zeros((), jnp.float32) for k in names}
+    return jax.device_put(z, replicated(mesh))
+
+
+def normalize(images_u8: jax.Array, mean: tuple, std: tuple, dtype: Any) -> jax.Array:
+    """uint8 NHWC -> (x/255 - mean) / std, computed in float32 then cast to the compute dtype."""
+    mean = jnp.asarray(mean, jnp.float32) * 255.0
+    inv_std = 1.0 / (jnp.asarray(std, jnp.float32) * 255.0)
+    return ((images_u8.astype(jnp.float32) - mean) * inv_std).astype(dtype)
+
+
+def _topk_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    k5 = min(5, logits.shape[-1])
+    top1 = jnp.sum(losses.topk_correct(logits, labels, 1) * weights)
+    top5 = jnp.sum(losses.topk_correct(logits, labels, k5) * weights)
+    return top1, top5
+
+
+def make_train_step(
+    model: flax.linen.Module,
+    tx: optax.GradientTransformation,
+    config: Any,
+    mesh: Mesh,
+) -> Callable[[TrainState, Metrics, dict[str, jax.Array]], tuple[TrainState, Metrics]]:
+    """Builds ``step(state, metrics, batch) -> (state, metrics)``, jitted over the mesh."""
+    num_classes = int(config.num_classes)
+    smoothing = float(config.label_smoothing_epsilon) if config.use_label_smoothing else 0.0
+    use_mixup, alpha = bool(config.use_mixup), float(config.mixup_alpha)
+    mean, std = tuple(config.image_mean), tuple(config.image_std)
+    dtype = jnp.dtype(config.dtype)
+
+    def step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array]):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        mix_key, dropout_key = jax.random.split(key)
+        images = normalize(batch["image"], mean, std, dtype)
+        targets = losses.onehot(batch["label"], num_classes, smoothing)
+        if use_mixup:
+            images, targets = losses.mixup(mix_key, images, targets, alpha)
+
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                images,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": dropout_key},
+            )
+            logits = logits.astype(jnp.float32)
+            loss = jnp.mean(losses.cross_entropy(logits, targets))
+            scaled = loss if state.loss_scale is None else state.loss_scale.scale_loss(loss)
+            return scaled, (loss, logits, updates.get("batch_stats", {}))
+
+        grads, (loss, logits, new_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, new_opt = tx.update(grads if state.loss_scale is None else
+                                     state.loss_scale.unscale(grads), state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(
+            step=state.step + 1, params=new_params, batch_stats=new_stats, opt_state=new_opt
+        )
+        skipped = jnp.zeros((), jnp.float32)
+        if state.loss_scale is not None:
+            # float16: a step whose gradients overflowed is dropped and the scale shrinks.
+            finite = losses.all_finite(grads)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+            new_state = new_state.replace(
+                params=keep(new_params, state.params),
+                batch_stats=keep(new_stats, state.batch_stats),
+                opt_state=keep(new_opt, state.opt_state),
+                loss_scale=state.loss_scale.update(finite),
+            )
+            skipped = 1.0 - finite.astype(jnp.float32)
+
+        n = jnp.asarray(batch["label"].shape[0], jnp.float32)
+        top1, top5 = _topk_sums(logits, batch["label"], jnp.ones_like(logits[:, 0]))
+        metrics = {
+            "loss": metrics["loss"] + loss * n,
+            "top1": metrics["top1"] + top1,
+            "top5": metrics["top5"] + top5,
+            "count": metrics["count"] + n,
+            "skipped_steps": metrics["skipped_steps"] + skipped,
+        }
+        return new_state, metrics
+
+    rep, data = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
+                   donate_argnums=(0, 1))
+
+
+def make_eval_step(
+    model: flax.linen.Module, config: Any, mesh: Mesh
+) -> Callable[[dict[str, Any], Metrics, dict[str, jax.Array]], Metrics]:
+    """Builds ``step(variables, metrics, batch) -> metrics``; padded examples (mask 0) count nowhere."""
+    num_classes = int(config.num_classes)
+    mean, std = tuple(config.image_mean), tuple(config.image_std)
+    dtype = jnp.dtype(config.dtype)
+
+    def step(variables: dict[str, Any], metrics: Metrics, batch: dict[str, jax.Array]) -> Metrics:
+        images = normalize(batch["image"], mean, std, dtype)
+        logits = model.apply(variables, images, train=False).astype(jnp.float32)
+        w = batch["mask"].astype(jnp.float32)
+        loss = losses.cross_entropy(logits, losses.onehot(batch["label"], num_classes))
+        top1, top5 = _topk_sums(logits, batch["label"], w)
+        return {
+            "loss": metrics["loss"] + jnp.sum(loss * w),
+            "top1": metrics["top1"] + top1,
+            "top5": metrics["top5"] + top5,
+            "count": metrics["count"] + jnp.sum(w),
+        }
+
+    rep, data = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(rep, rep, data), out_shardings=rep, donate_argnums=(1,))
+
+
+def fetch_metrics(metrics: Metrics) -> dict[str, float]:
+    """One host sync: the accumulated sums -> means (loss, top1, top5) and totals."""
+    host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+    n = max(host.get("count", 0.0), 1.0)
+    out = {k: host[k] / n for k in ("loss", "top1", "top5") if k in host}
+    out["count"] = host.get("count", 0.0)
+    if "skipped_steps" in host:
+        out["skipped_steps"] = host["skipped_steps"]
+    return out

@@ -1,0 +1,70 @@
+"""Train or evaluate an image classifier.
+
+    python launch.py --config=configs/resnet50.py --workdir=runs/r50 \
+        --config.data_dir=/data/ILSVRC2012 --config.batch_size=1024
+
+Any config field can be overridden with ``--config.<field>=<value>``; unknown fields are
+rejected. Re-running the same command resumes from the workdir's newest checkpoint.
+Multi-host: started under SLURM (one task per host) or with --coordinator_address,
+--num_processes and --process_id (or the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+JAX_PROCESS_ID environment variables) every process joins one data-parallel job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file(
+    "config", "configs/digits.py", "Config file (a python file with get_config()).",
+    lock_config=True,
+)
+flags.DEFINE_string("workdir", None, "Checkpoints, logs and results go here (model_save_dir).")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (with eval at the end) or eval.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-host runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+flags.DEFINE_string("compilation_cache_dir", None,
+                    "Persistent XLA cache; default <user cache dir>/flaxcls/jax.")
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required (checkpoints and logs go there)")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout,
+        force=True,
+    )
+    from flaxcls import parallel
+    from flaxcls.config import ConfigError
+
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id)
+    config = FLAGS.config
+    if config.compilation_cache:
+        parallel.enable_compilation_cache(FLAGS.compilation_cache_dir)
+    from flaxcls.train import loop
+
+    try:
+        if FLAGS.mode == "train":
+            loop.train_and_evaluate(config, FLAGS.workdir)
+        else:
+            loop.evaluate_only(config, FLAGS.workdir)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        # A user error: one clear message, no traceback from deep inside.
+        if type(e).__module__.startswith(("flaxcls", "builtins")):
+            logging.error("%s", e)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(main)

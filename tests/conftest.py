@@ -1,0 +1,47 @@
+"""Shared test helpers: where the repo and the shared data are, and how to run launch.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FLAXCLS_SHARED", REPO.parent / "shared"))
+
+
+def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def run_launch(args: list[str], *, devices: int = 1, timeout: float = 600, check: bool = True,
+               **env_extra: str) -> subprocess.CompletedProcess:
+    """Runs ``python launch.py ARGS`` from the repo root, as a user would."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "launch.py"), *args],
+        cwd=REPO, env=subprocess_env(devices, **env_extra), capture_output=True, text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"launch.py {' '.join(args)} exited {proc.returncode}\n"
+                    f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """The built-in digits data set, written once per test session."""
+    from flaxcls.data import digits
+
+    out = tmp_path_factory.mktemp("digits") / "digits"
+    digits.write_digits_dataset(str(out))
+    return out

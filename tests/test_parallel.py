@@ -1,0 +1,107 @@
+"""Data parallelism: 8 fake CPU devices and 2 processes give the numbers of 1 device."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, run_launch, subprocess_env
+
+from flaxcls import parallel
+from flaxcls.config import ConfigError
+
+
+def _run_worker(devices: int, out) -> dict[str, np.ndarray]:
+    subprocess.run([sys.executable, str(REPO / "tests" / "sharded_step_worker.py"), str(out)],
+                   env=subprocess_env(devices), check=True, cwd=REPO, timeout=300)
+    return dict(np.load(out))
+
+
+def test_sharded_step_matches_single_device(tmp_path):
+    one = _run_worker(1, tmp_path / "one.npz")
+    eight = _run_worker(8, tmp_path / "eight.npz")
+    assert int(one["devices"]) == 1 and int(eight["devices"]) == 8
+    np.testing.assert_allclose(one["losses"], eight["losses"], rtol=1e-5)
+    keys = [k for k in one if k not in ("losses", "devices")]
+    assert any("batch_stats" in k for k in keys) and any("params" in k for k in keys)
+    for k in keys:
+        np.testing.assert_allclose(one[k], eight[k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+def test_batch_not_divisible_names_the_field():
+    assert parallel.check_batch_size(6, parallel.make_mesh()) == 6
+
+    class EightDeviceMesh:  # only .devices.size is consulted
+        devices = np.zeros(8)
+
+    with pytest.raises(ConfigError, match="batch_size=12.*8 devices"):
+        parallel.check_batch_size(12, EightDeviceMesh())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _final_params(workdir) -> dict[str, np.ndarray]:
+    from flaxcls.checkpoint import Checkpointer
+
+    ck = Checkpointer(str(workdir), keep=3)
+    try:
+        variables = ck.read_variables(str(workdir))
+    finally:
+        ck.close()
+    flat = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}/{k}")
+        else:
+            flat[prefix] = np.asarray(node)
+
+    walk(variables, "")
+    return flat
+
+
+def test_two_processes_train_like_one(tmp_path, digits_dir):
+    common = [
+        "--config=configs/digits.py", f"--config.data_dir={digits_dir}",
+        "--config.builtin_dataset=", "--config.num_train_steps=4", "--config.batch_size=32",
+        "--config.crop_size=16", "--config.resize_short_size=16", "--config.log_every_steps=2",
+        "--config.test_batch_size=64", "--config.compilation_cache=False",
+    ]
+    single = tmp_path / "single"
+    run_launch([*common, f"--workdir={single}"], devices=2)
+
+    multi = tmp_path / "multi"
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "launch.py"), *common, f"--workdir={multi}",
+             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+             f"--process_id={i}"],
+            cwd=REPO, env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    assert "2 process(es)" in outs[0] or "'process_count': 2" in outs[0], outs[0][-2000:]
+
+    a, b = _final_params(single), _final_params(multi)
+    assert a.keys() == b.keys() and len(a) > 10
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=2e-5, err_msg=k)
+    import json
+
+    ra = json.loads((single / "eval_results.json").read_text())
+    rb = json.loads((multi / "eval_results.json").read_text())
+    assert ra["num_examples"] == rb["num_examples"] == 360
+    assert abs(ra["top1"] - rb["top1"]) < 1e-6

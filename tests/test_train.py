@@ -1,0 +1,152 @@
+"""The trainer end to end on real images (scikit-learn's digits): accuracy, resume, SIGTERM, config."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO, run_launch, subprocess_env
+
+from configs import digits as digits_config
+
+
+def _config(digits_dir, **overrides):
+    c = digits_config.get_config()
+    c.data_dir = str(digits_dir)
+    c.builtin_dataset = ""
+    c.compilation_cache = False
+    for k, v in overrides.items():
+        setattr(c, k, v)
+    return c
+
+
+def _params(state_dir) -> dict[str, np.ndarray]:
+    from flaxcls.checkpoint import Checkpointer
+
+    ck = Checkpointer(str(state_dir), keep=3)
+    try:
+        variables = ck.read_variables(str(state_dir))
+    finally:
+        ck.close()
+    import jax
+
+    return {jax.tree_util.keystr(p): np.asarray(v)
+            for p, v in jax.tree_util.tree_leaves_with_path(variables)}
+
+
+def test_digits_main_job_reaches_accuracy(tmp_path):
+    """The README's main job, as a user runs it; a real accuracy bar on the held-out split."""
+    workdir = tmp_path / "run"
+    t0 = time.time()
+    proc = run_launch(["--config=configs/digits.py", f"--workdir={workdir}",
+                       "--config.compilation_cache=False"])
+    seconds = time.time() - t0
+    result = json.loads((workdir / "eval_results.json").read_text())
+    assert set(result) == {"top1", "top5", "loss", "num_examples", "step"}
+    assert result["num_examples"] == len((workdir / "data/digits/val_list.txt").read_text().split("\n")) - 1
+    assert result["top1"] >= 0.95, (result, proc.stdout[-3000:])
+    assert result["top5"] >= result["top1"]
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if r["split"] == "train"]
+    assert train and {"loss", "top1", "top5", "lr", "images_per_sec"} <= set(train[-1])
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert list((workdir / "tensorboard").iterdir())
+    assert "epoch ETA" in proc.stdout
+    print(f"digits main job: top1 {result['top1']:.4f} in {seconds:.0f}s")
+
+
+def test_resume_equals_uninterrupted(tmp_path, digits_dir):
+    from flaxcls.train.loop import train_and_evaluate
+
+    kw = dict(num_epochs=2, batch_size=128, crop_size=16, resize_short_size=16,
+              eval_every_epochs=100, log_every_steps=5, checkpoint_every_steps=4, use_mixup=True)
+    whole = tmp_path / "whole"
+    train_and_evaluate(_config(digits_dir, **kw), str(whole))
+
+    parts = tmp_path / "parts"
+    train_and_evaluate(_config(digits_dir, num_train_steps=15, **kw), str(parts))  # mid-epoch 2
+    assert (parts / "checkpoints" / "15").is_dir()
+    result = train_and_evaluate(_config(digits_dir, **kw), str(parts))
+    assert result["step"] == 22
+
+    a, b = _params(whole), _params(parts)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_sigterm_saves_and_resumes(tmp_path, digits_dir):
+    workdir = tmp_path / "run"
+    args = [sys.executable, str(REPO / "launch.py"), "--config=configs/digits.py",
+            f"--workdir={workdir}", f"--config.data_dir={digits_dir}", "--config.builtin_dataset=",
+            "--config.log_every_steps=1", "--config.checkpoint_every_steps=1000",
+            "--config.crop_size=16", "--config.resize_short_size=16",
+            "--config.compilation_cache=False"]
+    proc = subprocess.Popen(args, cwd=REPO, env=subprocess_env(1), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if " step 3 " in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(seen) + proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert "stopped at step" in out
+    stopped = int(out.split("stopped at step ")[1].split()[0])
+    assert stopped >= 3
+    assert (workdir / "checkpoints" / str(stopped)).is_dir()
+
+    again = run_launch(args[2:] + [f"--config.num_train_steps={stopped + 2}"])
+    assert f"at step {stopped}" in again.stdout
+    assert json.loads((workdir / "eval_results.json").read_text())["step"] == stopped + 2
+
+
+def test_unknown_config_field_is_rejected(tmp_path):
+    proc = run_launch(["--config=configs/digits.py", f"--workdir={tmp_path}",
+                       "--config.no_such_field=3"], check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "no_such_field" in proc.stderr + proc.stdout
+
+
+def test_bad_config_value_names_the_field(tmp_path):
+    proc = run_launch(["--config=configs/digits.py", f"--workdir={tmp_path}",
+                       "--config.lr_strategy=sawtooth"], check=False, timeout=120)
+    assert proc.returncode == 2
+    assert "config.lr_strategy='sawtooth'" in proc.stdout + proc.stderr
+
+
+def test_batch_larger_than_dataset_names_the_field(tmp_path, digits_dir):
+    from flaxcls.config import ConfigError
+    from flaxcls.train.loop import train_and_evaluate
+
+    with pytest.raises(ConfigError, match="batch_size=4096"):
+        train_and_evaluate(_config(digits_dir, batch_size=4096), str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet50_vd", "digits"])
+def test_recipe_configs_validate(name):
+    import importlib
+
+    from flaxcls.config import validate
+
+    c = importlib.import_module(f"configs.{name}").get_config()
+    if not c.data_dir and not c.builtin_dataset:
+        c.data_dir = "/data/imagenet"
+    validate(c)
+    import flaxcls
+
+    flaxcls.get_model_cfg(c.model)
+
+
+def test_resnet50_recipe_is_the_original():
+    from configs import resnet50
+
+    c = resnet50.get_config()
+    assert (c.num_epochs, c.lr_strategy, tuple(c.step_epochs)) == (120, "piecewise_decay", (30, 60, 90))
+    assert (c.lr, c.lr_base_batch_size, c.momentum_rate, c.l2_decay) == (0.1, 256, 0.9, 1e-4)
