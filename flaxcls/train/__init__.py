@@ -1,0 +1,1 @@
+"""Training: state, jitted steps, optimizer and learning-rate schedules, losses, the loop."""
