@@ -143,6 +143,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.checkpoint_every_steps >= 1, "checkpoint_every_steps", "must be >= 1")
     need(c.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
     need(c.warm_up_epochs >= 0, "warm_up_epochs", "must be >= 0")
+    need(c.warm_up_epochs > 0 or not c.lr_strategy.endswith("_warmup"), "warm_up_epochs",
+         f"must be > 0 with lr_strategy={c.lr_strategy!r}")
 
 
 def interpolation_name(value: str | int) -> str:

@@ -62,9 +62,9 @@ def max_pool(
     (wh, ww), (sh, sw), (ph, pw) = _pair(window), _pair(stride), _pair(padding)
     _, pads_h = _pool_geometry(x.shape[1], wh, sh, ph, ceil_mode)
     _, pads_w = _pool_geometry(x.shape[2], ww, sw, pw, ceil_mode)
-    init = jnp.array(-jnp.inf, dtype=x.dtype)
+    # A Python-scalar init lets JAX recognise the max monoid (and so differentiate the pool).
     return jax.lax.reduce_window(
-        x, init, jax.lax.max, (1, wh, ww, 1), (1, sh, sw, 1), ((0, 0), pads_h, pads_w, (0, 0))
+        x, -jnp.inf, jax.lax.max, (1, wh, ww, 1), (1, sh, sw, 1), ((0, 0), pads_h, pads_w, (0, 0))
     )
 
 
@@ -84,9 +84,8 @@ def avg_pool(
     (wh, ww), (sh, sw), (ph, pw) = _pair(window), _pair(stride), _pair(padding)
     out_h, pads_h = _pool_geometry(x.shape[1], wh, sh, ph, ceil_mode)
     out_w, pads_w = _pool_geometry(x.shape[2], ww, sw, pw, ceil_mode)
-    zero = jnp.array(0, dtype=x.dtype)
     summed = jax.lax.reduce_window(
-        x, zero, jax.lax.add, (1, wh, ww, 1), (1, sh, sw, 1), ((0, 0), pads_h, pads_w, (0, 0))
+        x, 0.0, jax.lax.add, (1, wh, ww, 1), (1, sh, sw, 1), ((0, 0), pads_h, pads_w, (0, 0))
     )
     if exclusive:
         counts = np.outer(
