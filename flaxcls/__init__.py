@@ -3,8 +3,8 @@
 Importing the package registers the models; it never imports TensorFlow (only flaxcls.data does).
 """
 
+from flaxcls import models  # noqa: F401  (registers the model families)
 from flaxcls.registry import ModelCfg, create_model, get_model_cfg, list_models, register_model
-from flaxcls import models  # noqa: E402,F401  (registers the model families)
 
 __version__ = "0.1.0"
 

@@ -36,9 +36,20 @@ DERIVED_COUNTS = {
 }
 
 RESNET_NAMES = [
-    "ResNet18", "ResNet34", "ResNet50", "ResNet101", "ResNet152",
-    "ResNet50_vc", "ResNet101_vc", "ResNet152_vc",
-    "ResNet18_vd", "ResNet34_vd", "ResNet50_vd", "ResNet101_vd", "ResNet152_vd", "ResNet200_vd",
+    "ResNet18",
+    "ResNet34",
+    "ResNet50",
+    "ResNet101",
+    "ResNet152",
+    "ResNet50_vc",
+    "ResNet101_vc",
+    "ResNet152_vc",
+    "ResNet18_vd",
+    "ResNet34_vd",
+    "ResNet50_vd",
+    "ResNet101_vd",
+    "ResNet152_vd",
+    "ResNet200_vd",
     "ResNet_tiny",
 ]
 
@@ -55,6 +66,22 @@ def count(tree) -> int:
 def abstract_init(model, size: int, batch: int = 1):
     x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     return jax.eval_shape(model.init, jax.random.key(0), x)
+
+
+def random_variables(model, size: int, seed: int = 0) -> dict:
+    """He-normal kernels and identity BN from numpy: avoids compiling Flax's init (threefry
+    random bits take seconds per parameter shape to compile on a small CPU)."""
+    rng = np.random.RandomState(seed)
+
+    def make(path, leaf):
+        kind = path[-1].key
+        if kind == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        fill = 1.0 if kind in ("scale", "var") else 0.0
+        return np.full(leaf.shape, fill, np.float32)
+
+    return jax.tree_util.tree_map_with_path(make, abstract_init(model, size))
 
 
 def path_exists(tree, path: str) -> bool:
@@ -159,7 +186,9 @@ def test_param_counts_and_shapes(name):
     assert logits.shape == (1, cfg.num_classes) and logits.dtype == jnp.float32
     assert set(feats) == {"stem", "stage1", "stage2", "stage3", "stage4", "pooled"}
     width = params[cfg.classifier]["kernel"].shape[0]
-    assert feats["pooled"].shape == (1, width) == feats["stage4"].shape[:1] + feats["stage4"].shape[3:]
+    assert (
+        feats["pooled"].shape == (1, width) == feats["stage4"].shape[:1] + feats["stage4"].shape[3:]
+    )
     if cfg.family == "resnet" and cfg.input_size == 224:
         assert feats["stem"].shape[1:3] == (56, 56)
         assert [feats[f"stage{i}"].shape[1] for i in range(1, 5)] == [56, 28, 14, 7]
@@ -191,7 +220,9 @@ def test_num_classes_override_changes_head():
     variables = abstract_init(model, 64)
     assert variables["params"]["head"]["kernel"].shape == (512, 10)
     assert variables["params"]["head"]["bias"].shape == (10,)
-    logits = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((3, 64, 64, 3), jnp.float32))
+    logits = jax.eval_shape(
+        model.apply, variables, jax.ShapeDtypeStruct((3, 64, 64, 3), jnp.float32)
+    )
     assert logits.shape == (3, 10)
 
 
@@ -200,9 +231,9 @@ def test_num_classes_override_changes_head():
 
 def _train_step_checks(name: str, size: int, dtype=jnp.float32):
     model = flaxcls.create_model(name, num_classes=10, dtype=dtype)
-    x = jax.random.normal(jax.random.key(1), (2, size, size, 3), jnp.float32)
+    x = np.random.RandomState(1).standard_normal((2, size, size, 3)).astype(np.float32)
     labels = jnp.array([3, 7])
-    variables = jax.jit(model.init)(jax.random.key(0), x)
+    variables = random_variables(model, size)
     params, stats = variables["params"], variables["batch_stats"]
 
     @jax.jit
@@ -232,10 +263,6 @@ def _train_step_checks(name: str, size: int, dtype=jnp.float32):
         if np.array_equal(np.asarray(old), np.asarray(new))
     ]
     assert not unchanged, f"BN statistics not updated: {unchanged}"
-    # Eval mode uses the running statistics and is deterministic.
-    eval_logits = jax.jit(model.apply)({"params": params, "batch_stats": new_stats}, x)
-    assert np.isfinite(np.asarray(eval_logits)).all()
-    return model, params
 
 
 @pytest.mark.parametrize(
@@ -259,26 +286,32 @@ def test_odd_input_sizes_give_ceil_mode_maps():
 def test_bfloat16_compute_keeps_float32_params():
     model = flaxcls.create_model("ResNet_tiny", num_classes=10, dtype="bfloat16")
     assert model.dtype == jnp.bfloat16
-    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
-    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
-    logits = jax.jit(model.apply)(variables, x)
-    train_logits, updates = jax.jit(
-        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
-    )(variables, x)
+    shapes = abstract_init(model, 32)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(shapes))
+    variables = random_variables(model, 32)
+    x = np.random.RandomState(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
+
+    @jax.jit
+    def eval_and_train(variables, x):
+        train_logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return model.apply(variables, x), train_logits, updates
+
+    logits, train_logits, updates = eval_and_train(variables, x)
     for out in (logits, train_logits):
         assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
-    stats = jax.tree_util.tree_leaves(updates)
-    assert all(leaf.dtype == jnp.float32 for leaf in stats)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(updates))
 
 
 def test_batchnorm_momentum_is_paddles():
     model = flaxcls.create_model("ResNet_tiny")
-    x = jax.random.normal(jax.random.key(3), (4, 32, 32, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
+    x = np.random.RandomState(3).standard_normal((4, 32, 32, 3)).astype(np.float32)
+    variables = random_variables(model, 32)
     _, state = jax.jit(
         lambda v, x: model.apply(
-            v, x, train=True, mutable=["batch_stats", "intermediates"],
+            v,
+            x,
+            train=True,
+            mutable=["batch_stats", "intermediates"],
             capture_intermediates=lambda mdl, _: mdl.name == "stem_conv1",
         )
     )(variables, x)
@@ -288,17 +321,21 @@ def test_batchnorm_momentum_is_paddles():
 
 
 def test_init_distributions():
-    model = flaxcls.create_model("ResNet50")
-    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
-    # He-normal, fan_in = 3 * 3 * 64 (Paddle's MSRA default for conv).
-    kernel = np.asarray(params["stage1_block1"]["conv2"]["kernel"])
-    assert kernel.std() == pytest.approx(np.sqrt(2.0 / (3 * 3 * 64)), rel=0.05)
-    # Head: uniform in +-1/sqrt(2048), zero bias.
+    model = flaxcls.create_model("ResNet_tiny")
+    # The rbg key only makes the compile quick; the initialisers are the model's own.
+    key = jax.random.key(0, impl="rbg")
+    params = jax.jit(model.init)(key, jnp.zeros((1, 32, 32, 3)))["params"]
+    # He-normal, fan_in = 3 * 3 * 128 (Paddle's MSRA default for conv).
+    kernel = np.asarray(params["stage4_block0"]["conv2"]["kernel"])
+    assert kernel.std() == pytest.approx(np.sqrt(2.0 / (3 * 3 * 128)), rel=0.05)
+    assert abs(kernel.mean()) < 0.1 * kernel.std()
+    # Head: Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) as the 2019 fc, zero bias.
     head = np.asarray(params["head"]["kernel"])
-    assert np.abs(head).max() <= 1 / np.sqrt(2048) and head.std() > 0.5 / np.sqrt(3 * 2048)
+    assert np.abs(head).max() <= 1 / np.sqrt(128)
+    assert head.std() == pytest.approx(1 / np.sqrt(3 * 128), rel=0.05)
     assert not np.any(np.asarray(params["head"]["bias"]))
     # BN starts at identity: no zero-init of the last gamma (not in the original).
-    assert np.all(np.asarray(params["stage1_block0"]["bn3"]["scale"]) == 1.0)
+    assert np.all(np.asarray(params["stage1_block0"]["bn2"]["scale"]) == 1.0)
 
 
 # ------------------------------------------------------------------------- Paddle pooling rules
@@ -317,7 +354,7 @@ def _reference_pool(x, window, stride, pad, ceil_mode, kind, exclusive=True):
         for j in range(out.shape[2]):
             h0, w0 = i * stride - pad, j * stride - pad
             h1, w1 = min(h0 + window, h), min(w0 + window, w)
-            cells = x[:, max(h0, 0):h1, max(w0, 0):w1, :]
+            cells = x[:, max(h0, 0) : h1, max(w0, 0) : w1, :]
             if kind == "max":
                 out[:, i, j] = cells.max(axis=(1, 2))
             else:
@@ -328,13 +365,21 @@ def _reference_pool(x, window, stride, pad, ceil_mode, kind, exclusive=True):
 
 @pytest.mark.parametrize(
     "size,window,stride,pad,ceil_mode",
-    [(7, 2, 2, 0, True), (8, 2, 2, 0, True), (7, 3, 2, 1, False), (6, 3, 1, 1, False),
-     (9, 3, 2, 1, True), (5, 3, 2, 0, False)],
+    [
+        (7, 2, 2, 0, True),
+        (8, 2, 2, 0, True),
+        (7, 3, 2, 1, False),
+        (6, 3, 1, 1, False),
+        (9, 3, 2, 1, True),
+        (5, 3, 2, 0, False),
+    ],
 )
 def test_pools_follow_paddle(size, window, stride, pad, ceil_mode):
     x = np.random.RandomState(0).standard_normal((2, size, size, 3)).astype(np.float32) - 3.0
     got = layers.max_pool(jnp.asarray(x), window, stride, pad, ceil_mode)
-    np.testing.assert_allclose(got, _reference_pool(x, window, stride, pad, ceil_mode, "max"), rtol=1e-6)
+    np.testing.assert_allclose(
+        got, _reference_pool(x, window, stride, pad, ceil_mode, "max"), rtol=1e-6
+    )
     for exclusive in (True, False):
         got = layers.avg_pool(jnp.asarray(x), window, stride, pad, ceil_mode, exclusive)
         want = _reference_pool(x, window, stride, pad, ceil_mode, "avg", exclusive)

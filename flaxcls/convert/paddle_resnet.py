@@ -68,9 +68,10 @@ def _conv_bn_pairs(model: ResNet) -> list[tuple[str, tuple[str, ...], tuple[str,
 
 def paddle_resnet_name_map(model_name: str) -> dict[str, tuple[str, tuple[str, ...]]]:
     """Paddle parameter name -> (Flax collection, path) for a registered ResNet-family model."""
-    model = create_model(model_name)
-    if not isinstance(model, ResNet):
-        raise ValueError(f"{get_model_cfg(model_name).name} is not a ResNet-family model")
+    cfg = get_model_cfg(model_name)
+    if cfg.family != "resnet":
+        raise ValueError(f"{cfg.name} is a {cfg.family!r} model, not a ResNet-family one")
+    model = create_model(cfg.name)
     mapping = {}
     for conv_name, conv_path, bn_path in _conv_bn_pairs(model):
         mapping[f"{conv_name}_weights"] = ("params", conv_path + ("kernel",))
@@ -128,5 +129,7 @@ def paddle_to_flax_resnet(arrays: Mapping[str, np.ndarray], model_name: str) -> 
     if unfilled and not problems:
         problems.append(f"model leaves left unfilled ({len(unfilled)}): {', '.join(unfilled)}")
     if problems:
-        raise ValueError(f"cannot convert Paddle weights to {cfg.name}:\n  " + "\n  ".join(problems))
+        raise ValueError(
+            f"cannot convert Paddle weights to {cfg.name}:\n  " + "\n  ".join(problems)
+        )
     return traverse_util.unflatten_dict(flat)

@@ -184,14 +184,17 @@ def _threads(config) -> int:
 
 def epoch_order(num_examples: int, length: int, seed: int, epoch: Any) -> Any:
     """The example indices of one epoch (int64 [length]): a stateless permutation seeded from
-    (seed, epoch), repeated with fresh permutations if the epoch (total_images) is longer than
+    (seed, epoch), followed by fresh permutations if the epoch (total_images) is longer than
     the data set. A pure function of its arguments, so identical on every process."""
     reps = -(-length // num_examples)
-    first = tf.cast(epoch, tf.int64) * reps + _SHUFFLE_STREAM
-    perms = [tf.random.experimental.stateless_shuffle(
-        tf.range(num_examples, dtype=tf.int64), tf.stack([tf.constant(seed, tf.int64), first + r]))
-        for r in range(reps)]
-    return tf.concat(perms, 0)[:length]
+    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64) + _SHUFFLE_STREAM])
+    if reps == 1:
+        return tf.random.experimental.stateless_shuffle(
+            tf.range(num_examples, dtype=tf.int64), key)[:length]
+    # One sort of random keys per repetition: a permutation each, without an op per repetition.
+    keys = tf.random.stateless_uniform([reps, num_examples], key, minval=None, maxval=None,
+                                       dtype=tf.int64)
+    return tf.cast(tf.reshape(tf.argsort(keys, axis=-1, stable=True), [-1])[:length], tf.int64)
 
 
 def _aug_seeds(seed: int, epoch: Any, position: Any) -> Any:
@@ -257,10 +260,10 @@ def _tfds_train_batches(src: TfdsSource, config, shard: _Shard, steps_per_epoch:
     on every process (each reads all records, but decodes only its own)."""
     seed = int(config.random_seed or 0)
     epoch_seed = int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch]).generate_state(1)[0])
-    ds = _tfds_read(src, src.train_split, epoch_seed).repeat()
+    ds = _tfds_read(src, src.train_split, epoch_seed)
     if config.reader_buf_size > 1:
         ds = ds.shuffle(int(config.reader_buf_size), seed=epoch_seed)
-    ds = ds.take(steps_per_epoch * shard.global_batch).enumerate()
+    ds = ds.repeat().take(steps_per_epoch * shard.global_batch).enumerate()
     ds = ds.skip(skip * shard.global_batch)  # encoded records only: nothing is decoded
     ds = ds.filter(lambda pos, ex: pos % shard.count == shard.index)
     ds = ds.map(lambda pos, ex: {"key": ex[0], "label": ex[1], "index": pos,

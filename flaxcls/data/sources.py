@@ -73,11 +73,16 @@ class TfdsSource:
     class_names: list[str] | None
 
     def builder(self) -> Any:
-        return _tfds_builder(self.name, self.data_dir)
+        """The (validated, prepared) builder; made once, as each one rereads its metadata."""
+        key = (self.name, self.data_dir)
+        if key not in _builders:
+            _builders[key] = _tfds_builder(self.name, self.data_dir)
+        return _builders[key]
 
 
 Source = FileSource | TfdsSource
 _cache: dict[tuple, Source] = {}
+_builders: dict[tuple, Any] = {}
 
 
 def dataset_info(config) -> DatasetInfo:
@@ -292,8 +297,9 @@ def _tfds_builder(name: str, data_dir: str | None) -> Any:
     try:
         return tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # tfds raises several types for unknown or unreadable names
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]  # not the full list
         raise DataError(f"config.tfds_name={name!r}: no such TFDS data set "
-                        f"(data_dir={data_dir!r}): {e}") from e
+                        f"(config.data_dir={data_dir!r}): {first_line}") from e
 
 
 def _tfds_split(builder: Any, wanted: str) -> str | None:

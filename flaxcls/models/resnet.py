@@ -106,6 +106,14 @@ class ResNet(nn.Module):
     stem: 'plain' = 7x7/2 conv (stem_width) + 3x3/2 max pool; 'deep' (vc/vd) = three 3x3 convs
     (stem_width/2, stem_width/2, stem_width; the first stride 2) + max pool; 'small' = one 3x3/1
     conv, no pool (32x32 inputs). ``avg_down`` selects the vd shortcut for strided blocks.
+
+    Returns float32 logits ``[N, num_classes]``; with ``return_features=True`` also a dict:
+    ``stem`` (the input of stage 1, i.e. after the max pool), ``stage1``..``stage4`` (each stage's
+    output) and ``pooled`` (``[N, C]`` global average, float32).
+
+    Init as Paddle: conv kernels He-normal with fan_in (std sqrt(2 / (kh*kw*cin))), head
+    Uniform(+-1/sqrt(fan_in)) with zero bias, BN scale 1 / bias 0 everywhere (no zero-init of
+    the last BN of a block: the original doesn't do it).
     """
 
     stage_sizes: Sequence[int]
@@ -122,14 +130,20 @@ class ResNet(nn.Module):
 
     def _stem(self, x, conv, norm):
         if self.stem == "plain":
-            x = conv(self.stem_width, (7, 7), strides=2, padding=symmetric_padding(7),
-                     name="stem_conv1")(x)
+            x = conv(
+                self.stem_width, (7, 7), strides=2, padding=symmetric_padding(7), name="stem_conv1"
+            )(x)
             return max_pool(self.act(norm(name="stem_bn1")(x)), 3, 2, padding=1)
         if self.stem == "deep":
             half = self.stem_width // 2
             for i, (features, strides) in enumerate(((half, 2), (half, 1), (self.stem_width, 1))):
-                x = conv(features, (3, 3), strides=strides, padding=symmetric_padding(3),
-                         name=f"stem_conv{i + 1}")(x)
+                x = conv(
+                    features,
+                    (3, 3),
+                    strides=strides,
+                    padding=symmetric_padding(3),
+                    name=f"stem_conv{i + 1}",
+                )(x)
                 x = self.act(norm(name=f"stem_bn{i + 1}")(x))
             return max_pool(x, 3, 2, padding=1)
         if self.stem == "small":
@@ -145,12 +159,19 @@ class ResNet(nn.Module):
                 "must have the same length"
             )
         conv = functools.partial(
-            nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+            nn.Conv,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
             kernel_init=conv_kernel_init,
         )
         norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=jnp.float32,
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
         )
         features = {}
         x = self._stem(x, conv, norm)
@@ -162,15 +183,24 @@ class ResNet(nn.Module):
                 # Paddle also projects on the network's first block, even when shapes agree.
                 projection = x.shape[-1] != out_features or strides != 1 or s == b == 0
                 x = self.block_cls(
-                    width, conv=conv, norm=norm, strides=strides, projection=projection,
-                    avg_down=self.avg_down, act=self.act, name=f"stage{s + 1}_block{b}",
+                    width,
+                    conv=conv,
+                    norm=norm,
+                    strides=strides,
+                    projection=projection,
+                    avg_down=self.avg_down,
+                    act=self.act,
+                    name=f"stage{s + 1}_block{b}",
                 )(x)
             features[f"stage{s + 1}"] = x
         pooled = global_avg_pool(x)
         features["pooled"] = pooled
         logits = nn.Dense(
-            self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-            kernel_init=dense_kernel_init, name="head",
+            self.num_classes,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=dense_kernel_init,
+            name="head",
         )(pooled)
         logits = logits.astype(jnp.float32)
         return (logits, features) if return_features else logits
@@ -179,14 +209,20 @@ class ResNet(nn.Module):
 def _register(name: str, stage_sizes, block_cls, top=(None, None), cfg=None, **arch):
     arch_fn = functools.partial(ResNet, stage_sizes=tuple(stage_sizes), block_cls=block_cls, **arch)
     register_model(
-        name, arch_fn, family="resnet", first_conv="stem_conv1", classifier="head",
-        top1=top[0], top5=top[1], **(cfg or {}),
+        name,
+        arch_fn,
+        family="resnet",
+        first_conv="stem_conv1",
+        classifier="head",
+        top1=top[0],
+        top5=top[1],
+        **(cfg or {}),
     )
 
 
 _B, _BN = BasicBlock, BottleneckBlock
-_DEEP = dict(stem="deep")
-_VD = dict(stem="deep", avg_down=True)
+_DEEP = {"stem": "deep"}
+_VD = {"stem": "deep", "avg_down": True}
 
 # Accuracies: the ImageNet top-1/top-5 of the PaddleCV README table (2019-12-30).
 _register("ResNet18", (2, 2, 2, 2), _B, top=(0.7098, 0.8992))
@@ -203,6 +239,7 @@ _register("ResNet50_vd", (3, 4, 6, 3), _BN, top=(0.7912, 0.9444), **_VD)
 _register("ResNet101_vd", (3, 4, 23, 3), _BN, top=(0.8017, 0.9497), **_VD)
 _register("ResNet152_vd", (3, 8, 36, 3), _BN, top=(0.8059, 0.9530), **_VD)
 _register("ResNet200_vd", (3, 12, 48, 3), _BN, top=(0.8093, 0.9533), **_VD)
-# CPU-sized demo model for 32x32 inputs (not in the Paddle zoo).
-_register("ResNet_tiny", (1, 1, 1, 1), _B, widths=(16, 32, 64, 128), stem="small", stem_width=16,
-          cfg=dict(input_size=32, crop_size=32, resize_short_size=32))
+# CPU-sized demo model for 32x32 inputs (not in the Paddle zoo): one 3x3/1 stem conv, no max pool.
+_TINY = {"widths": (16, 32, 64, 128), "stem": "small", "stem_width": 16}
+_TINY_CFG = {"input_size": 32, "crop_size": 32, "resize_short_size": 32}
+_register("ResNet_tiny", (1, 1, 1, 1), _B, cfg=_TINY_CFG, **_TINY)

@@ -1,0 +1,477 @@
+"""Input pipeline: sources and their validation, train/eval streams, sharding, resume, TFDS, digits.
+
+Everything runs on small real files written to tmp dirs; the CIFAR-10 test uses the shared data
+folder (<repo>/../shared/data or $FLAXCLS_SHARED_DATA) and skips when it is absent.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flaxcls.config import default_config
+from flaxcls.data import DataError, DatasetInfo, dataset_info
+
+pipeline = pytest.importorskip("flaxcls.data.pipeline")  # needs tensorflow
+from flaxcls.data import eval_iterator, train_iterator, write_digits_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FLAXCLS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+CLASSES = ("cat", "dog", "fox")
+TRAIN_PER_CLASS, VAL_PER_CLASS = (8, 8, 8), (4, 4, 3)  # 24 train, 11 eval
+
+
+def _cfg(data_dir, **overrides):
+    c = default_config()
+    c.data_dir = str(data_dir)
+    c.num_classes = 3
+    c.crop_size = 16
+    c.resize_short_size = 20
+    c.reader_thread = 2
+    c.update(overrides)
+    return c
+
+
+def _image(rng: np.random.Generator, kind: str) -> tuple[Image.Image, str, str]:
+    """A distinct small image (smooth, so JPEG keeps it distinct) and its suffix and format."""
+    h, w = rng.integers(18, 40, size=2)
+    base = rng.integers(0, 256, (3, 4, 3)).astype(np.uint8)
+    image = Image.fromarray(base).resize((int(w), int(h)), Image.Resampling.BICUBIC)
+    if kind == "grey":
+        return image.convert("L"), ".jpg", "JPEG"
+    if kind == "cmyk":
+        return image.convert("CMYK"), ".jpeg", "JPEG"
+    if kind == "rgba":
+        return image.convert("RGBA"), ".png", "PNG"
+    return image, ".JPEG" if kind == "upper" else ".jpg", "JPEG"
+
+
+def _make_tree(root: Path, seed: int = 0) -> Path:
+    """root/{train,val}/<class>/* images of mixed formats plus matching list files."""
+    rng = np.random.default_rng(seed)
+    kinds = ["rgb", "rgb", "grey", "rgb", "rgba", "cmyk", "upper", "rgb"]
+    lines = {"train": [], "val": []}
+    for split, counts in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
+        for label, (name, count) in enumerate(zip(CLASSES, counts)):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                image, suffix, fmt = _image(rng, kinds[i % len(kinds)])
+                rel = f"{split}/{name}/{i:03d}{suffix}"
+                image.save(root / rel, fmt)
+                lines[split].append(f"{rel} {label}\n")
+    (root / "train_list.txt").write_text("".join(lines["train"]))
+    (root / "val_list.txt").write_text("".join(lines["val"]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return _make_tree(tmp_path_factory.mktemp("tree"))
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def test_list_and_folder_sources_agree(tree):
+    by_list = dataset_info(_cfg(tree, data_source="list"))
+    by_folder = dataset_info(_cfg(tree, data_source="folder"))
+    assert by_list == DatasetInfo(24, 11, 3, None)
+    assert by_folder == DatasetInfo(24, 11, 3, list(CLASSES))
+    assert dataset_info(_cfg(tree)) == by_list  # auto prefers list files
+    src_l = pipeline.resolve_source(_cfg(tree, data_source="list"))
+    src_f = pipeline.resolve_source(_cfg(tree, data_source="folder"))
+    for a, b in ((src_l.train, src_f.train), (src_l.eval, src_f.eval)):
+        pairs_a = sorted(zip(map(os.path.normpath, a.paths), a.labels.tolist()))
+        pairs_b = sorted(zip(map(os.path.normpath, b.paths), b.labels.tolist()))
+        assert pairs_a == pairs_b
+
+
+def test_auto_errors_name_data_dir(tmp_path):
+    with pytest.raises(DataError, match="train_list.txt") as e:
+        dataset_info(_cfg(tmp_path))
+    assert str(tmp_path) in str(e.value) and "train" + os.sep in str(e.value)
+    with pytest.raises(DataError, match="data_dir is empty"):
+        dataset_info(_cfg(""))
+
+
+def test_total_images_overrides_num_train(tree):
+    assert dataset_info(_cfg(tree, total_images=40)).num_train == 40
+
+
+def test_list_file_format_is_tolerant(tree, tmp_path):
+    (tmp_path / "a b").mkdir()
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(tmp_path / "a b" / "x y.jpg")
+    Image.new("RGB", (20, 20), (9, 8, 7)).save(tmp_path / "z.jpg")
+    (tmp_path / "train_list.txt").write_bytes(
+        b"\n  a b/x y.jpg \t 2  \r\n\n\tz.jpg\t0\r\n   \nz.jpg    1")  # no final newline
+    src = pipeline.resolve_source(_cfg(tmp_path))
+    assert [os.path.relpath(p, tmp_path) for p in src.train.paths] == [
+        os.path.join("a b", "x y.jpg"), "z.jpg", "z.jpg"]
+    assert src.train.labels.tolist() == [2, 0, 1]
+    assert src.eval is None
+    with pytest.raises(DataError, match="no eval data"):
+        eval_iterator(_cfg(tmp_path), global_batch_size=2)
+
+
+def test_list_file_problems_name_file_line_and_text(tree, tmp_path):
+    lines = [
+        "train/cat/000.jpg 0",  # 1 fine
+        "train/cat/001.jpg",  # 2 no label
+        "",  # 3 blank
+        "train/cat/002.jpg one",  # 4 label not an int
+        "train/cat/missing.jpg 1",  # 5 no such image
+        "train/dog/000.jpg 3",  # 6 label == num_classes
+        "train/dog/001.jpg -1",  # 7 negative label
+    ]
+    (tmp_path / "train_list.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "val_list.txt").write_text("val/cat/000.jpg 7\n")
+    for sub in ("train", "val"):
+        os.symlink(tree / sub, tmp_path / sub)
+    with pytest.raises(DataError) as e:
+        dataset_info(_cfg(tmp_path))
+    msg = str(e.value)
+    train_list, val_list = tmp_path / "train_list.txt", tmp_path / "val_list.txt"
+    assert msg.startswith("6 problem(s)")
+    for lineno, text in [(2, "train/cat/001.jpg"), (4, "train/cat/002.jpg one"),
+                         (5, "missing.jpg"), (6, "train/dog/000.jpg 3"),
+                         (7, "train/dog/001.jpg -1")]:
+        line = next(ln for ln in msg.splitlines() if f"{train_list}:{lineno}:" in ln)
+        assert text in line
+    assert f"{train_list}:1:" not in msg and f"{train_list}:3:" not in msg
+    assert f"{val_list}:1:" in msg and "outside [0, 3)" in msg
+    assert "not found" in msg
+
+
+def test_many_problems_are_capped(tmp_path):
+    (tmp_path / "train_list.txt").write_text("".join(f"img{i}.jpg {i}\n" for i in range(30)))
+    with pytest.raises(DataError) as e:
+        dataset_info(_cfg(tmp_path, num_classes=100))
+    assert str(e.value).startswith("30 problem(s)") and "... and 10 more" in str(e.value)
+    assert ":20:" in str(e.value) and ":21:" not in str(e.value)
+
+
+def test_folder_problems(tree, tmp_path):
+    with pytest.raises(DataError, match=r"3 class folders but config.num_classes=2"):
+        dataset_info(_cfg(tree, data_source="folder", num_classes=2))
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "val" / "emu").mkdir(parents=True)
+    Image.new("RGB", (20, 20)).save(tmp_path / "train" / "cat" / "a.jpg")
+    with pytest.raises(DataError, match=r"emu: class folder not in"):
+        dataset_info(_cfg(tmp_path))
+
+
+# ----------------------------------------------------------------------------- train stream
+
+
+def test_train_batches_shape_dtype_and_epoch_coverage(tree):
+    it = train_iterator(_cfg(tree, data_source="folder"), global_batch_size=8)
+    batches = _take(it, 3)  # one epoch: 24 // 8 steps
+    for b in batches:
+        assert set(b) == {"image", "label"}
+        assert b["image"].shape == (8, 16, 16, 3) and b["image"].dtype == np.uint8
+        assert b["label"].shape == (8,) and b["label"].dtype == np.int32
+    labels = np.concatenate([b["label"] for b in batches])
+    assert np.bincount(labels, minlength=3).tolist() == list(TRAIN_PER_CLASS)
+    assert it.num_skipped == 0
+
+
+def test_epoch_order_is_a_seeded_permutation():
+    a = pipeline.epoch_order(10, 10, 0, 0).numpy()
+    assert sorted(a.tolist()) == list(range(10))
+    np.testing.assert_array_equal(a, pipeline.epoch_order(10, 10, 0, 0).numpy())
+    assert not np.array_equal(a, pipeline.epoch_order(10, 10, 0, 1).numpy())
+    assert not np.array_equal(a, pipeline.epoch_order(10, 10, 1, 0).numpy())
+    longer = pipeline.epoch_order(10, 25, 0, 0).numpy()  # total_images > examples
+    assert len(longer) == 25 and np.bincount(longer).min() >= 2
+
+
+def test_train_stream_is_deterministic_and_epochs_differ(tree):
+    cfg = _cfg(tree, rotate=True, color_jitter=True, hue=0.1)
+    a = _take(train_iterator(cfg, global_batch_size=8), 6)
+    b = _take(train_iterator(cfg, global_batch_size=8), 6)
+    _assert_batches_equal(a, b)
+    for i in range(3):  # the same step of the next epoch: another order, other augmentations
+        assert not np.array_equal(a[i]["image"], a[i + 3]["image"])
+    other = _take(train_iterator(_cfg(tree, random_seed=1), global_batch_size=8), 1)
+    assert not np.array_equal(a[0]["image"], other[0]["image"])
+
+
+@pytest.mark.parametrize("start_step", [1, 3, 5])
+def test_resume_yields_the_same_batches(tree, start_step):
+    cfg = _cfg(tree)
+    fresh = _take(train_iterator(cfg, global_batch_size=8), 7)
+    resumed = _take(train_iterator(cfg, global_batch_size=8, start_step=start_step),
+                    7 - start_step)
+    _assert_batches_equal(resumed, fresh[start_step:])
+
+
+def test_resume_skips_without_decoding(tree):
+    # 100,000 steps per epoch; decoding the 99,999 skipped steps would take many minutes.
+    cfg = _cfg(tree, total_images=800_000)
+    start = time.monotonic()
+    it = train_iterator(cfg, global_batch_size=8, start_step=99_999)
+    assert next(it)["image"].shape == (8, 16, 16, 3)
+    assert time.monotonic() - start < 20
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_process_shards_form_the_global_batches(tree, process_count):
+    cfg = _cfg(tree)
+    glob = _take(train_iterator(cfg, global_batch_size=8), 4)
+    for p in range(process_count):
+        local = _take(train_iterator(cfg, global_batch_size=8, process_index=p,
+                                     process_count=process_count), 4)
+        for g, mine in zip(glob, local):
+            assert mine["image"].shape[0] == 8 // process_count
+            np.testing.assert_array_equal(mine["image"], g["image"][p::process_count])
+            np.testing.assert_array_equal(mine["label"], g["label"][p::process_count])
+
+
+def test_total_images_longer_than_the_data(tree):
+    cfg = _cfg(tree, total_images=40)  # 5 steps of 8 per epoch, from 24 files
+    fresh = _take(train_iterator(cfg, global_batch_size=8), 7)
+    resumed = _take(train_iterator(cfg, global_batch_size=8, start_step=4), 3)
+    _assert_batches_equal(resumed, fresh[4:])
+
+
+def test_bad_batch_arguments(tree):
+    with pytest.raises(DataError, match="no full batch"):
+        train_iterator(_cfg(tree), global_batch_size=25)
+    with pytest.raises(ValueError, match="multiple of the process count 3"):
+        train_iterator(_cfg(tree), global_batch_size=8, process_count=3)
+    with pytest.raises(ValueError, match="process_index"):
+        eval_iterator(_cfg(tree), global_batch_size=8, process_index=2, process_count=2)
+
+
+# ----------------------------------------------------------------------------- eval stream
+
+
+def _eval_examples(cfg, gb, p, pc):
+    batches = list(eval_iterator(cfg, global_batch_size=gb, process_index=p, process_count=pc))
+    for b in batches:
+        assert b["image"].shape == (gb // pc, 16, 16, 3) and b["image"].dtype == np.uint8
+        assert b["label"].dtype == np.int32 and b["mask"].dtype == np.bool_
+        assert not b["image"][~b["mask"]].any()  # padding is blank
+    seen = [(int(lab), img.tobytes()) for b in batches
+            for lab, img, m in zip(b["label"], b["image"], b["mask"]) if m]
+    return len(batches), seen
+
+
+@pytest.mark.parametrize("source", ["list", "folder"])
+def test_eval_counts_every_example_once(tree, source):
+    cfg = _cfg(tree, data_source=source)
+    gb = 6  # 11 examples: 2 batches, the last one 5 short
+    n, reference = _eval_examples(cfg, gb, 0, 1)
+    assert n == math.ceil(11 / gb) and len(reference) == 11
+    assert len({img for _, img in reference}) == 11  # 11 distinct images
+    assert collections.Counter(lab for lab, _ in reference) == {0: 4, 1: 4, 2: 3}
+    for pc in (2, 3):
+        seen = []
+        for p in range(pc):
+            n_p, part = _eval_examples(cfg, gb, p, pc)
+            assert n_p == n  # same number of batches on every process
+            seen += part
+        assert sorted(seen) == sorted(reference)
+
+
+def test_eval_cache_replays(tree):
+    cfg = _cfg(tree, cache_eval=True)
+    first = list(eval_iterator(cfg, global_batch_size=4))
+    second = list(eval_iterator(cfg, global_batch_size=4))
+    _assert_batches_equal(first, second)
+    assert len(first) == 3
+
+
+# ----------------------------------------------------------------------------- unreadable images
+
+
+def test_corrupt_images_are_skipped_and_counted(tree, tmp_path):
+    root = _make_tree(tmp_path / "d", seed=1)
+    good = (root / "train" / "cat" / "000.jpg").read_bytes()
+    (root / "train" / "cat" / "bad_garbage.jpg").write_bytes(b"this is not an image" * 10)
+    (root / "train" / "dog" / "bad_truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "val" / "fox" / "bad_empty.png").write_bytes(b"")
+    cfg = _cfg(root, data_source="folder")
+    info = dataset_info(cfg)
+    assert info.num_train == 26 and info.num_eval == 12  # existence only is checked up front
+    it = train_iterator(cfg, global_batch_size=13)
+    for b in _take(it, 2):  # one epoch sees all 26 files
+        assert b["image"].shape == (13, 16, 16, 3) and b["label"].shape == (13,)
+    assert it.num_skipped == 2
+    assert sorted(os.path.basename(p) for p in it.skipped) == ["bad_garbage.jpg",
+                                                               "bad_truncated.jpg"]
+    ev = eval_iterator(cfg, global_batch_size=5)
+    masks = [b["mask"] for b in ev]
+    assert len(masks) == 3 and sum(m.sum() for m in masks) == 11 and ev.num_skipped == 1
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class FlaxclsTinyTest(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                    "label": tfds.features.ClassLabel(names=list(CLASSES))}),
+                supervised_keys=("image", "label"))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(0, 20),
+                    "validation": self._generate_examples(1, 7)}
+
+        def _generate_examples(self, seed, n):
+            rng = np.random.default_rng(seed)
+            for i in range(n):
+                image, _, _ = _image(rng, "rgb")
+                yield i, {"image": np.asarray(image), "label": i % 3}
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    FlaxclsTinyTest(data_dir=str(data_dir)).download_and_prepare()
+    return data_dir
+
+
+def test_tfds_source(tfds_dir):
+    cfg = _cfg(tfds_dir, data_source="tfds", tfds_name="flaxcls_tiny_test")
+    assert dataset_info(cfg) == DatasetInfo(20, 7, 3, list(CLASSES))  # eval_split val->validation
+    fresh = _take(train_iterator(cfg, global_batch_size=4), 7)  # 5 steps per epoch
+    assert fresh[0]["image"].shape == (4, 16, 16, 3) and fresh[0]["label"].dtype == np.int32
+    _assert_batches_equal(_take(train_iterator(cfg, global_batch_size=4), 7), fresh)
+    _assert_batches_equal(_take(train_iterator(cfg, global_batch_size=4, start_step=3), 4),
+                          fresh[3:])
+    labels = np.concatenate([b["label"] for b in fresh[:5]])
+    assert np.bincount(labels).tolist() == [7, 7, 6]  # one epoch: each example once
+    p1 = _take(train_iterator(cfg, global_batch_size=4, process_index=1, process_count=2), 3)
+    for g, mine in zip(fresh, p1):
+        np.testing.assert_array_equal(mine["image"], g["image"][1::2])
+    reference = None
+    for pc in (1, 2):
+        seen = []
+        for p in range(pc):
+            batches = list(eval_iterator(cfg, global_batch_size=4, process_index=p,
+                                         process_count=pc))
+            assert len(batches) == 2
+            seen += [img.tobytes() for b in batches for img, m in zip(b["image"], b["mask"]) if m]
+        assert len(seen) == 7
+        reference = reference or sorted(seen)
+        assert sorted(seen) == reference
+
+
+def test_tfds_errors(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(DataError, match="not prepared") as e:
+        dataset_info(_cfg(tmp_path, data_source="tfds", tfds_name="mnist"))
+    assert "never downloads" in str(e.value)
+    with pytest.raises(DataError, match="no such TFDS data set") as e:
+        dataset_info(_cfg(tmp_path, data_source="tfds", tfds_name="no_such_set_xyz"))
+    assert len(str(e.value)) < 500  # not the list of every TFDS name
+    with pytest.raises(DataError, match="tfds_name is empty"):
+        dataset_info(_cfg(tmp_path, data_source="tfds"))
+
+
+# ----------------------------------------------------------------------------- digits, CIFAR-10
+
+
+def test_digits_dataset(tmp_path):
+    out = tmp_path / "digits"
+    info = write_digits_dataset(out, image_size=16)
+    assert info.num_train + info.num_eval == 1797 and info.num_eval == pytest.approx(360, abs=5)
+    marker = out / "digits.json"
+    stamp = marker.stat().st_mtime_ns
+    assert write_digits_dataset(out, image_size=16) == info  # idempotent
+    assert marker.stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="written with"):
+        write_digits_dataset(out, image_size=32)
+    cfg = _cfg(out, num_classes=10, crop_size=16, resize_short_size=16)
+    assert dataset_info(cfg) == info
+    val_labels = pipeline.resolve_source(cfg).eval.labels
+    assert np.bincount(val_labels, minlength=10).min() >= 30  # stratified
+    batch = next(train_iterator(cfg, global_batch_size=32))
+    image = batch["image"].astype(int)
+    assert np.abs(image[..., 0] - image[..., 2]).max() <= 2  # grey JPEGs decode to R = G = B
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="not an empty folder"):
+        write_digits_dataset(tmp_path / "foreign")
+
+
+def _extract_cifar(dest: Path, train_per_class: int, test_per_class: int) -> Path:
+    archive = SHARED_DATA / "cifar10-jpeg.tar.gz"
+    if not archive.is_file():
+        pytest.skip(f"{archive} not found (set FLAXCLS_SHARED_DATA)")
+    want = {"train": train_per_class, "test": test_per_class}
+    taken = collections.Counter()
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if not member.isfile() or len(parts) != 4:
+                continue
+            _, split, cls, name = parts
+            if taken[split, cls] >= want.get(split, 0):
+                if len(taken) == 20 and all(taken[k] >= want[k[0]] for k in taken):
+                    break
+                continue
+            target = dest / split / cls / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+            taken[split, cls] += 1
+    return dest
+
+
+def test_cifar10_class_folders(tmp_path):
+    root = _extract_cifar(tmp_path / "cifar10", 20, 5)
+    cfg = _cfg(root, num_classes=10, crop_size=32, resize_short_size=32, eval_split="test")
+    info = dataset_info(cfg)
+    assert info.num_train == 200 and info.num_eval == 50
+    assert info.class_names == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                                "horse", "ship", "truck"]
+    batch = next(train_iterator(cfg, global_batch_size=50))
+    assert batch["image"].shape == (50, 32, 32, 3) and batch["label"].max() <= 9
+    total, labels = 0, []
+    for b in eval_iterator(cfg, global_batch_size=16, process_index=1, process_count=2):
+        total += int(b["mask"].sum())
+        labels += b["label"][b["mask"]].tolist()
+    assert total == 25
+    # Center crop of a 32x32 image at crop 32 is the decoded image itself.
+    path = pipeline.resolve_source(cfg).eval.paths[0]
+    first = next(eval_iterator(cfg, global_batch_size=1))["image"][0]
+    decoded = np.asarray(Image.open(path).convert("RGB"))
+    assert np.abs(first.astype(int) - decoded.astype(int)).mean() < 2.0
+
+
+def test_pil_reference_image_roundtrip(tmp_path):
+    """A solid colour survives the whole eval path (decode, resize short, centre crop)."""
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    for split in ("train", "val"):
+        Image.new("RGB", (50, 30), (200, 100, 50)).save(tmp_path / split / "a" / "x.png")
+    cfg = _cfg(tmp_path, interpolation="2")  # cv2 code for bicubic, as the original flag
+    batch = next(eval_iterator(cfg, global_batch_size=1))
+    assert (batch["image"] == np.array([200, 100, 50], np.uint8)).all()
