@@ -42,7 +42,10 @@ def main(argv: list[str]) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout,
         force=True,
     )
+    # Orbax and jax report every save step at INFO through absl; keep the console readable.
+    logging.getLogger("absl").setLevel(logging.WARNING)
     from flaxcls import parallel
+    from flaxcls.checkpoint import CheckpointError
     from flaxcls.config import ConfigError
 
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
@@ -57,12 +60,20 @@ def main(argv: list[str]) -> None:
             loop.train_and_evaluate(config, FLAGS.workdir)
         else:
             loop.evaluate_only(config, FLAGS.workdir)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        # A user error: one clear message, no traceback from deep inside.
-        if type(e).__module__.startswith(("flaxcls", "builtins")):
-            logging.error("%s", e)
-            sys.exit(2)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        _user_error(e)
+    except ValueError as e:
+        from flaxcls.data import DataError
+
+        if isinstance(e, DataError):
+            _user_error(e)
         raise
+
+
+def _user_error(e: Exception) -> None:
+    """Something the user typed or pointed at is wrong: one clear message, no deep traceback."""
+    logging.getLogger("flaxcls").error("%s", e)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ UNFINISHED_MARK = ".orbax-checkpoint-tmp"
 _MAX_LISTED = 5
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that can't serve: unfinished, of another architecture, or without weights."""
+
+
 def _manager(
     directory: epath.Path, *, keep: int | None = None, async_save: bool = False,
     read_only: bool = False,
@@ -145,7 +149,7 @@ def read_variables(path: str | epath.PathLike) -> dict[str, Any]:
         tree = _saved_tree(manager, step)
         wanted = {k: tree[k] for k in ("params", "batch_stats") if isinstance(tree, dict) and k in tree}
         if not wanted:
-            raise ValueError(f"checkpoint {directory / str(step)} has no 'params' "
+            raise CheckpointError(f"checkpoint {directory / str(step)} has no 'params' "
                              f"(top-level entries: {sorted(tree) if isinstance(tree, dict) else tree})")
         item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted)
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
@@ -160,7 +164,7 @@ def _resolve(path: str | epath.PathLike) -> tuple[epath.Path, int | None]:
     """``path`` -> (directory of step dirs, step or None for the newest)."""
     p = epath.Path(path)
     if UNFINISHED_MARK in p.name:
-        raise ValueError(f"checkpoint {p} is unfinished (its save was interrupted); "
+        raise CheckpointError(f"checkpoint {p} is unfinished (its save was interrupted); "
                          "use a step directory without the tmp suffix")
     if not p.exists():
         raise FileNotFoundError(f"checkpoint {p} does not exist")
@@ -249,7 +253,7 @@ def _check_matches(saved_tree: Any, abstract: Any, where: epath.Path, partial: b
         if items:
             more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
             parts.append(f"{title}: " + "; ".join(items[:_MAX_LISTED]) + more)
-    raise ValueError(f"checkpoint {where} does not match the model state "
+    raise CheckpointError(f"checkpoint {where} does not match the model state "
                      f"(checkpoint of another architecture?): " + ". ".join(parts))
 
 

@@ -75,7 +75,7 @@ def prefetch_to_mesh(
                     return
                 q.put(host_to_global(batch, mesh))
             q.put(done)
-        except BaseException as e:  # handed to the consumer
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
             q.put(e)
 
     thread = threading.Thread(target=worker, daemon=True, name="prefetch_to_mesh")

@@ -1,7 +1,8 @@
 """Input pipeline: sources and their validation, train/eval streams, sharding, resume, TFDS, digits.
 
 Everything runs on small real files written to tmp dirs; the CIFAR-10 test uses the shared data
-folder (<repo>/../shared/data or $FLAXCLS_SHARED_DATA) and skips when it is absent.
+folder (<repo>/../shared/data, $FLAXCLS_SHARED_DATA or $FLAXCLS_SHARED/data) and skips when it
+is absent.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import collections
 import math
 import os
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -24,7 +27,8 @@ pipeline = pytest.importorskip("flaxcls.data.pipeline")  # needs tensorflow
 from flaxcls.data import eval_iterator, train_iterator, write_digits_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("FLAXCLS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("FLAXCLS_SHARED_DATA")
+                   or Path(os.environ.get("FLAXCLS_SHARED", REPO_ROOT.parent / "shared")) / "data")
 CLASSES = ("cat", "dog", "fox")
 TRAIN_PER_CLASS, VAL_PER_CLASS = (8, 8, 8), (4, 4, 3)  # 24 train, 11 eval
 
@@ -323,6 +327,27 @@ def test_corrupt_images_are_skipped_and_counted(tree, tmp_path):
     ev = eval_iterator(cfg, global_batch_size=5)
     masks = [b["mask"] for b in ev]
     assert len(masks) == 3 and sum(m.sum() for m in masks) == 11 and ev.num_skipped == 1
+
+
+def test_all_unreadable_raises_instead_of_spinning(tmp_path, caplog):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    for i in range(4):
+        (tmp_path / "train" / "a" / f"{i}.jpg").write_bytes(b"garbage")
+    it = train_iterator(_cfg(tmp_path), global_batch_size=2)
+    with pytest.raises(DataError, match="no readable image"):
+        next(it)
+    assert it.num_skipped == 2 * pipeline.MAX_EMPTY_BATCHES
+    assert "InvalidArgumentError" in caplog.text  # the decoder's reason is logged
+
+
+def test_importing_the_package_and_reading_lists_needs_no_tensorflow(tree):
+    code = ("import sys; from flaxcls.config import default_config; import flaxcls.data as d; "
+            f"c = default_config(); c.data_dir = {str(tree)!r}; c.num_classes = 3; "
+            "print(d.dataset_info(c).num_train); assert 'tensorflow' not in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO_ROOT, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "24"
 
 
 # ----------------------------------------------------------------------------- TFDS

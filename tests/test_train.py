@@ -63,8 +63,9 @@ def test_digits_main_job_reaches_accuracy(tmp_path):
 def test_resume_equals_uninterrupted(tmp_path, digits_dir):
     from flaxcls.train.loop import train_and_evaluate
 
-    kw = dict(num_epochs=2, batch_size=128, crop_size=16, resize_short_size=16,
-              eval_every_epochs=100, log_every_steps=5, checkpoint_every_steps=4, use_mixup=True)
+    kw = {"num_epochs": 2, "batch_size": 128, "crop_size": 16, "resize_short_size": 16,
+          "eval_every_epochs": 100, "log_every_steps": 5, "checkpoint_every_steps": 4,
+          "use_mixup": True}
     whole = tmp_path / "whole"
     train_and_evaluate(_config(digits_dir, **kw), str(whole))
 

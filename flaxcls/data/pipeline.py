@@ -2,8 +2,9 @@
 
 The train order is decided on index tensors before anything is read: epoch e is a stateless
 permutation seeded from (random_seed, e), the same on every process; process p takes positions
-p, p + P, ... of it, so the processes' local batches together form each global batch. Augmentation seeds come from
-(random_seed, epoch, position), so a stream is a pure function of the config and the start step.
+p, p + P, ... of it, so the processes' local batches together form each global batch.
+Augmentation seeds come from (random_seed, epoch, position), so a stream is a pure function of
+the config and the start step.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from flaxcls.data.sources import DataError, FileSource, TfdsSource, resolve_sour
 tf = ops.tf
 log = logging.getLogger(__name__)
 
-AUTOTUNE = -1  # tf.data.AUTOTUNE
 MAX_NAMED_SKIPS = 100  # skipped examples remembered by name on the iterator
-_eval_cache: dict[tuple, list[dict[str, np.ndarray]]] = {}
+MAX_EMPTY_BATCHES = 10  # train batches in a row without one readable image: something is wrong
+_eval_cache: dict[tuple, tuple[Any, list[dict[str, np.ndarray]]]] = {}
 _SHUFFLE_STREAM = 1 << 62  # keeps shuffle seeds apart from augmentation seeds
 _NO_END = 1 << 62
 
@@ -37,14 +38,17 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
     not a decodable image; `skipped` names the first MAX_NAMED_SKIPS of them. In a train batch the
     gaps are filled with copies of other examples of the same batch (so batch k is still built from
     the examples of step k); a batch with no readable example at all is dropped. In an eval batch
-    a skipped example becomes padding with mask False.
+    a skipped example becomes padding with mask False. Each skip is logged (the first few with
+    the decoder's reason); MAX_EMPTY_BATCHES dropped train batches in a row raise DataError.
     """
 
     def __init__(self, batches: Iterator[dict[str, np.ndarray]], describe: Callable[[int], str],
-                 *, train: bool):
+                 *, train: bool, explain: Callable[[int], str] | None = None):
         self._batches = batches
         self._describe = describe
+        self._explain = explain
         self._train = train
+        self._empty_run = 0
         self.num_skipped = 0
         self.skipped: list[str] = []
 
@@ -60,7 +64,14 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
             if missing > 0:
                 self._record(expected, valid, missing)
             if self._train and n == 0:
+                self._empty_run += 1
+                if self._empty_run >= MAX_EMPTY_BATCHES:
+                    raise DataError(
+                        f"{self._empty_run} train batches in a row had no readable image "
+                        f"({self.num_skipped} skipped so far, e.g. {self.skipped[:3]}); "
+                        f"check the files and the transform settings")
                 continue
+            self._empty_run = 0
             out = {"image": b["image"], "label": b["label"]}
             if not self._train:
                 out["mask"] = b["mask"]
@@ -72,8 +83,24 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         names = [self._describe(i) for i in gone]
         room = MAX_NAMED_SKIPS - len(self.skipped)
         self.skipped.extend(names[:max(room, 0)])
-        log.warning("Skipped %d unreadable example(s) (%d so far): %s", missing,
-                    self.num_skipped, ", ".join(names[:5]))
+        reason = ""
+        if self._explain is not None and gone and len(self.skipped) <= 5:
+            reason = f" (first: {self._explain(gone[0])})"
+        log.warning("Skipped %d unreadable example(s) (%d so far): %s%s", missing,
+                    self.num_skipped, ", ".join(names[:5]), reason)
+
+
+def _file_reason(split) -> Callable[[int], str]:
+    """Re-reads one skipped file eagerly to surface the error that tf.data swallowed."""
+
+    def explain(i: int) -> str:
+        try:
+            ops.decode_rgb(tf.io.read_file(str(split.paths[i])))
+        except (tf.errors.OpError, ValueError) as e:  # the decoder's message is the point
+            return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+        return "decodes when read alone; the transform failed on it"
+
+    return explain
 
 
 # ----------------------------------------------------------------------------- public entry points
@@ -102,7 +129,8 @@ def train_iterator(config, *, global_batch_size: int, start_step: int = 0,
     if isinstance(src, FileSource):
         batches = _file_train_batches(src, config, shard, steps_per_epoch, start_epoch, skip)
         ds = _decode_batches(batches, transform, lb, config, train=True, read_files=True)
-        return BatchIterator(ds.as_numpy_iterator(), _file_namer(src.train), train=True)
+        return BatchIterator(ds.as_numpy_iterator(), _file_namer(src.train), train=True,
+                             explain=_file_reason(src.train))
     epochs = (_decode_batches(
         _tfds_train_batches(src, config, shard, steps_per_epoch, epoch,
                             skip if epoch == start_epoch else 0),
@@ -127,28 +155,31 @@ def eval_iterator(config, *, global_batch_size: int, process_index: int = 0,
     transform = _eval_transform(config)
     if isinstance(src, FileSource):
         batches = _padded_eval_batches(src, num_eval, shard)
-        describe = _file_namer(src.eval)
+        describe, explain = _file_namer(src.eval), _file_reason(src.eval)
     else:
         batches = _tfds_eval_batches(src, num_eval, shard)
-        describe = lambda i: f"{src.name}[{src.eval_split}] example #{i}"
+        describe, explain = lambda i: f"{src.name}[{src.eval_split}] example #{i}", None
     key = None
     if config.cache_eval:
+        # id(src) is stable: the cache keeps src alive, and resolve_source memoises it.
         key = (id(src), global_batch_size, process_index, process_count, config.crop_size,
                config.resize_short_size, ops.resize_method(config.interpolation))
         if key in _eval_cache:
-            return BatchIterator(iter(_eval_cache[key]), describe, train=False)
+            return BatchIterator(iter(_eval_cache[key][1]), describe, train=False)
     ds = _decode_batches(batches, transform, lb, config, train=False,
                          read_files=isinstance(src, FileSource))
     stream: Iterator[dict[str, np.ndarray]] = ds.as_numpy_iterator()
     if key is not None:
-        stream = _caching(stream, key)
-    return BatchIterator(stream, describe, train=False)
+        stream = _caching(stream, key, src)
+    return BatchIterator(stream, describe, train=False, explain=explain)
 
 
-def _caching(stream: Iterator[dict[str, np.ndarray]], key: tuple):
-    kept = [b for b in stream]  # a complete pass, then replayed by later eval_iterator calls
-    _eval_cache[key] = kept
-    yield from kept
+def _caching(stream: Iterator[dict[str, np.ndarray]], key: tuple, src):
+    kept = []
+    for batch in stream:
+        kept.append(batch)
+        yield batch
+    _eval_cache[key] = (src, kept)  # only a complete pass is replayed by later calls
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -174,6 +205,8 @@ def _file_namer(split) -> Callable[[int], str]:
 
 
 def _threads(config) -> int:
+    """config.reader_thread, or (0) every CPU this process may use. A fixed count, not
+    tf.data.AUTOTUNE: each batch is its own small dataset, too short-lived for the tuner."""
     if config.reader_thread > 0:
         return int(config.reader_thread)
     try:
@@ -329,14 +362,18 @@ def _decode_batches(batches, transform: Callable, lb: int, config, *, train: boo
             valid = tf.pad(index, [[0, lb - n]], constant_values=-1)
             if train:  # repeat the batch's readable examples into the gaps
                 take = tf.range(lb) % tf.maximum(n, 1)
-                images = tf.cond(n > 0, lambda: tf.gather(images, take),
-                                 lambda: tf.zeros([lb, crop, crop, 3], tf.uint8))
-                labels = tf.cond(n > 0, lambda: tf.gather(labels, take),
-                                 lambda: tf.zeros([lb], tf.int32))
+                images, labels = tf.cond(
+                    n == lb, lambda: (images, labels),  # the usual case: no copy
+                    lambda: tf.cond(n > 0, lambda: (tf.gather(images, take),
+                                                    tf.gather(labels, take)),
+                                    lambda: (tf.zeros([lb, crop, crop, 3], tf.uint8),
+                                             tf.zeros([lb], tf.int32))))
                 mask = tf.ones([lb], tf.bool)
             else:  # gaps and padding are masked out
-                images = tf.pad(images, [[0, lb - n], [0, 0], [0, 0], [0, 0]])
-                labels = tf.pad(labels, [[0, lb - n]])
+                images, labels = tf.cond(
+                    n == lb, lambda: (images, labels),
+                    lambda: (tf.pad(images, [[0, lb - n], [0, 0], [0, 0], [0, 0]]),
+                             tf.pad(labels, [[0, lb - n]])))
                 mask = tf.range(lb) < n
             return {"image": tf.ensure_shape(images, (lb, crop, crop, 3)),
                     "label": tf.ensure_shape(labels, (lb,)), "mask": mask,
@@ -351,7 +388,10 @@ def _decode_batches(batches, transform: Callable, lb: int, config, *, train: boo
         ds = ds.ignore_errors().batch(lb).concatenate(empty).take(1)
         return ds.map(fill(batch["index"]))
 
-    ds = batches.interleave(decode_batch, cycle_length=2, num_parallel_calls=2,
+    # Two batches in flight keep every thread busy through a batch's tail; more when batches are
+    # small next to the thread count.
+    cycle = max(2, min(16, -(-2 * threads // lb)))
+    ds = batches.interleave(decode_batch, cycle_length=cycle, num_parallel_calls=cycle,
                             deterministic=True)
     ds = ds.prefetch(2)
     options = tf.data.Options()

@@ -196,7 +196,7 @@ def parse_list_file(list_path: str, data_dir: str, num_classes: int,
     for i in _missing_files(paths):
         lineno, line = where[i]
         problems.append(f"{list_path}:{lineno}: image not found: {paths[i]!r} (line {line!r})")
-    return FileSplit(np.array(paths, dtype=str), np.array(labels, dtype=np.int32))
+    return FileSplit(np.array(paths, dtype=object), np.array(labels, dtype=np.int32))
 
 
 def _missing_files(paths: list[str]) -> Iterable[int]:
@@ -252,7 +252,7 @@ def scan_class_folders(root: str) -> dict[str, list[str]]:
 def _folder_split(classes: dict[str, list[str]], index: dict[str, int]) -> FileSplit:
     paths = [p for name in classes for p in classes[name]]
     labels = [index[name] for name in classes for _ in classes[name]]
-    return FileSplit(np.array(paths, dtype=str), np.array(labels, dtype=np.int32))
+    return FileSplit(np.array(paths, dtype=object), np.array(labels, dtype=np.int32))
 
 
 def _folder_source(data_dir: str, train_root: str, eval_root: str, num_classes: int) -> FileSource:

@@ -121,9 +121,13 @@ def _make_loss_scale(config):
 
 
 def evaluate(
-    config, model, variables, mesh, data, *, step: int, writer: MetricWriter | None, workdir: str
+    config, model, variables, mesh, data, *, step: int, writer: MetricWriter | None, workdir: str,
+    num_eval: int,
 ) -> dict[str, Any]:
     """One pass over the eval split; every example counted once. Writes eval_results.json."""
+    if not num_eval:
+        log.warning("no eval data (no val list or eval split): evaluation skipped")
+        return {"step": int(step)}
     eval_step = make_eval_step(model, config, mesh)
     metrics = zeros_metrics(EVAL_METRICS, mesh)
     t0 = time.time()
@@ -140,7 +144,7 @@ def evaluate(
         "top1": m["top1"],
         "top5": m["top5"],
         "loss": m["loss"],
-        "num_examples": int(round(m["count"])),
+        "num_examples": round(m["count"]),
         "step": int(step),
     }
     seconds = time.time() - t0
@@ -233,7 +237,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = start_step
     t_log, step_log = time.time(), start_step
     t_epoch = time.time()
-    skipped = lambda: skipped_before + int(getattr(host_iter, "num_skipped", 0))  # noqa: E731
+
+    def skipped() -> int:
+        return skipped_before + int(getattr(host_iter, "num_skipped", 0))
+
     try:
         while step < total_steps:
             batch = next(batches)
@@ -269,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 t_epoch = time.time()
                 if epoch % config.eval_every_epochs == 0 and step != total_steps:
                     result = evaluate(config, model, state.variables(), mesh, data, step=step,
-                                      writer=writer, workdir=workdir)
+                                      writer=writer, workdir=workdir, num_eval=info.num_eval)
             if (at_log or jax.process_count() == 1) and stop.agreed():
                 ckpt.save(step, state, _checkpoint_metadata(config, step, steps_per_epoch,
                                                             skipped()), force=True)
@@ -277,9 +284,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 log.warning("stopped at step %d on request; re-run the same command to resume",
                             step)
                 return {"stopped_at_step": step}
-        if step == total_steps and not result.get("step") == step:
+        if step == total_steps and result.get("step") != step:
             result = evaluate(config, model, state.variables(), mesh, data, step=step,
-                              writer=writer, workdir=workdir)
+                              writer=writer, workdir=workdir, num_eval=info.num_eval)
             if latest is not None and latest == total_steps:
                 log.info("training was already complete at step %d", step)
         ckpt.wait()
@@ -344,7 +351,7 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """``--mode=eval``: the workdir's newest checkpoint (or config.checkpoint / pretrained_model)."""
-    data, mesh, _, _, model = _setup(config, workdir)
+    data, mesh, _, info, model = _setup(config, workdir)
     tx = optim.make_optimizer(config, optim.make_schedule(config, 1, config.batch_size))
     state = create_train_state(model, tx, image_size=config.crop_size, seed=config.random_seed,
                                mesh=mesh, loss_scale=_make_loss_scale(config))
@@ -366,7 +373,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         writer = MetricWriter(workdir)
         try:
             return evaluate(config, model, state.variables(), mesh, data, step=step,
-                            writer=writer, workdir=workdir)
+                            writer=writer, workdir=workdir, num_eval=info.num_eval)
         finally:
             writer.close()
     finally:

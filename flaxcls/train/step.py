@@ -90,7 +90,9 @@ def make_train_step(
         if state.loss_scale is not None:
             # float16: a step whose gradients overflowed is dropped and the scale shrinks.
             finite = losses.all_finite(grads)
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+            def keep(new, old):
+                return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
             new_state = new_state.replace(
                 params=keep(new_params, state.params),
                 batch_stats=keep(new_stats, state.batch_stats),

@@ -24,7 +24,9 @@ class MetricWriter:
         if not self.enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+        self._jsonl = open(  # noqa: SIM115 - lives as long as the writer
+            os.path.join(workdir, "metrics.jsonl"), "a", buffering=1
+        )
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
