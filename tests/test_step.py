@@ -1,0 +1,117 @@
+"""The jitted steps: dtypes (bf16, fp16 with loss scaling), on-device metric sums, eval masking."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flaxcls
+from flaxcls import parallel
+from flaxcls.config import default_config
+from flaxcls.train import losses, optim
+from flaxcls.train.state import create_train_state
+from flaxcls.train.step import (
+    EVAL_METRICS,
+    TRAIN_METRICS,
+    fetch_metrics,
+    make_eval_step,
+    make_train_step,
+    normalize,
+    zeros_metrics,
+)
+
+SIZE, BATCH = 16, 8
+
+
+def _setup(dtype="float32", **overrides):
+    c = default_config()
+    c.model, c.num_classes, c.crop_size, c.resize_short_size = "ResNet_tiny", 10, SIZE, SIZE
+    c.batch_size, c.dtype = BATCH, dtype
+    for k, v in overrides.items():
+        setattr(c, k, v)
+    mesh = parallel.make_mesh()
+    model = flaxcls.create_model(c.model, num_classes=c.num_classes, dtype=c.dtype)
+    tx = optim.make_optimizer(c, optim.make_schedule(c, 10, c.batch_size))
+    scale = losses.DynamicScale.create(c.loss_scale) if dtype == "float16" else None
+    state = create_train_state(model, tx, image_size=SIZE, seed=0, mesh=mesh, loss_scale=scale)
+    return c, mesh, model, tx, state
+
+
+def _batch(mesh, seed=0, n=BATCH):
+    rng = np.random.RandomState(seed)
+    return parallel.host_to_global({
+        "image": rng.randint(0, 256, (n, SIZE, SIZE, 3)).astype(np.uint8),
+        "label": rng.randint(0, 10, (n,)).astype(np.int32),
+    }, mesh)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_train_step_dtypes_keep_float32_params(dtype):
+    c, mesh, model, tx, state = _setup(dtype, use_mixup=True, use_label_smoothing=True)
+    step = make_train_step(model, tx, c, mesh)
+    before = jax.tree.map(np.asarray, state.params)
+    metrics = zeros_metrics(TRAIN_METRICS, mesh)
+    for i in range(3):
+        state, metrics = step(state, metrics, _batch(mesh, i))
+    m = fetch_metrics(metrics)
+    assert m["count"] == 3 * BATCH and np.isfinite(m["loss"]) and m["skipped_steps"] == 0
+    assert int(state.step) == 3
+    leaves = jax.tree.leaves(state.params)
+    assert all(x.dtype == jnp.float32 for x in leaves)
+    moved = [not np.allclose(a, np.asarray(b)) for a, b in zip(jax.tree.leaves(before), leaves)]
+    assert all(moved)
+
+
+def test_float16_overflow_skips_the_step_and_halves_the_scale():
+    c, mesh, model, tx, state = _setup("float16", loss_scale=2.0**40)  # overflows float16 grads
+    step = make_train_step(model, tx, c, mesh)
+    before = jax.tree.map(np.asarray, state.params)
+    metrics = zeros_metrics(TRAIN_METRICS, mesh)
+    state, metrics = step(state, metrics, _batch(mesh))
+    assert fetch_metrics(metrics)["skipped_steps"] == 1
+    assert float(state.loss_scale.scale) == 2.0**39
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_metrics_accumulate_on_device_without_reset():
+    c, mesh, model, tx, state = _setup()
+    step = make_train_step(model, tx, c, mesh)
+    metrics = zeros_metrics(TRAIN_METRICS, mesh)
+    state, metrics = step(state, metrics, _batch(mesh, 1))
+    one = fetch_metrics(metrics)
+    state, metrics = step(state, metrics, _batch(mesh, 2))
+    two = fetch_metrics(metrics)
+    assert isinstance(metrics["loss"], jax.Array)
+    assert two["count"] == 2 * one["count"]
+    assert 0.0 <= two["top1"] <= two["top5"] <= 1.0
+
+
+def test_eval_padding_counts_nowhere():
+    c, mesh, model, _, state = _setup()
+    eval_step = make_eval_step(model, c, mesh)
+    real = _batch(mesh, 5, n=6)
+    m_real = fetch_metrics(eval_step(state.variables(), zeros_metrics(EVAL_METRICS, mesh),
+                                     {**real, "mask": jnp.ones(6, bool)}))
+    rng = np.random.RandomState(5)
+    images = rng.randint(0, 256, (6, SIZE, SIZE, 3)).astype(np.uint8)
+    labels = rng.randint(0, 10, (6,)).astype(np.int32)
+    padded = parallel.host_to_global({
+        "image": np.concatenate([images, np.full((2, SIZE, SIZE, 3), 255, np.uint8)]),
+        "label": np.concatenate([labels, np.zeros(2, np.int32)]),
+        "mask": np.array([True] * 6 + [False] * 2),
+    }, mesh)
+    m_pad = fetch_metrics(eval_step(state.variables(), zeros_metrics(EVAL_METRICS, mesh), padded))
+    assert m_pad["count"] == m_real["count"] == 6
+    for k in ("loss", "top1", "top5"):
+        assert m_pad[k] == pytest.approx(m_real[k], rel=1e-5)
+
+
+def test_normalize_matches_numpy():
+    x = np.arange(0, 256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, -1)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    want = (x / 255.0 - np.array(mean)) / np.array(std)
+    got = np.asarray(normalize(jnp.asarray(x), mean, std, jnp.float32))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
