@@ -194,7 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         model, tx, image_size=config.crop_size, seed=config.random_seed, mesh=mesh,
         loss_scale=_make_loss_scale(config),
     )
-    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, async_save=True)
     start_step, skipped_before = 0, 0
     latest = ckpt.latest_step()
     if latest is not None:

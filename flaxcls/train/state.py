@@ -41,10 +41,12 @@ def create_train_state(
     """Initialises parameters directly as replicated arrays on the mesh (no host copy)."""
 
     def init() -> TrainState:
-        root = jax.random.key(seed)
-        init_key, params_key_dropout, train_key = jax.random.split(root, 3)
+        # The rbg generator compiles parameter initialisation ~1.5x faster than threefry;
+        # the training stream (dropout, mixup) stays on the default generator.
+        init_key = jax.random.key(seed, impl="rbg")
+        dropout_key, train_key = jax.random.split(jax.random.key(seed))
         x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-        variables = model.init({"params": init_key, "dropout": params_key_dropout}, x, train=False)
+        variables = model.init({"params": init_key, "dropout": dropout_key}, x, train=False)
         params = variables["params"]
         return TrainState(
             step=jnp.zeros((), jnp.int32),
