@@ -110,8 +110,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{field}={getattr(c, field)!r}: {msg}")
 
     need(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
-    need(c.lr_strategy.removesuffix("_warmup") in LR_STRATEGIES, "lr_strategy",
-         f"must be one of {LR_STRATEGIES} (optionally with '_warmup')")
+    need(split_lr_strategy(c.lr_strategy)[0] in LR_STRATEGIES, "lr_strategy",
+         f"must be one of {LR_STRATEGIES} (optionally with '_warmup' or '_with_warmup')")
     need(c.data_source in DATA_SOURCES, "data_source", f"must be one of {DATA_SOURCES}")
     need(c.builtin_dataset in BUILTIN_DATASETS, "builtin_dataset",
          f"must be one of {BUILTIN_DATASETS}")
@@ -143,8 +143,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.checkpoint_every_steps >= 1, "checkpoint_every_steps", "must be >= 1")
     need(c.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
     need(c.warm_up_epochs >= 0, "warm_up_epochs", "must be >= 0")
-    need(c.warm_up_epochs > 0 or not c.lr_strategy.endswith("_warmup"), "warm_up_epochs",
+    need(c.warm_up_epochs > 0 or not split_lr_strategy(c.lr_strategy)[1], "warm_up_epochs",
          f"must be > 0 with lr_strategy={c.lr_strategy!r}")
+
+
+def split_lr_strategy(name: str) -> tuple[str, bool]:
+    """'cosine_decay_warmup' (or the original 'cosine_decay_with_warmup') -> ('cosine_decay', True)."""
+    for suffix in ("_with_warmup", "_warmup"):
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), True
+    return name, False
 
 
 def interpolation_name(value: str | int) -> str:

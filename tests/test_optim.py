@@ -135,3 +135,15 @@ def test_optimizer_matches_paddle_momentum_l2(nesterov, exclude):
     for k in params:
         np.testing.assert_allclose(p[k], want[k], rtol=1e-5, atol=1e-6)
     assert float(optim.learning_rate_of(state)) == pytest.approx(0.08)
+
+
+def test_original_with_warmup_spelling_is_accepted():
+    from flaxcls.config import validate
+
+    a, b = default_config(), default_config()
+    for c, name in ((a, "cosine_decay_warmup"), (b, "cosine_decay_with_warmup")):
+        c.lr_strategy, c.warm_up_epochs, c.num_epochs, c.data_dir = name, 2.0, 10, "x"
+        validate(c)
+    sa, sb = optim.make_schedule(a, 100, 256), optim.make_schedule(b, 100, 256)
+    for step in (0, 50, 199, 200, 500, 999):
+        assert float(sa(step)) == float(sb(step))

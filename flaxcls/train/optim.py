@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flaxcls.config import LR_STRATEGIES, ConfigError
+from flaxcls.config import LR_STRATEGIES, ConfigError, split_lr_strategy
 
 WARMUP_SUFFIX = "_warmup"
 
@@ -52,14 +52,14 @@ def make_schedule(
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch={steps_per_epoch} must be >= 1")
     strategy = str(config.lr_strategy)
-    name = strategy.removesuffix(WARMUP_SUFFIX)
+    name, with_warmup = split_lr_strategy(strategy)
     if name not in LR_STRATEGIES:
         raise ConfigError(f"config.lr_strategy={strategy!r}: must be one of {LR_STRATEGIES} "
                           f"(optionally with {WARMUP_SUFFIX!r})")
     lr = base_learning_rate(config, global_batch_size)
     total = round(float(config.num_epochs) * steps_per_epoch)
     warmup = round(float(config.warm_up_epochs) * steps_per_epoch)
-    if strategy.endswith(WARMUP_SUFFIX) and warmup == 0:
+    if with_warmup and warmup == 0:
         raise ConfigError(
             f"config.warm_up_epochs={config.warm_up_epochs!r}: lr_strategy={strategy!r} needs "
             "warm_up_epochs > 0 (the 2019 recipes used 5)"
