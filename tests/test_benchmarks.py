@@ -1,0 +1,31 @@
+"""The throughput benchmark runs without TensorFlow (as on the GPU machines) and prints one JSON line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, subprocess_env
+
+
+def test_train_throughput_prints_json_without_tensorflow(tmp_path):
+    blocker = tmp_path / "no_tf" / "tensorflow"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('tensorflow is not installed here')\n")
+    env = subprocess_env(2)
+    env["PYTHONPATH"] = f"{blocker.parent}:{env['PYTHONPATH']}"
+    csv_path = tmp_path / "out.csv"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--model", "resnet_tiny",
+         "--batch", "8", "--dtype", "bfloat16", "--steps", "2", "--warmup", "1", "--repeats", "2",
+         "--csv", str(csv_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["model"] == "ResNet_tiny" and result["batch"] == 8
+    assert result["dtype"] == "bfloat16" and result["devices"] == 2
+    assert result["images_per_sec"] > 0 and result["step_ms"] > 0
+    assert {"device", "jax", "image_size"} <= set(result)
+    assert csv_path.read_text().count("\n") == 2
