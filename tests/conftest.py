@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +36,17 @@ def run_launch(args: list[str], *, devices: int = 1, timeout: float = 600, check
         pytest.fail(f"launch.py {' '.join(args)} exited {proc.returncode}\n"
                     f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
     return proc
+
+
+def checkpoint_params(workdir) -> dict[str, np.ndarray]:
+    """params and batch_stats of the newest checkpoint in a workdir, flattened to path -> array."""
+    import jax
+
+    from flaxcls.checkpoint import Checkpointer
+
+    variables = Checkpointer.read_variables(str(workdir))
+    return {jax.tree_util.keystr(p): np.asarray(v)
+            for p, v in jax.tree_util.tree_leaves_with_path(variables)}
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, run_launch, subprocess_env
+from conftest import REPO, checkpoint_params, run_launch, subprocess_env
 
 from flaxcls import parallel
 from flaxcls.config import ConfigError
@@ -47,27 +47,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _final_params(workdir) -> dict[str, np.ndarray]:
-    from flaxcls.checkpoint import Checkpointer
-
-    ck = Checkpointer(str(workdir), keep=3)
-    try:
-        variables = ck.read_variables(str(workdir))
-    finally:
-        ck.close()
-    flat = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}/{k}")
-        else:
-            flat[prefix] = np.asarray(node)
-
-    walk(variables, "")
-    return flat
-
-
 def test_two_processes_train_like_one(tmp_path, digits_dir):
     common = [
         "--config=configs/digits.py", f"--config.data_dir={digits_dir}",
@@ -95,7 +74,7 @@ def test_two_processes_train_like_one(tmp_path, digits_dir):
         assert p.returncode == 0, out[-4000:]
     assert "2 process(es)" in outs[0] or "'process_count': 2" in outs[0], outs[0][-2000:]
 
-    a, b = _final_params(single), _final_params(multi)
+    a, b = checkpoint_params(single), checkpoint_params(multi)
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=2e-5, err_msg=k)

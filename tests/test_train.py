@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, run_launch, subprocess_env
+from conftest import REPO, checkpoint_params, run_launch, subprocess_env
 
 from configs import digits as digits_config
 
@@ -23,20 +23,6 @@ def _config(digits_dir, **overrides):
     for k, v in overrides.items():
         setattr(c, k, v)
     return c
-
-
-def _params(state_dir) -> dict[str, np.ndarray]:
-    from flaxcls.checkpoint import Checkpointer
-
-    ck = Checkpointer(str(state_dir), keep=3)
-    try:
-        variables = ck.read_variables(str(state_dir))
-    finally:
-        ck.close()
-    import jax
-
-    return {jax.tree_util.keystr(p): np.asarray(v)
-            for p, v in jax.tree_util.tree_leaves_with_path(variables)}
 
 
 def test_digits_main_job_reaches_accuracy(tmp_path):
@@ -75,7 +61,7 @@ def test_resume_equals_uninterrupted(tmp_path, digits_dir):
     result = train_and_evaluate(_config(digits_dir, **kw), str(parts))
     assert result["step"] == 22
 
-    a, b = _params(whole), _params(parts)
+    a, b = checkpoint_params(whole), checkpoint_params(parts)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
