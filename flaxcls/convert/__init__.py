@@ -1,5 +1,9 @@
-"""Importers of released weights into flaxcls variables (Paddle first). No TensorFlow here."""
+"""Importers of released weights into flaxcls variables (Paddle first). No TensorFlow here.
 
+Importing this package registers the Paddle name map of every family.
+"""
+
+from flaxcls.convert.paddle import paddle_name_map, paddle_to_flax
 from flaxcls.convert.paddle_resnet import paddle_resnet_name_map, paddle_to_flax_resnet
 
-__all__ = ["paddle_resnet_name_map", "paddle_to_flax_resnet"]
+__all__ = ["paddle_name_map", "paddle_resnet_name_map", "paddle_to_flax", "paddle_to_flax_resnet"]

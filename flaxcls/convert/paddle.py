@@ -1,0 +1,183 @@
+"""Paddle 2019 parameters (by name) -> Flax variables, for every registered family.
+
+Each family registers a *name map*: Paddle parameter name -> ``Target`` (Flax collection,
+path, and any layout change beyond the standard ones). This module applies the map strictly:
+every Flax leaf is filled, every Paddle tensor is used once, known training leftovers
+(optimizer velocity, learning-rate counters) are ignored with a log line, and anything else
+missing, extra or mis-shaped stops the conversion with one message listing it all.
+
+Standard layout changes: 4-D conv weights OIHW -> HWIO (depthwise [C,1,kh,kw] becomes
+Flax's [kh,kw,1,C]); fc weights ``[in, out]`` are already Dense kernels; an fc fed by a
+flattened 4-D map is declared with ``flatten_chw`` and its rows are reordered from Paddle's
+C,H,W flatten order to our H,W,C order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from flaxcls.registry import ModelCfg, create_model, get_model_cfg
+
+log = logging.getLogger("flaxcls")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    collection: str  # "params" or "batch_stats"
+    path: tuple[str, ...]  # inside the collection, e.g. ("stage1_block0", "conv1", "kernel")
+    flatten_chw: tuple[int, int, int] | None = None  # fc fed by a flattened NCHW (C, H, W) map
+
+
+NameMap = dict[str, Target]
+NameMapFn = Callable[[nn.Module, ModelCfg], NameMap]
+
+_NAME_MAPS: dict[str, NameMapFn] = {}
+
+# Tensors a training checkpoint may carry that are not model weights.
+TRAINING_LEFTOVERS = re.compile(
+    r"(_velocity_\d+$|_moment\d?_\d+$|_beta\d_pow_acc_\d+$|^learning_rate_\d+$|@LR_DECAY_COUNTER@"
+    r"|^@|_fp32_master_\d+$)"
+)
+BN_SUFFIXES = {
+    "_scale": ("params", "scale"),
+    "_offset": ("params", "bias"),
+    "_mean": ("batch_stats", "mean"),
+    "_variance": ("batch_stats", "var"),
+}
+
+
+def register_name_map(family: str) -> Callable[[NameMapFn], NameMapFn]:
+    """Decorator: ``fn(model, cfg) -> NameMap`` for the models whose ModelCfg.family is ``family``."""
+
+    def wrap(fn: NameMapFn) -> NameMapFn:
+        _NAME_MAPS[family] = fn
+        return fn
+
+    return wrap
+
+
+# ----------------------------------------------------------------------------- map helpers
+
+
+def conv(paddle_name: str, path: tuple[str, ...]) -> NameMap:
+    return {paddle_name: Target("params", (*path, "kernel"))}
+
+
+def bn(paddle_prefix: str, path: tuple[str, ...]) -> NameMap:
+    """Paddle BN ``{prefix}_scale/_offset/_mean/_variance`` -> Flax BatchNorm at ``path``."""
+    return {
+        paddle_prefix + suffix: Target(collection, (*path, leaf))
+        for suffix, (collection, leaf) in BN_SUFFIXES.items()
+    }
+
+
+def dense(weight: str, bias: str | None, path: tuple[str, ...],
+          flatten_chw: tuple[int, int, int] | None = None) -> NameMap:
+    out = {weight: Target("params", (*path, "kernel"), flatten_chw)}
+    if bias is not None:
+        out[bias] = Target("params", (*path, "bias"))
+    return out
+
+
+def bias(paddle_name: str, path: tuple[str, ...]) -> NameMap:
+    return {paddle_name: Target("params", (*path, "bias"))}
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def paddle_name_map(model_name: str, num_classes: int | None = None) -> NameMap:
+    cfg = get_model_cfg(model_name)
+    fn = _NAME_MAPS.get(cfg.family)
+    if fn is None:
+        raise ValueError(f"{cfg.name}: no Paddle name map for family {cfg.family!r}")
+    return fn(create_model(cfg.name, num_classes=num_classes), cfg)
+
+
+def _expected_shapes(model: nn.Module, cfg: ModelCfg) -> dict[tuple[str, ...], tuple[int, ...]]:
+    size = cfg.input_size
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32))
+    )
+    return {
+        (collection, *path): tuple(leaf.shape)
+        for collection in shapes
+        for path, leaf in traverse_util.flatten_dict(dict(shapes[collection])).items()
+    }
+
+
+def _num_classes(arrays: Mapping[str, np.ndarray], mapping: NameMap, cfg: ModelCfg) -> int:
+    head = tuple(cfg.classifier.split("/"))
+    for name, target in mapping.items():
+        if target.collection == "params" and target.path == (*head, "bias") and name in arrays:
+            return int(np.shape(arrays[name])[0])
+    return cfg.num_classes
+
+
+def to_flax_layout(value: np.ndarray, target: Target) -> np.ndarray:
+    value = np.asarray(value, dtype=np.float32)
+    if value.ndim == 4:
+        return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if target.flatten_chw is not None and value.ndim == 2:
+        c, h, w = target.flatten_chw
+        out = value.shape[1]
+        return value.reshape(c, h, w, out).transpose(1, 2, 0, 3).reshape(c * h * w, out)
+    return value
+
+
+def paddle_to_flax(arrays: Mapping[str, np.ndarray], model_name: str) -> dict:
+    """Paddle-named arrays -> ``{"params": ..., "batch_stats": ...}`` (numpy, float32).
+
+    The class count is read from the classifier's bias. Raises ValueError listing every
+    missing, unexpected or wrongly shaped tensor and every leaf left unfilled.
+    """
+    cfg = get_model_cfg(model_name)
+    first = paddle_name_map(cfg.name)
+    num_classes = _num_classes(arrays, first, cfg)
+    if num_classes != cfg.num_classes:
+        mapping = paddle_name_map(cfg.name, num_classes)
+    else:
+        mapping = first
+    model = create_model(cfg.name, num_classes=num_classes)
+    expected = _expected_shapes(model, cfg)
+
+    leftovers = sorted(n for n in arrays if n not in mapping and TRAINING_LEFTOVERS.search(n))
+    if leftovers:
+        log.info("ignoring %d training leftovers (optimizer state, counters): %s",
+                 len(leftovers), ", ".join(leftovers[:8]) + (" ..." if len(leftovers) > 8 else ""))
+    problems, flat = [], {}
+    missing = sorted(set(mapping) - set(arrays))
+    unexpected = sorted(set(arrays) - set(mapping) - set(leftovers))
+    if missing:
+        problems.append(f"missing Paddle tensors ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected Paddle tensors ({len(unexpected)}): {', '.join(unexpected)}")
+    for name, target in mapping.items():
+        if name not in arrays:
+            continue
+        key = (target.collection, *target.path)
+        value = to_flax_layout(arrays[name], target)
+        if key not in expected:
+            problems.append(f"{name} maps to {'/'.join(key)}, which the model lacks")
+        elif value.shape != expected[key]:
+            problems.append(f"{name}: shape {tuple(np.shape(arrays[name]))} (Paddle layout) does "
+                            f"not fit {'/'.join(key)} {expected[key]}")
+        elif key in flat:
+            problems.append(f"{name}: a second tensor for {'/'.join(key)}")
+        else:
+            flat[key] = value
+    unfilled = sorted("/".join(k) for k in set(expected) - set(flat))
+    if unfilled and not problems:
+        problems.append(f"model leaves left unfilled ({len(unfilled)}): {', '.join(unfilled)}")
+    if problems:
+        raise ValueError(f"cannot convert Paddle weights to {cfg.name}:\n  " + "\n  ".join(problems))
+    return traverse_util.unflatten_dict(flat)
