@@ -1,3 +1,15 @@
 """Model families. Importing this package registers every model with ``flaxcls.registry``."""
 
-from flaxcls.models import resnet  # noqa: F401  (registers ResNet, ResNet_vc, ResNet_vd, tiny)
+from flaxcls.models import (  # noqa: F401  (each module registers its models)
+    alexnet,
+    darknet,
+    densenet,
+    googlenet,
+    inception,
+    mobilenet,
+    resnet,
+    shufflenet,
+    squeezenet,
+    vgg,
+    xception,
+)

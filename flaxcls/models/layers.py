@@ -100,3 +100,23 @@ def avg_pool(
 def global_avg_pool(x: Array) -> Array:
     """Mean over H and W of an NHWC map -> [N, C], accumulated in float32."""
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+class DowngradeDropout(nn.Module):
+    """Fluid's default dropout (``downgrade_in_infer``): training keeps each value with
+    probability 1 - rate and does NOT rescale; inference multiplies by 1 - rate.
+
+    Matches the released weights exactly (they were trained with it). Uses the ``dropout`` rng.
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        keep = 1.0 - self.rate
+        if self.rate == 0.0:
+            return x
+        if not train:
+            return x * jnp.asarray(keep, x.dtype)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+        return jnp.where(mask, x, jnp.zeros((), x.dtype))

@@ -1,0 +1,1 @@
+"""Paddle name map of the alexnet family (to be written)."""

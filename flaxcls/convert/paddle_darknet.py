@@ -1,0 +1,1 @@
+"""Paddle name map of the darknet family (to be written)."""

@@ -1,0 +1,1 @@
+"""Paddle name map of the densenet family (to be written)."""

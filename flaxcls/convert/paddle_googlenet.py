@@ -1,0 +1,1 @@
+"""Paddle name map of the googlenet family (to be written)."""

@@ -1,0 +1,1 @@
+"""Paddle name map of the inception family (to be written)."""

@@ -1,0 +1,1 @@
+"""Paddle name map of the mobilenet family (to be written)."""

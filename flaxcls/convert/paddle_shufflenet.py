@@ -1,0 +1,1 @@
+"""Paddle name map of the shufflenet family (to be written)."""

@@ -1,0 +1,1 @@
+"""Paddle name map of the squeezenet family (to be written)."""

@@ -1,0 +1,1 @@
+"""Paddle name map of the vgg family (to be written)."""

@@ -1,0 +1,1 @@
+"""Paddle name map of the xception family (to be written)."""

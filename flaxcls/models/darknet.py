@@ -1,0 +1,1 @@
+"""darknet family (to be written)."""

@@ -1,0 +1,1 @@
+"""squeezenet family (to be written)."""

@@ -1,0 +1,1 @@
+"""vgg family (to be written)."""
