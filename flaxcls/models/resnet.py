@@ -1,12 +1,19 @@
-"""ResNet, ResNet_vc and ResNet_vd as in the 2019 PaddleCV zoo (``resnet*.py``), plus a CPU-sized
-ResNet_tiny. One generic ``ResNet`` module; each variant is one registered line at the bottom.
+"""The ResNet family of the 2019 PaddleCV zoo: ResNet, ResNet_vc, ResNet_vd (``resnet*.py``),
+ResNeXt and ResNeXt_vd (``resnext*.py``), SE_ResNeXt, SE_ResNeXt_vd and SENet154_vd
+(``se_resnext*.py``) and ResNeXt101_wsl (``resnext101_wsl.py``), plus a CPU-sized ResNet_tiny.
+One generic ``ResNet`` module; each variant is one registered line at the bottom.
 
 Structure follows Paddle exactly: stride on the 3x3 conv ("v1.5"), a 1x1 projection shortcut
 whenever channels or stride change *and* on the network's very first block (so ResNet18/34 have
-``res2a_branch1``), the vd shortcut = 2x2/2 ceil-mode exclusive avg pool -> 1x1 conv -> BN.
+``res2a_branch1``; every other variant changes channels there anyway), the vd shortcut = 2x2/2
+ceil-mode exclusive avg pool -> 1x1 conv -> BN. ResNeXt groups the 3x3 conv (``cardinality``) and
+sets the block output width apart from the inner width (``out_widths``); SE variants scale the
+last BN's output per channel before the residual add (``se_reduction``) and may drop out before
+the head (``head_dropout``, Fluid's downgrade-in-infer: x(1 - rate) at inference).
 
 Parameter names (used by ``flaxcls.convert``): ``stem_conv{i}``/``stem_bn{i}``,
-``stage{s}_block{b}/{conv1,bn1,conv2,bn2[,conv3,bn3][,shortcut_conv,shortcut_bn]}``, ``head``.
+``stage{s}_block{b}/{conv1,bn1,conv2,bn2[,conv3,bn3][,se/{squeeze,excite}]
+[,shortcut_conv,shortcut_bn]}``, ``head``.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flaxcls.models.layers import (
+    DowngradeDropout,
     ModuleDef,
     avg_pool,
     conv_kernel_init,
@@ -43,8 +51,27 @@ def _shortcut(x, features: int, strides: int, avg_down: bool, conv: ModuleDef, n
     return norm(name="shortcut_bn")(x)
 
 
+class SqueezeExcite(nn.Module):
+    """Paddle's ``squeeze_excitation``: global average -> fc (C // reduction, ReLU) -> fc (C,
+    sigmoid) -> the input scaled per channel. Both fc layers biased, initialised as the head."""
+
+    reduction: int = 16
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        channels = x.shape[-1]
+        dense = functools.partial(
+            nn.Dense, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=dense_kernel_init
+        )
+        s = global_avg_pool(x).astype(self.dtype)
+        s = nn.relu(dense(channels // self.reduction, name="squeeze")(s))
+        s = nn.sigmoid(dense(channels, name="excite")(s))
+        return x * s[:, None, None, :].astype(x.dtype)
+
+
 class BasicBlock(nn.Module):
-    """3x3 (stride here) -> BN -> ReLU -> 3x3 -> BN, + shortcut, ReLU (ResNet18/34)."""
+    """3x3 (stride here) -> BN -> ReLU -> 3x3 -> BN [-> SE], + shortcut, ReLU (ResNet18/34)."""
 
     features: int
     conv: ModuleDef
@@ -53,26 +80,30 @@ class BasicBlock(nn.Module):
     projection: bool = False
     avg_down: bool = False
     act: Callable = nn.relu
+    out_features: int | None = None  # None: features * expansion
+    se: ModuleDef | None = None  # a SqueezeExcite partial, applied to the last BN's output
 
     expansion: ClassVar[int] = 1
 
     @nn.compact
     def __call__(self, x):
         pad3 = symmetric_padding(3)
+        out_features = self.out_features or self.features * self.expansion
         y = self.conv(self.features, (3, 3), strides=self.strides, padding=pad3, name="conv1")(x)
         y = self.act(self.norm(name="bn1")(y))
-        y = self.conv(self.features, (3, 3), padding=pad3, name="conv2")(y)
+        y = self.conv(out_features, (3, 3), padding=pad3, name="conv2")(y)
         y = self.norm(name="bn2")(y)
+        if self.se is not None:
+            y = self.se(name="se")(y)
         shortcut = x
         if self.projection:
-            shortcut = _shortcut(
-                x, self.features, self.strides, self.avg_down, self.conv, self.norm
-            )
+            shortcut = _shortcut(x, out_features, self.strides, self.avg_down, self.conv, self.norm)
         return self.act(shortcut + y)
 
 
 class BottleneckBlock(nn.Module):
-    """1x1 -> 3x3 (stride here) -> 1x1 (4x width), BN after each, + shortcut, ReLU (ResNet50+)."""
+    """1x1 -> 3x3 (stride here; ``groups`` for ResNeXt) -> 1x1 (``out_features``, default 4x
+    width), BN after each [-> SE], + shortcut, ReLU (ResNet50+, ResNeXt, SE_ResNeXt)."""
 
     features: int
     conv: ModuleDef
@@ -81,19 +112,31 @@ class BottleneckBlock(nn.Module):
     projection: bool = False
     avg_down: bool = False
     act: Callable = nn.relu
+    out_features: int | None = None  # None: features * expansion
+    se: ModuleDef | None = None  # a SqueezeExcite partial, applied to the last BN's output
+    groups: int = 1
 
     expansion: ClassVar[int] = 4
 
     @nn.compact
     def __call__(self, x):
         pad0, pad3 = symmetric_padding(1), symmetric_padding(3)
-        out_features = self.features * self.expansion
+        out_features = self.out_features or self.features * self.expansion
         y = self.conv(self.features, (1, 1), padding=pad0, name="conv1")(x)
         y = self.act(self.norm(name="bn1")(y))
-        y = self.conv(self.features, (3, 3), strides=self.strides, padding=pad3, name="conv2")(y)
+        y = self.conv(
+            self.features,
+            (3, 3),
+            strides=self.strides,
+            padding=pad3,
+            feature_group_count=self.groups,
+            name="conv2",
+        )(y)
         y = self.act(self.norm(name="bn2")(y))
         y = self.conv(out_features, (1, 1), padding=pad0, name="conv3")(y)
         y = self.norm(name="bn3")(y)
+        if self.se is not None:
+            y = self.se(name="se")(y)
         shortcut = x
         if self.projection:
             shortcut = _shortcut(x, out_features, self.strides, self.avg_down, self.conv, self.norm)
@@ -106,6 +149,11 @@ class ResNet(nn.Module):
     stem: 'plain' = 7x7/2 conv (stem_width) + 3x3/2 max pool; 'deep' (vc/vd) = three 3x3 convs
     (stem_width/2, stem_width/2, stem_width; the first stride 2) + max pool; 'small' = one 3x3/1
     conv, no pool (32x32 inputs). ``avg_down`` selects the vd shortcut for strided blocks.
+
+    ResNeXt and SE options: ``widths`` are the blocks' inner widths and ``out_widths`` their
+    output widths (None: ``widths`` x the block's expansion); ``cardinality`` groups the 3x3 conv
+    of a bottleneck; ``se_reduction`` > 0 adds a squeeze-excitation unit to every block;
+    ``head_dropout`` drops the pooled features before the head (Fluid's downgrade-in-infer).
 
     Returns float32 logits ``[N, num_classes]``; with ``return_features=True`` also a dict:
     ``stem`` (the input of stage 1, i.e. after the max pool), ``stage1``..``stage4`` (each stage's
@@ -127,6 +175,31 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9  # Paddle's: running = 0.9 * running + 0.1 * batch
     bn_epsilon: float = 1e-5
     act: Callable = nn.relu
+    out_widths: Sequence[int] | None = None
+    cardinality: int = 1
+    se_reduction: int = 0
+    head_dropout: float = 0.0
+
+    def block_out_widths(self) -> tuple[int, ...]:
+        """Output channels of each stage's blocks."""
+        if self.out_widths is not None:
+            return tuple(self.out_widths)
+        return tuple(w * self.block_cls.expansion for w in self.widths)
+
+    def _block_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.cardinality != 1:
+            if "groups" not in getattr(self.block_cls, "__dataclass_fields__", {}):
+                raise ValueError(
+                    f"ResNet cardinality={self.cardinality} needs a block with a grouped conv "
+                    f"(BottleneckBlock), not {self.block_cls.__name__}"
+                )
+            options["groups"] = self.cardinality
+        if self.se_reduction:
+            options["se"] = functools.partial(
+                SqueezeExcite, reduction=self.se_reduction, dtype=self.dtype
+            )
+        return options
 
     def _stem(self, x, conv, norm):
         if self.stem == "plain":
@@ -158,6 +231,13 @@ class ResNet(nn.Module):
                 f"ResNet widths {tuple(self.widths)} and stage_sizes {tuple(self.stage_sizes)} "
                 "must have the same length"
             )
+        out_widths = self.block_out_widths()
+        if len(out_widths) != len(self.stage_sizes):
+            raise ValueError(
+                f"ResNet out_widths {out_widths} and stage_sizes {tuple(self.stage_sizes)} "
+                "must have the same length"
+            )
+        block_options = self._block_options()
         conv = functools.partial(
             nn.Conv,
             use_bias=False,
@@ -176,11 +256,13 @@ class ResNet(nn.Module):
         features = {}
         x = self._stem(x, conv, norm)
         features["stem"] = x
-        for s, (depth, width) in enumerate(zip(self.stage_sizes, self.widths)):
+        for s, (depth, width, out_features) in enumerate(
+            zip(self.stage_sizes, self.widths, out_widths)
+        ):
             for b in range(depth):
                 strides = 2 if b == 0 and s > 0 else 1
-                out_features = width * self.block_cls.expansion
-                # Paddle also projects on the network's first block, even when shapes agree.
+                # Paddle's resnet.py also projects on the network's first block, even when shapes
+                # agree; in every other variant the channels change there anyway.
                 projection = x.shape[-1] != out_features or strides != 1 or s == b == 0
                 x = self.block_cls(
                     width,
@@ -190,11 +272,15 @@ class ResNet(nn.Module):
                     projection=projection,
                     avg_down=self.avg_down,
                     act=self.act,
+                    out_features=out_features,
                     name=f"stage{s + 1}_block{b}",
+                    **block_options,
                 )(x)
             features[f"stage{s + 1}"] = x
         pooled = global_avg_pool(x)
         features["pooled"] = pooled
+        if self.head_dropout:
+            pooled = DowngradeDropout(self.head_dropout, name="head_dropout")(pooled, train=train)
         logits = nn.Dense(
             self.num_classes,
             dtype=self.dtype,
@@ -206,12 +292,14 @@ class ResNet(nn.Module):
         return (logits, features) if return_features else logits
 
 
-def _register(name: str, stage_sizes, block_cls, top=(None, None), cfg=None, **arch):
+def _register(
+    name: str, stage_sizes, block_cls, top=(None, None), cfg=None, family="resnet", **arch
+):
     arch_fn = functools.partial(ResNet, stage_sizes=tuple(stage_sizes), block_cls=block_cls, **arch)
     register_model(
         name,
         arch_fn,
-        family="resnet",
+        family=family,
         first_conv="stem_conv1",
         classifier="head",
         top1=top[0],
@@ -243,3 +331,76 @@ _register("ResNet200_vd", (3, 12, 48, 3), _BN, top=(0.8093, 0.9533), **_VD)
 _TINY = {"widths": (16, 32, 64, 128), "stem": "small", "stem_width": 16}
 _TINY_CFG = {"input_size": 32, "crop_size": 32, "resize_short_size": 32}
 _register("ResNet_tiny", (1, 1, 1, 1), _B, cfg=_TINY_CFG, **_TINY)
+
+# ResNeXt (resnext.py, resnext_vd.py; family "resnext"). 32x4d: inner width 128..1024 in 32 groups
+# of 4, output 2x inner; 64x4d: inner width 256..2048 in 64 groups of 4, output = inner. Either
+# way the stages put out 256, 512, 1024, 2048 channels.
+_OUT = (256, 512, 1024, 2048)
+_X32 = {"widths": (128, 256, 512, 1024), "cardinality": 32, "out_widths": _OUT}
+_X64 = {"widths": (256, 512, 1024, 2048), "cardinality": 64, "out_widths": _OUT}
+_L50, _L101, _L152 = (3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 36, 3)
+
+
+def _resnext(name, stage_sizes, top=(None, None), **arch):
+    _register(name, stage_sizes, _BN, top=top, family="resnext", **arch)
+
+
+_resnext("ResNeXt50_32x4d", _L50, top=(0.7775, 0.9382), **_X32)
+_resnext("ResNeXt50_vd_32x4d", _L50, top=(0.7956, 0.9462), **_X32, **_VD)
+_resnext("ResNeXt50_64x4d", _L50, top=(0.7843, 0.9413), **_X64)
+_resnext("ResNeXt50_vd_64x4d", _L50, top=(0.8012, 0.9486), **_X64, **_VD)
+_resnext("ResNeXt101_32x4d", _L101, top=(0.7865, 0.9419), **_X32)
+_resnext("ResNeXt101_vd_32x4d", _L101, top=(0.8033, 0.9512), **_X32, **_VD)
+_resnext("ResNeXt101_64x4d", _L101, top=(0.7835, 0.9452), **_X64)
+_resnext("ResNeXt101_vd_64x4d", _L101, top=(0.8078, 0.9520), **_X64, **_VD)
+_resnext("ResNeXt152_32x4d", _L152, top=(0.7898, 0.9433), **_X32)
+_resnext("ResNeXt152_vd_32x4d", _L152, top=(0.8072, 0.9520), **_X32, **_VD)
+_resnext("ResNeXt152_64x4d", _L152, top=(0.7951, 0.9471), **_X64)
+_resnext("ResNeXt152_vd_64x4d", _L152, top=(0.8108, 0.9534), **_X64, **_VD)
+
+# SE_ResNeXt (se_resnext.py, se_resnext_vd.py; family "se_resnext"): ResNeXt blocks with a
+# reduction-16 SE unit. The 152-layer builds (SE_ResNeXt152_32x4d, never released, and
+# SENet154_vd) use 64 groups and a 64/64/128 three-conv stem; so do the vd 50/101. Dropout before
+# the head: 0.5 in se_resnext.py, 0.2 in SENet154_vd, none in SE_ResNeXt50/101_vd.
+_SE = {"se_reduction": 16}
+_SE_STEM = {"stem": "deep", "stem_width": 128}
+
+
+def _se_resnext(name, stage_sizes, top=(None, None), **arch):
+    _register(name, stage_sizes, _BN, top=top, family="se_resnext", **_SE, **arch)
+
+
+_se_resnext("SE_ResNeXt50_32x4d", _L50, top=(0.7844, 0.9396), head_dropout=0.5, **_X32)
+_se_resnext("SE_ResNeXt101_32x4d", _L101, top=(0.7912, 0.9420), head_dropout=0.5, **_X32)
+_X64_NARROW = {**_X32, "cardinality": 64}  # se_resnext.py's 152: 32x4d widths in 64 groups of 2
+_se_resnext("SE_ResNeXt152_32x4d", _L152, head_dropout=0.5, **_X64_NARROW, **_SE_STEM)
+_SE_VD = {**_SE_STEM, "avg_down": True}
+_se_resnext("SE_ResNeXt50_vd_32x4d", _L50, top=(0.8024, 0.9489), **_X32, **_SE_VD)
+_se_resnext("SE_ResNeXt101_vd_32x4d", _L101, **_X32, **_SE_VD)  # defined, not in the table
+_se_resnext("SENet154_vd", _L152, top=(0.8140, 0.9548), head_dropout=0.2, **_X64, **_SE_VD)
+
+# ResNeXt101_32x{8,16,32,48}d_wsl (resnext101_wsl.py; family "resnext_wsl"): torchvision's
+# ResNeXt with d channels per group, converted from the PyTorch WSL release (PyTorch names).
+_WSL_TOP = {8: (0.8255, 0.9674), 16: (0.8424, 0.9726), 32: (0.8497, 0.9759), 48: (0.8537, 0.9769)}
+
+
+def _wsl(name, group_width, top, cfg=None):
+    widths = tuple(32 * group_width * m for m in (1, 2, 4, 8))
+    _register(
+        name,
+        _L101,
+        _BN,
+        top=top,
+        cfg=cfg,
+        family="resnext_wsl",
+        widths=widths,
+        cardinality=32,
+        out_widths=_OUT,
+    )
+
+
+for _d, _top in _WSL_TOP.items():
+    _wsl(f"ResNeXt101_32x{_d}d_wsl", _d, _top)
+# The same network fine-tuned at 320 px (FixRes): evaluated with resize_short 320, crop 320.
+_FIX_CFG = {"input_size": 320, "crop_size": 320, "resize_short_size": 320}
+_wsl("Fix_ResNeXt101_32x48d_wsl", 48, (0.8626, 0.9797), cfg=_FIX_CFG)
