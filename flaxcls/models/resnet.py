@@ -324,6 +324,7 @@ _register("ResNet152_vc", (3, 8, 36, 3), _BN, **_DEEP)  # defined in resnet_vc.p
 _register("ResNet18_vd", (2, 2, 2, 2), _B, top=(0.7226, 0.9080), **_VD)
 _register("ResNet34_vd", (3, 4, 6, 3), _B, top=(0.7598, 0.9298), **_VD)
 _register("ResNet50_vd", (3, 4, 6, 3), _BN, top=(0.7912, 0.9444), **_VD)
+_register("ResNet50_vd_v2", (3, 4, 6, 3), _BN, top=(0.7984, 0.9493), **_VD)  # distilled weights
 _register("ResNet101_vd", (3, 4, 23, 3), _BN, top=(0.8017, 0.9497), **_VD)
 _register("ResNet152_vd", (3, 8, 36, 3), _BN, top=(0.8059, 0.9530), **_VD)
 _register("ResNet200_vd", (3, 12, 48, 3), _BN, top=(0.8093, 0.9533), **_VD)
