@@ -1,1 +1,26 @@
-"""Paddle name map of the vgg family (to be written)."""
+"""Paddle 2019 names of VGG11/13/16/19 (``vgg.py``, late 2019) -> Flax variables:
+``conv{b}_{i}_weights`` (no conv offsets: the "fix vgg bias bug" commit removed them),
+``fc{6,7,8}_weights`` / ``_offset``. fc6 is fed by the flattened block-5 map, so its rows are
+reordered from Paddle's C,H,W to our H,W,C flatten (``flatten_chw``).
+"""
+
+from __future__ import annotations
+
+from flax import linen as nn
+
+from flaxcls.convert.paddle import NameMap, conv, dense, register_name_map
+from flaxcls.convert.paddle_alexnet import feature_maps_chw
+from flaxcls.registry import ModelCfg
+
+
+@register_name_map("vgg")
+def _vgg_name_map(model: nn.Module, cfg: ModelCfg) -> NameMap:
+    mapping: NameMap = {}
+    for b, depth in enumerate(model.stage_sizes, start=1):
+        for i in range(1, depth + 1):
+            mapping.update(conv(f"conv{b}_{i}_weights", (f"conv{b}_{i}",)))
+    chw = feature_maps_chw(model, cfg)[f"block{len(model.stage_sizes)}"]
+    mapping.update(dense("fc6_weights", "fc6_offset", ("fc6",), flatten_chw=chw))
+    mapping.update(dense("fc7_weights", "fc7_offset", ("fc7",)))
+    mapping.update(dense("fc8_weights", "fc8_offset", ("fc8",)))
+    return mapping
