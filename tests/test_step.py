@@ -25,9 +25,9 @@ from flaxcls.train.step import (
 SIZE, BATCH = 16, 8
 
 
-def _setup(dtype="float32", **overrides):
+def _setup(dtype="float32", size=SIZE, **overrides):
     c = default_config()
-    c.model, c.num_classes, c.crop_size, c.resize_short_size = "ResNet_tiny", 10, SIZE, SIZE
+    c.model, c.num_classes, c.crop_size, c.resize_short_size = "ResNet_tiny", 10, size, size
     c.batch_size, c.dtype = BATCH, dtype
     for k, v in overrides.items():
         setattr(c, k, v)
@@ -35,14 +35,14 @@ def _setup(dtype="float32", **overrides):
     model = flaxcls.create_model(c.model, num_classes=c.num_classes, dtype=c.dtype)
     tx = optim.make_optimizer(c, optim.make_schedule(c, 10, c.batch_size))
     scale = losses.DynamicScale.create(c.loss_scale) if dtype == "float16" else None
-    state = create_train_state(model, tx, image_size=SIZE, seed=0, mesh=mesh, loss_scale=scale)
+    state = create_train_state(model, tx, image_size=size, seed=0, mesh=mesh, loss_scale=scale)
     return c, mesh, model, tx, state
 
 
-def _batch(mesh, seed=0, n=BATCH):
+def _batch(mesh, seed=0, n=BATCH, size=SIZE):
     rng = np.random.RandomState(seed)
     return parallel.host_to_global({
-        "image": rng.randint(0, 256, (n, SIZE, SIZE, 3)).astype(np.uint8),
+        "image": rng.randint(0, 256, (n, size, size, 3)).astype(np.uint8),
         "label": rng.randint(0, 10, (n,)).astype(np.int32),
     }, mesh)
 
@@ -115,3 +115,17 @@ def test_normalize_matches_numpy():
     want = (x / 255.0 - np.array(mean)) / np.array(std)
     got = np.asarray(normalize(jnp.asarray(x), mean, std, jnp.float32))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_auxiliary_heads_are_trained():
+    """GoogLeNet's aux heads get gradients through the 0.3-weighted aux losses, as in Paddle."""
+    c, mesh, model, tx, state = _setup(size=64, model="GoogLeNet", l2_decay=0.0)
+    assert model.aux_loss_weights == {"aux1": 0.3, "aux2": 0.3}
+    step = make_train_step(model, tx, c, mesh)
+    before = jax.tree.map(np.asarray, state.params)
+    state, metrics = step(state, zeros_metrics(TRAIN_METRICS, mesh), _batch(mesh, size=64))
+    assert np.isfinite(fetch_metrics(metrics)["loss"])
+    aux = [k for k in before if k.startswith(("out1", "out2", "fc_o", "conv_o"))]
+    assert len(aux) == 6, sorted(before)
+    for name in aux:
+        assert not np.allclose(before[name]["kernel"], np.asarray(state.params[name]["kernel"]))

@@ -33,7 +33,7 @@ Parameter names (used by ``flaxcls.convert``): ``conv1``, ``conv2_1x1``, ``conv2
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -139,6 +139,8 @@ class GoogLeNet(nn.Module):
     dtype: Any = jnp.float32
     dropout_rate: float = 0.4
     aux_dropout_rate: float = 0.7
+    # Read by the train step: extra cross-entropy terms on these feature outputs.
+    aux_loss_weights: ClassVar[dict[str, float]] = AUX_LOSS_WEIGHTS
 
     def _dense(self, features: int, n: float, name: str) -> nn.Dense:
         return nn.Dense(

@@ -57,6 +57,8 @@ def make_train_step(
     use_mixup, alpha = bool(config.use_mixup), float(config.mixup_alpha)
     mean, std = tuple(config.image_mean), tuple(config.image_std)
     dtype = jnp.dtype(config.dtype)
+    # Models with auxiliary heads (GoogLeNet) name them and their loss weights.
+    aux_weights = dict(getattr(model, "aux_loss_weights", None) or {})
 
     def step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array]):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -67,15 +69,20 @@ def make_train_step(
             images, targets = losses.mixup(mix_key, images, targets, alpha)
 
         def loss_fn(params):
-            logits, updates = model.apply(
+            out, updates = model.apply(
                 {"params": params, "batch_stats": state.batch_stats},
                 images,
                 train=True,
                 mutable=["batch_stats"],
                 rngs={"dropout": dropout_key},
+                **({"return_features": True} if aux_weights else {}),
             )
+            logits, features = out if aux_weights else (out, {})
             logits = logits.astype(jnp.float32)
             loss = jnp.mean(losses.cross_entropy(logits, targets))
+            for name, weight in aux_weights.items():
+                aux = features[name].astype(jnp.float32)
+                loss = loss + weight * jnp.mean(losses.cross_entropy(aux, targets))
             scaled = loss if state.loss_scale is None else state.loss_scale.scale_loss(loss)
             return scaled, (loss, logits, updates.get("batch_stats", {}))
 
