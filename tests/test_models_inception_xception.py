@@ -1,0 +1,271 @@
+"""InceptionV4 and Xception41/65/71: registry entries, the structural details of the 2019 Paddle
+code (explicit paddings, the stem's 7x1/1x7 pair, separable convs pointwise-first, shortcuts),
+parameter counts, a real forward/backward at small resolution, Fluid's x0.8 dropout at inference,
+class-count and bf16 overrides. Logits parity with Paddle is in test_paddle_parity.py."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import flaxcls
+
+NAMES = ["InceptionV4", "Xception41", "Xception65", "Xception71"]
+
+# (trainable params, BN running-stat values). InceptionV4 and Xception41 are the fixture counts
+# (paddle2019-param-counts). Xception65/71 have no fixture; derived from Xception41:
+# * a middle block = 3 separable convs of 728: pointwise 728*728 + depthwise 728*9 + two BNs
+#   (2*728 trainable each) = 539,448 trainable and 2*2*728 = 2,912 running stats per conv, so
+#   1,618,344 / 8,736 per block. Xception65 = Xception41 + 8 middle blocks:
+#   22,919,600 + 12,946,752 = 35,866,352 and 100,320 + 69,888 = 170,208.
+# * Xception71 = Xception65 + two more entry blocks (cin -> F): shortcut cin*F, separable convs
+#   cin*F + 13F and F*F + 13F, running stats 8F. 256 -> 256: 203,264 / 2,048; 728 -> 728:
+#   1,608,880 / 5,824 (the 256 -> 728 block moves but keeps its shape). Total 37,678,496 / 178,080.
+COUNTS = {
+    "InceptionV4": (42_679_816, 63_168),
+    "Xception41": (22_919_600, 100_320),
+    "Xception65": (35_866_352, 170_208),
+    "Xception71": (37_678_496, 178_080),
+}
+
+
+def count(tree) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def abstract_variables(model, size: int, batch: int = 1):
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), x)
+
+
+def abstract_features(model, size: int, batch: int = 1):
+    """((logits, features), variables) shapes, traced once together with init."""
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+
+    def outputs(key, x):
+        return model.init_with_output(key, x, return_features=True)
+
+    return jax.eval_shape(outputs, jax.random.key(0), x)
+
+
+def random_variables(model, size: int, seed: int = 0) -> dict:
+    """He-normal kernels, identity BN and zero biases from numpy (no Flax init to compile)."""
+    rng = np.random.RandomState(seed)
+
+    def make(path, leaf):
+        kind = path[-1].key
+        if kind == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        fill = 1.0 if kind in ("scale", "var") else 0.0
+        return np.full(leaf.shape, fill, np.float32)
+
+    return jax.tree_util.tree_map_with_path(make, abstract_variables(model, size))
+
+
+def train_step_checks(model, size: int):
+    """One jitted train-mode forward/backward on a batch of 2: finite logits and gradients,
+    a nonzero gradient for every parameter, every BN's running statistics updated."""
+    x = np.random.RandomState(1).standard_normal((2, size, size, 3)).astype(np.float32)
+    labels = jnp.array([3, 7])
+    variables = random_variables(model, size)
+    params, stats = variables["params"], variables["batch_stats"]
+    rngs = {"dropout": jax.random.key(0, impl="rbg")}
+
+    @jax.jit
+    def loss_and_grads(params, stats):
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": stats},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+                rngs=rngs,
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, (logits, updates["batch_stats"])
+
+        return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    (loss, (logits, new_stats)), grads = loss_and_grads(params, stats)
+    assert logits.shape == (2, model.num_classes) and logits.dtype == jnp.float32
+    assert np.isfinite(np.asarray(logits)).all() and np.isfinite(float(loss))
+    flat_grads = jax.tree_util.tree_flatten_with_path(grads)[0]
+    zero = [jax.tree_util.keystr(p) for p, g in flat_grads if not np.any(np.asarray(g) != 0)]
+    assert not zero, f"parameters without gradient: {zero}"
+    assert all(np.isfinite(np.asarray(g)).all() for _, g in flat_grads)
+    old = jax.tree_util.tree_flatten_with_path(stats)[0]
+    unchanged = [
+        jax.tree_util.keystr(p)
+        for (p, a), b in zip(old, jax.tree_util.tree_leaves(new_stats))
+        if np.array_equal(np.asarray(a), np.asarray(b))
+    ]
+    assert not unchanged, f"BN statistics not updated: {unchanged}"
+
+
+# ------------------------------------------------------------------------------------ registry
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_cfg(name):
+    cfg = flaxcls.get_model_cfg(name)
+    assert cfg.snake_name == name.lower() and flaxcls.get_model_cfg(name.lower()).name == name
+    assert cfg.family == ("inception_v4" if name == "InceptionV4" else "xception")
+    assert (cfg.input_size, cfg.crop_size, cfg.resize_short_size) == (299, 299, 320)
+    assert cfg.num_classes == 1000 and cfg.interpolation == "bilinear"
+    assert cfg.mean == (0.485, 0.456, 0.406) and cfg.std == (0.229, 0.224, 0.225)
+    assert cfg.first_conv == ("stem/conv1/conv" if name == "InceptionV4" else "stem_conv1")
+    assert cfg.classifier == "head"
+    assert 0.79 < cfg.top1 < cfg.top5 < 1.0
+
+
+def test_published_accuracies():
+    # Rows of the PaddleCV README table (top-1 %, top-5 %), Inception series.
+    assert flaxcls.get_model_cfg("InceptionV4").top1 == pytest.approx(0.8077)
+    assert flaxcls.get_model_cfg("InceptionV4").top5 == pytest.approx(0.9526)
+    assert flaxcls.get_model_cfg("Xception41").top1 == pytest.approx(0.7930)
+    assert flaxcls.get_model_cfg("Xception65").top5 == pytest.approx(0.9549)
+    assert flaxcls.get_model_cfg("Xception71").top1 == pytest.approx(0.8111)
+
+
+# ---------------------------------------------------------------------- structure (no compile)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_param_counts(name):
+    variables = abstract_variables(flaxcls.create_model(name), 299)
+    assert (count(variables["params"]), count(variables["batch_stats"])) == COUNTS[name]
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(variables))
+
+
+def test_inception_v4_maps_and_kernels():
+    model = flaxcls.create_model("InceptionV4")
+    assert tuple(model.stage_sizes) == (4, 7, 3) and model.head_dropout == 0.2
+    (logits, feats), variables = abstract_features(model, 299)
+    assert logits.shape == (1, 1000) and logits.dtype == jnp.float32
+    # 299 -> 149 -> 147 -> 147 -> 73 -> 71 -> 35: only explicit paddings, default 0.
+    assert feats["stem"].shape == (1, 35, 35, 384)
+    assert feats["stage1"].shape == (1, 35, 35, 384)
+    assert feats["stage2"].shape == (1, 17, 17, 1024)
+    assert feats["stage3"].shape == (1, 8, 8, 1536)
+    assert feats["pooled"].shape == (1, 1536)
+    stem = variables["params"]["stem"]
+    # Paddle's inception_stem2_1x7 is a 7x1 kernel and inception_stem2_7x1 a 1x7 one.
+    assert stem["mixed2_branch1_conv2"]["conv"]["kernel"].shape == (7, 1, 64, 64)
+    assert stem["mixed2_branch1_conv3"]["conv"]["kernel"].shape == (1, 7, 64, 64)
+    assert stem["mixed3_conv"]["conv"]["kernel"].shape == (3, 3, 192, 192)
+    b = variables["params"]["inception_b1"]
+    assert b["branch2_conv2"]["conv"]["kernel"].shape == (1, 7, 192, 224)
+    assert b["branch2_conv3"]["conv"]["kernel"].shape == (7, 1, 224, 256)
+    c = variables["params"]["inception_c3"]
+    assert c["branch3_conv4a"]["conv"]["kernel"].shape == (1, 3, 512, 256)
+    assert c["branch3_conv4b"]["conv"]["kernel"].shape == (3, 1, 512, 256)
+    assert "bias" not in c["branch0_conv1"]["conv"]
+    assert variables["params"]["head"]["kernel"].shape == (1536, 1000)
+
+
+def test_inception_v4_smallest_input():
+    (_, feats), _ = abstract_features(flaxcls.create_model("InceptionV4"), 75)
+    assert feats["stem"].shape[1:3] == (7, 7) and feats["stage3"].shape[1:3] == (1, 1)
+    with pytest.raises(ValueError, match="at least 75x75"):
+        abstract_features(flaxcls.create_model("InceptionV4"), 74)
+
+
+@pytest.mark.parametrize("name", ["Xception41", "Xception65", "Xception71"])
+def test_xception_maps_and_blocks(name):
+    model = flaxcls.create_model(name)
+    (logits, feats), variables = abstract_features(model, 299)
+    params = variables["params"]
+    assert logits.shape == (1, 1000)
+    assert feats["stem"].shape == (1, 150, 150, 64)
+    assert feats["entry"].shape == feats["middle"].shape == (1, 19, 19, 728)
+    assert feats["exit"].shape == (1, 10, 10, 2048) and feats["pooled"].shape == (1, 2048)
+    entry = 5 if name == "Xception71" else 3
+    middle = 8 if name == "Xception41" else 16
+    assert {k for k in params if k.startswith("entry_block")} == {
+        f"entry_block{b}" for b in range(1, entry + 1)
+    }
+    assert {k for k in params if k.startswith("middle_block")} == {
+        f"middle_block{b}" for b in range(1, middle + 1)
+    }
+    # Separable conv = 1x1 pointwise (cin -> F) first, then the 3x3 depthwise, a BN after each.
+    sep = params["entry_block1"]["sep1"]
+    assert sep["pointwise"]["kernel"].shape == (1, 1, 64, 128)
+    assert sep["depthwise"]["kernel"].shape == (3, 3, 1, 128)
+    assert set(sep) == {"pointwise", "pointwise_bn", "depthwise", "depthwise_bn"}
+    # Entry and exit blocks have a plain 1x1 conv shortcut (no BN); middle blocks add identity.
+    for b in range(1, entry + 1):
+        assert set(params[f"entry_block{b}"]) == {"sep1", "sep2", "shortcut"}
+    assert set(params["middle_block1"]) == {"sep1", "sep2", "sep3"}
+    assert params["exit_block"]["shortcut"]["kernel"].shape == (1, 1, 728, 1024)
+    assert params["exit_sep2"]["depthwise"]["kernel"].shape == (3, 3, 1, 2048)
+
+
+def test_xception71_stride_one_entry_blocks():
+    params = abstract_variables(flaxcls.create_model("Xception71"), 299)["params"]
+    # 256 -> 256 at stride 1 still projects through a 1x1 conv.
+    assert params["entry_block3"]["shortcut"]["kernel"].shape == (1, 1, 256, 256)
+    assert params["entry_block5"]["shortcut"]["kernel"].shape == (1, 1, 728, 728)
+
+
+@pytest.mark.parametrize("name,width", [("InceptionV4", 1536), ("Xception65", 2048)])
+def test_num_classes_override_changes_head(name, width):
+    model = flaxcls.create_model(name, num_classes=10)
+    size = 75 if name == "InceptionV4" else 32
+    (logits, _), variables = abstract_features(model, size, batch=3)
+    assert variables["params"]["head"]["kernel"].shape == (width, 10)
+    assert variables["params"]["head"]["bias"].shape == (10,)
+    assert logits.shape == (3, 10)
+
+
+# ----------------------------------------------------------------- real forward and backward
+
+
+# One block per repeated kind keeps the compile within the CPU budget while every block kind
+# still runs: Xception71's entry flow holds all of Xception41/65's (stride-2 blocks) plus the
+# stride-1 ones, and the bf16 test below runs Xception41 forward. The full-depth graphs are
+# checked against Paddle in test_paddle_parity.py.
+@pytest.mark.parametrize(
+    "name,size,overrides",
+    [
+        ("InceptionV4", 75, {"stage_sizes": (1, 1, 1)}),  # the smallest input: 1x1 at the end
+        ("Xception71", 32, {"middle_blocks": 1}),
+    ],
+    ids=["inception_v4", "xception71"],
+)
+def test_forward_backward(name, size, overrides):
+    train_step_checks(flaxcls.create_model(name, num_classes=10, **overrides), size)
+
+
+def test_inception_v4_dropout_scales_by_0_8_at_inference():
+    # One block per stage keeps the compile short; the head is what is tested.
+    model = flaxcls.create_model("InceptionV4", num_classes=10, stage_sizes=(1, 1, 1))
+    variables = random_variables(model, 75)
+    variables["params"]["head"]["bias"] = np.linspace(-1, 1, 10, dtype=np.float32)
+    x = np.random.RandomState(2).standard_normal((2, 75, 75, 3)).astype(np.float32)
+    with jax.default_matmul_precision("highest"):
+        logits, feats = jax.jit(lambda v, x: model.apply(v, x, return_features=True))(variables, x)
+    head = variables["params"]["head"]
+    want = 0.8 * np.asarray(feats["pooled"]) @ head["kernel"] + head["bias"]
+    np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    model = flaxcls.create_model("Xception41", num_classes=10, dtype="bfloat16", middle_blocks=1)
+    assert model.dtype == jnp.bfloat16
+    variables = random_variables(model, 32)
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree_util.tree_leaves(variables))
+    x = np.random.RandomState(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
+
+    @jax.jit
+    def eval_and_train(variables, x):
+        train_logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return model.apply(variables, x), train_logits, updates
+
+    logits, train_logits, updates = eval_and_train(variables, x)
+    for out in (logits, train_logits):
+        assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(updates))
