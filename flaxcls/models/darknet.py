@@ -22,7 +22,7 @@ from flax import linen as nn
 
 from flaxcls.models.layers import (
     ModuleDef,
-    conv_kernel_init,
+    conv_and_norm,
     dense_kernel_init,
     global_avg_pool,
     symmetric_padding,
@@ -88,21 +88,7 @@ class DarkNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
-        conv = functools.partial(
-            nn.Conv,
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=conv_kernel_init,
-        )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-        )
+        conv, norm = conv_and_norm(self.dtype, train, self.bn_momentum, self.bn_epsilon)
         layer = functools.partial(ConvBNAct, conv=conv, norm=norm, act=self.act)
         features = {}
         x = layer(self.stem_width, 3, name="stem")(x)

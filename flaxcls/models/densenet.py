@@ -26,7 +26,7 @@ from flaxcls.models.layers import (
     DowngradeDropout,
     ModuleDef,
     avg_pool,
-    conv_kernel_init,
+    conv_and_norm,
     dense_kernel_init,
     global_avg_pool,
     max_pool,
@@ -111,21 +111,7 @@ class DenseNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
-        conv = functools.partial(
-            nn.Conv,
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=conv_kernel_init,
-        )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-        )
+        conv, norm = conv_and_norm(self.dtype, train, self.bn_momentum, self.bn_epsilon)
         features = {}
         x = conv(self.stem_width, (7, 7), strides=2, padding=symmetric_padding(7),
                  name="stem_conv")(x)

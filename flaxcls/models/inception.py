@@ -46,7 +46,7 @@ from flaxcls.models.layers import (
     DowngradeDropout,
     ModuleDef,
     avg_pool,
-    conv_kernel_init,
+    conv_and_norm,
     dense_kernel_init,
     global_avg_pool,
     max_pool,
@@ -248,21 +248,7 @@ class InceptionV4(nn.Module):
             )
         if min(x.shape[1:3]) < 75:
             raise ValueError(f"InceptionV4 needs inputs of at least 75x75, got {x.shape[1:3]}")
-        conv = functools.partial(
-            nn.Conv,
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=conv_kernel_init,
-        )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-        )
+        conv, norm = conv_and_norm(self.dtype, train, self.bn_momentum, self.bn_epsilon)
         unit = functools.partial(ConvBN, conv=conv, norm=norm, act=self.act)
         num_a, num_b, num_c = self.stage_sizes
         features = {}

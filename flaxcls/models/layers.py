@@ -120,3 +120,24 @@ class DowngradeDropout(nn.Module):
             return x * jnp.asarray(keep, x.dtype)
         mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
         return jnp.where(mask, x, jnp.zeros((), x.dtype))
+
+
+def conv_and_norm(
+    dtype: Any, train: bool, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5
+) -> tuple[ModuleDef, ModuleDef]:
+    """The ``conv`` and ``norm`` partials every BN family passes to its blocks.
+
+    Bias-less convs with Paddle's MSRA init; BatchNorm with Paddle's momentum 0.9 and
+    epsilon 1e-5 (Flax's default momentum is 0.99). Compute in ``dtype``, params float32.
+    """
+    import functools
+
+    conv = functools.partial(
+        nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=conv_kernel_init,
+    )
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=bn_momentum,
+        epsilon=bn_epsilon, dtype=dtype, param_dtype=jnp.float32,
+    )
+    return conv, norm

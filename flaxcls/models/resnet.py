@@ -30,7 +30,7 @@ from flaxcls.models.layers import (
     DowngradeDropout,
     ModuleDef,
     avg_pool,
-    conv_kernel_init,
+    conv_and_norm,
     dense_kernel_init,
     global_avg_pool,
     max_pool,
@@ -238,21 +238,7 @@ class ResNet(nn.Module):
                 "must have the same length"
             )
         block_options = self._block_options()
-        conv = functools.partial(
-            nn.Conv,
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=conv_kernel_init,
-        )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-        )
+        conv, norm = conv_and_norm(self.dtype, train, self.bn_momentum, self.bn_epsilon)
         features = {}
         x = self._stem(x, conv, norm)
         features["stem"] = x

@@ -33,7 +33,7 @@ from flax import linen as nn
 
 from flaxcls.models.layers import (
     ModuleDef,
-    conv_kernel_init,
+    conv_and_norm,
     dense_kernel_init,
     global_avg_pool,
     max_pool,
@@ -140,21 +140,7 @@ class Xception(nn.Module):
                 f"Xception's last entry width {self.entry_widths[-1]} must equal middle_width "
                 f"{self.middle_width} (the middle blocks add their input)"
             )
-        conv = functools.partial(
-            nn.Conv,
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=conv_kernel_init,
-        )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-        )
+        conv, norm = conv_and_norm(self.dtype, train, self.bn_momentum, self.bn_epsilon)
         sep = functools.partial(SeparableConv, conv=conv, norm=norm)
         block = functools.partial(XceptionBlock, conv=conv, sep=sep, act=self.act)
         features = {}
