@@ -1,0 +1,362 @@
+"""MobileNetV1, MobileNetV2, ShuffleNetV2 and ShuffleNetV2_swish: registry entries, Paddle's width
+rules and feature-map geometry (``jax.eval_shape``), the channel shuffle, parameter counts of the
+variants without a fixture, their name maps, and a real forward/backward of each kind at small
+size. Logits parity with the fixtures is in test_paddle_parity.py."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+from flax import traverse_util
+
+import flaxcls
+from flaxcls.convert import paddle_name_map, paddle_to_flax
+from flaxcls.models import mobilenet, shufflenet
+
+FAMILIES = {
+    "MobileNetV1": "mobilenet_v1",
+    "MobileNetV1_x0_25": "mobilenet_v1",
+    "MobileNetV1_x0_5": "mobilenet_v1",
+    "MobileNetV1_x0_75": "mobilenet_v1",
+    "MobileNetV2": "mobilenet_v2",
+    "MobileNetV2_x0_25": "mobilenet_v2",
+    "MobileNetV2_x0_5": "mobilenet_v2",
+    "MobileNetV2_x0_75": "mobilenet_v2",
+    "MobileNetV2_x1_5": "mobilenet_v2",
+    "MobileNetV2_x2_0": "mobilenet_v2",
+    "ShuffleNetV2": "shufflenet_v2",
+    "ShuffleNetV2_x0_25": "shufflenet_v2",
+    "ShuffleNetV2_x0_33": "shufflenet_v2",
+    "ShuffleNetV2_x0_5": "shufflenet_v2",
+    "ShuffleNetV2_x1_5": "shufflenet_v2",
+    "ShuffleNetV2_x2_0": "shufflenet_v2",
+    "ShuffleNetV2_swish": "shufflenet_v2",
+    "ShuffleNetV2_x0_5_swish": "shufflenet_v2",
+    "ShuffleNetV2_x1_5_swish": "shufflenet_v2",
+    "ShuffleNetV2_x2_0_swish": "shufflenet_v2",
+}
+
+# Models without a fixture: expected (trainable, BN running-stat) counts at 224.
+# * MobileNetV1_x{s}: with c(k) = int(k * s), the stem has 27 c(32) + 2 c(32) trainable values,
+#   each unit c1 -> c2 has 9 c(c1) (depthwise) + c(c1) c(c2) (1x1) + 2 c(c1) + 2 c(c2) (two BNs),
+#   and the head c(1024) * 1000 + 1000. Every width k * s is whole here, so the BN statistics
+#   scale exactly: 21,888 * s (MobileNetV1 fixture: 21,888). `_v1_counts` below is this sum; it
+#   reproduces the MobileNetV1 fixture (4,231,976 / 21,888).
+# * MobileNetV2_x0_75: widths 24 (stem), 12, 18, 24, 48, 72, 120, 240, last conv 1280 (not
+#   widened for scale <= 1); a unit cin -> cout with E = cin * t has cin E + 9 E + E cout conv
+#   values and BNs over E, E, cout. `_v2_counts` is that sum; it reproduces all five V2 fixtures.
+# * The swish variants have the parameters of the ReLU ones (swish has none): their counts are
+#   those of the ShuffleNetV2_x0_5 / _x1_5 / _x2_0 fixtures.
+DERIVED_COUNTS = {
+    "MobileNetV1_x0_25": (470_072, 5_472),
+    "MobileNetV1_x0_5": (1_331_592, 10_944),
+    "MobileNetV1_x0_75": (2_585_560, 16_416),
+    "MobileNetV2_x0_75": (2_628_592, 26_272),
+    "ShuffleNetV2_x0_5_swish": (1_366_792, 7_952),
+    "ShuffleNetV2_x1_5_swish": (3_503_624, 23_440),
+    "ShuffleNetV2_x2_0_swish": (7_366_536, 33_416),
+}
+FIXTURE_COUNTS = {  # total_params_trainable / total_bn_stat_values of the fixtures
+    "MobileNetV1": (4_231_976, 21_888),
+    "MobileNetV2_x0_25": (1_517_392, 10_464),
+    "MobileNetV2_x0_5": (1_965_736, 18_368),
+    "MobileNetV2": (3_505_960, 34_176),
+    "MobileNetV2_x1_5": (6_852_712, 51_264),
+    "MobileNetV2_x2_0": (11_262_312, 68_352),
+}
+
+
+def _v1_counts(s: float) -> tuple[int, int]:
+    c = functools.partial(mobilenet.scaled, scale=s)
+    units = [(32, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 512)]
+    units += [(512, 512)] * 5 + [(512, 1024), (1024, 1024)]
+    params, stats = 27 * c(32) + 2 * c(32), 2 * c(32)
+    for a, b in units:
+        params += 9 * c(a) + c(a) * c(b) + 2 * c(a) + 2 * c(b)
+        stats += 2 * c(a) + 2 * c(b)
+    return params + c(1024) * 1000 + 1000, stats
+
+
+def _v2_counts(s: float) -> tuple[int, int]:
+    c = functools.partial(mobilenet.scaled, scale=s)
+    cin = c(32)
+    params, stats = 27 * cin + 2 * cin, 2 * cin
+    for t, width, n, _ in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                           (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
+        for _ in range(n):
+            e, cout = cin * t, c(width)
+            params += cin * e + 9 * e + e * cout + 2 * (e + e + cout)
+            stats += 2 * (e + e + cout)
+            cin = cout
+    last = c(1280) if s > 1 else 1280
+    return params + cin * last + 2 * last + last * 1000 + 1000, stats + 2 * last
+
+
+@functools.cache
+def abstract_variables(name: str, size: int = 224, num_classes: int = 1000, dtype=jnp.float32):
+    model = flaxcls.create_model(name, num_classes=num_classes, dtype=dtype)
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), x)
+
+
+def abstract_features(name: str, size: int = 224) -> dict[str, tuple[int, ...]]:
+    model = flaxcls.create_model(name)
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    _, feats = jax.eval_shape(
+        lambda v, x: model.apply(v, x, return_features=True), abstract_variables(name, size), x
+    )
+    return {k: tuple(v.shape) for k, v in feats.items()}
+
+
+def count(tree) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def random_variables(name: str, size: int, seed: int = 0, **kwargs) -> dict:
+    """He-normal kernels, identity BN, from numpy (no compile of Flax's threefry init)."""
+    rng = np.random.RandomState(seed)
+
+    def make(path, leaf):
+        kind = path[-1].key
+        if kind == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        return np.full(leaf.shape, 1.0 if kind in ("scale", "var") else 0.0, np.float32)
+
+    return jax.tree_util.tree_map_with_path(make, abstract_variables(name, size, **kwargs))
+
+
+# ------------------------------------------------------------------------------------ registry
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_model_cfg(name):
+    cfg = flaxcls.get_model_cfg(name.lower())
+    assert cfg.name == name and cfg.family == FAMILIES[name]
+    assert (cfg.input_size, cfg.crop_size, cfg.resize_short_size) == (224, 224, 256)
+    assert (cfg.first_conv, cfg.classifier) == ("stem_conv", "head")
+    released = not name.endswith("_swish") or name == "ShuffleNetV2_swish"
+    assert (cfg.top1 is not None) == released and (cfg.top5 is not None) == released
+
+
+def test_published_accuracies():
+    # Rows of the 2019-12-30 README table (top-1 %, top-5 %).
+    assert flaxcls.get_model_cfg("MobileNetV1").top1 == pytest.approx(0.7099)
+    assert flaxcls.get_model_cfg("MobileNetV1_x0_25").top5 == pytest.approx(0.7546)
+    assert flaxcls.get_model_cfg("MobileNetV2_x2_0").top1 == pytest.approx(0.7523)
+    assert flaxcls.get_model_cfg("ShuffleNetV2").top5 == pytest.approx(0.8845)
+    assert flaxcls.get_model_cfg("ShuffleNetV2_swish").top1 == pytest.approx(0.7003)
+
+
+# ------------------------------------------------------------------- counts and width rules
+
+
+@pytest.mark.parametrize("name", sorted(DERIVED_COUNTS))
+def test_derived_counts(name):
+    variables = abstract_variables(name)
+    assert (count(variables["params"]), count(variables["batch_stats"])) == DERIVED_COUNTS[name]
+
+
+def test_count_formulas_reproduce_the_fixtures():
+    assert _v1_counts(1.0) == FIXTURE_COUNTS["MobileNetV1"]
+    for s, name in ((0.25, "MobileNetV2_x0_25"), (0.5, "MobileNetV2_x0_5"), (1.0, "MobileNetV2"),
+                    (1.5, "MobileNetV2_x1_5"), (2.0, "MobileNetV2_x2_0")):
+        assert _v2_counts(s) == FIXTURE_COUNTS[name]
+    for s, name in ((0.25, "MobileNetV1_x0_25"), (0.5, "MobileNetV1_x0_5"),
+                    (0.75, "MobileNetV1_x0_75")):
+        assert _v1_counts(s) == DERIVED_COUNTS[name]
+    assert _v2_counts(0.75) == DERIVED_COUNTS["MobileNetV2_x0_75"]
+
+
+def test_mobilenet_v1_widths_truncate():
+    params = abstract_variables("MobileNetV1_x0_75")["params"]
+    assert params["stem_conv"]["kernel"].shape == (3, 3, 3, 24)  # int(32 * 0.75)
+    # Depthwise kernels are [3, 3, 1, C]; the 1x1 after it widens to int(c2 * s).
+    assert params["stage1_block0"]["dw_conv"]["kernel"].shape == (3, 3, 1, 24)
+    assert params["stage1_block0"]["pw_conv"]["kernel"].shape == (1, 1, 24, 48)
+    assert params["stage5_block1"]["pw_conv"]["kernel"].shape == (1, 1, 768, 768)
+    assert params["head"]["kernel"].shape == (768, 1000)
+
+
+def test_mobilenet_v2_paddle_quirks():
+    params = abstract_variables("MobileNetV2")["params"]
+    # The expand conv exists even for t = 1 (stage 1: 32 -> 32), unlike torchvision.
+    assert params["stage1_block0"]["expand_conv"]["kernel"].shape == (1, 1, 32, 32)
+    assert params["stage2_block0"]["expand_conv"]["kernel"].shape == (1, 1, 16, 96)
+    assert params["stage2_block0"]["dw_conv"]["kernel"].shape == (3, 3, 1, 96)
+    assert params["last_conv"]["kernel"].shape == (1, 1, 320, 1280)
+    # int() truncation at 0.25: 16 -> 4, 24 -> 6; the last conv stays 1280 for scale <= 1 ...
+    small = abstract_variables("MobileNetV2_x0_25")["params"]
+    assert small["stem_conv"]["kernel"].shape == (3, 3, 3, 8)
+    assert small["stage1_block0"]["project_conv"]["kernel"].shape == (1, 1, 8, 4)
+    assert small["stage2_block1"]["expand_conv"]["kernel"].shape == (1, 1, 6, 36)
+    assert small["last_conv"]["kernel"].shape == (1, 1, 80, 1280)
+    # ... and becomes int(1280 * s) above 1.
+    wide = abstract_variables("MobileNetV2_x1_5")["params"]
+    assert wide["last_conv"]["kernel"].shape == (1, 1, 480, 1920)
+
+
+def test_mobilenet_v2_residual_only_after_the_first_unit():
+    units = {}
+
+    def spy(next_fun, args, kwargs, context):
+        if isinstance(context.module, mobilenet.InvertedResidual):
+            units[context.module.name] = context.module.residual
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(spy):
+        abstract_variables.__wrapped__("MobileNetV2", 64)
+    assert len(units) == 17
+    # stage5_block0 is stride 1 with 64 -> 96; stage6/7 first units change width too: all plain.
+    assert [n for n, r in units.items() if not r] == [f"stage{s}_block0" for s in range(1, 8)]
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("MobileNetV1", {"stem": 112, "stage1": 112, "stage2": 56, "stage3": 28, "stage4": 14,
+                         "stage5": 7}),
+        ("MobileNetV2", {"stem": 112, "stage1": 112, "stage2": 56, "stage3": 28, "stage4": 14,
+                         "stage5": 14, "stage6": 7, "stage7": 7, "last": 7}),
+        ("ShuffleNetV2", {"stem": 56, "stage1": 28, "stage2": 14, "stage3": 7, "last": 7}),
+    ],
+)
+def test_feature_map_geometry(name, expected):
+    feats = abstract_features(name)
+    assert {k: v[1] for k, v in feats.items() if k != "pooled"} == expected
+    # ShuffleNetV2's 7x7/1 head pool sees exactly the 7x7 map: it is the global mean.
+    last = feats["last"] if "last" in feats else feats["stage5"]
+    assert feats["pooled"] == (1, last[-1])
+
+
+@pytest.mark.parametrize("name,widths", [
+    ("ShuffleNetV2_x0_25", (24, 48, 96, 512)),
+    ("ShuffleNetV2_x0_33", (32, 64, 128, 512)),
+    ("ShuffleNetV2_x0_5_swish", (48, 96, 192, 1024)),
+    ("ShuffleNetV2", (116, 232, 464, 1024)),
+    ("ShuffleNetV2_x1_5", (176, 352, 704, 1024)),
+    ("ShuffleNetV2_x2_0_swish", (224, 488, 976, 2048)),
+])
+def test_shufflenet_widths(name, widths):
+    feats = abstract_features(name)
+    assert feats["stem"][-1] == 24
+    assert tuple(feats[k][-1] for k in ("stage1", "stage2", "stage3", "last")) == widths
+    params = abstract_variables(name)["params"]
+    half = widths[0] // 2
+    first = params["stage1_block0"]
+    assert first["down_dw_conv"]["kernel"].shape == (3, 3, 1, 24)  # depthwise on the whole input
+    assert first["down_pw_conv"]["kernel"].shape == (1, 1, 24, half)
+    assert first["conv1"]["kernel"].shape == (1, 1, 24, half)
+    assert params["stage1_block1"]["conv1"]["kernel"].shape == (1, 1, half, half)
+    assert "down_dw_conv" not in params["stage1_block1"]
+
+
+def test_channel_shuffle_mapping():
+    x = jnp.arange(2 * 3 * 10, dtype=jnp.float32).reshape(2, 1, 3, 10)
+    y = np.asarray(shufflenet.channel_shuffle(x, 2))
+    # Output channel 2k is input channel k, 2k + 1 is input channel C/2 + k.
+    order = [0, 5, 1, 6, 2, 7, 3, 8, 4, 9]
+    np.testing.assert_array_equal(y, np.asarray(x)[..., order])
+
+
+def test_shufflenet_activations():
+    assert flaxcls.create_model("ShuffleNetV2").act is nn.relu
+    for name in ("ShuffleNetV2_swish", "ShuffleNetV2_x1_5_swish"):
+        assert flaxcls.create_model(name).act is nn.swish
+
+
+# --------------------------------------------------------------------------------- name maps
+
+
+@pytest.mark.parametrize("name", sorted(DERIVED_COUNTS))
+def test_variants_without_fixture_convert(name):
+    """The name map of every width fills every leaf: fake Paddle arrays of the right shapes
+    (Flax shapes taken back to Paddle's layout) convert without complaint."""
+    expected = traverse_util.flatten_dict(
+        jax.tree_util.tree_map(lambda leaf: leaf.shape, abstract_variables(name)),
+        is_leaf=lambda _, v: isinstance(v, tuple),
+    )
+    arrays = {}
+    for paddle_name, target in paddle_name_map(name).items():
+        shape = expected[(target.collection, *target.path)]
+        if len(shape) == 4:  # HWIO -> OIHW
+            shape = (shape[3], shape[2], shape[0], shape[1])
+        arrays[paddle_name] = np.zeros(shape, np.float32)
+    assert len(arrays) == len(expected)
+    variables = paddle_to_flax(arrays, name)
+    assert count(variables["params"]) == DERIVED_COUNTS[name][0]
+
+
+# ----------------------------------------------------------------- real forward and backward
+
+
+def _train_step_checks(name: str, size: int = 64):
+    model = flaxcls.create_model(name, num_classes=10)
+    x = np.random.RandomState(1).standard_normal((2, size, size, 3)).astype(np.float32)
+    labels = jnp.array([3, 7])
+    variables = random_variables(name, size, num_classes=10)
+    params, stats = variables["params"], variables["batch_stats"]
+
+    @jax.jit
+    def loss_and_grads(params, stats):
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, (logits, updates["batch_stats"])
+
+        return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    (loss, (logits, new_stats)), grads = loss_and_grads(params, stats)
+    assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+    assert np.isfinite(np.asarray(logits)).all() and np.isfinite(float(loss))
+    flat_grads = jax.tree_util.tree_flatten_with_path(grads)[0]
+    zero = [jax.tree_util.keystr(p) for p, g in flat_grads if not np.any(np.asarray(g) != 0)]
+    assert not zero, f"parameters without gradient: {zero}"
+    assert all(np.isfinite(np.asarray(g)).all() for _, g in flat_grads)
+    unchanged = [
+        jax.tree_util.keystr(p)
+        for (p, old), new in zip(
+            jax.tree_util.tree_flatten_with_path(stats)[0], jax.tree_util.tree_leaves(new_stats)
+        )
+        if np.array_equal(np.asarray(old), np.asarray(new))
+    ]
+    assert not unchanged, f"BN statistics not updated: {unchanged}"
+
+
+# One per structure; the swish variants differ from ShuffleNetV2 only in the activation (their
+# parity is in test_paddle_parity.py), so they share its compile-heavy check.
+@pytest.mark.parametrize(
+    "name", ["MobileNetV1_x0_25", "MobileNetV2_x0_25", "ShuffleNetV2_x0_25"],
+    ids=["v1", "v2", "shufflenet"],
+)
+def test_forward_backward(name):
+    _train_step_checks(name)
+
+
+def test_num_classes_override_and_bfloat16():
+    name = "MobileNetV1_x0_25"
+    model = flaxcls.create_model(name, num_classes=7, dtype="bfloat16")
+    assert model.dtype == jnp.bfloat16
+    variables = random_variables(name, 64, num_classes=7, dtype=jnp.bfloat16)
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree_util.tree_leaves(variables))
+    assert variables["params"]["head"]["kernel"].shape == (256, 7)
+    x = np.random.RandomState(2).standard_normal((2, 64, 64, 3)).astype(np.float32)
+
+    @jax.jit
+    def eval_and_train(variables, x):
+        train_logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return model.apply(variables, x), train_logits, updates
+
+    logits, train_logits, updates = eval_and_train(variables, x)
+    for out in (logits, train_logits):
+        assert out.shape == (2, 7) and out.dtype == jnp.float32
+        assert np.isfinite(np.asarray(out)).all()
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(updates))
