@@ -405,3 +405,20 @@ def test_max_pool_padding_never_wins():
 def test_symmetric_padding_is_never_same():
     assert layers.symmetric_padding(7) == ((3, 3), (3, 3))
     assert layers.symmetric_padding((1, 3)) == ((0, 0), (1, 1))
+
+
+def _one_model_per_family() -> list[str]:
+    first: dict[str, str] = {}
+    for name in flaxcls.list_models():
+        first.setdefault(flaxcls.get_model_cfg(name).family, name)
+    return sorted(first.values())
+
+
+@pytest.mark.parametrize("name", _one_model_per_family())
+def test_any_class_count_for_every_family(name):
+    cfg = flaxcls.get_model_cfg(name)
+    model = flaxcls.create_model(name, num_classes=7)
+    variables = abstract_init(model, cfg.input_size)
+    x = jax.ShapeDtypeStruct((2, cfg.input_size, cfg.input_size, 3), jnp.float32)
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+    assert logits.shape == (2, 7) and logits.dtype == jnp.float32

@@ -137,3 +137,16 @@ def test_resnet50_recipe_is_the_original():
     c = resnet50.get_config()
     assert (c.num_epochs, c.lr_strategy, tuple(c.step_epochs)) == (120, "piecewise_decay", (30, 60, 90))
     assert (c.lr, c.lr_base_batch_size, c.momentum_rate, c.l2_decay) == (0.1, 256, 0.9, 1e-4)
+
+
+def test_any_registered_model_trains_by_name(tmp_path, digits_dir):
+    """--config.model=<any name>: a zoo model other than the ResNets runs through the trainer."""
+    from flaxcls.train.loop import train_and_evaluate
+
+    result = train_and_evaluate(
+        _config(digits_dir, model="MobileNetV2_x0_5", num_train_steps=3, batch_size=16,
+                test_batch_size=120, crop_size=32, resize_short_size=32, log_every_steps=1),
+        str(tmp_path),
+    )
+    assert result["step"] == 3 and result["num_examples"] == 359
+    assert np.isfinite(result["loss"])
