@@ -23,12 +23,17 @@ END = "<!-- model-table:end -->"
 
 
 @functools.cache
-def param_counts(name: str) -> tuple[int, int]:
-    """(trainable parameters, BatchNorm running-statistic values) at the native input size."""
+def abstract_variables(name: str) -> dict:
+    """Shapes and dtypes of a model's variables at its native input size (nothing computed)."""
     cfg = get_model_cfg(name)
     model = create_model(cfg.name)
     x = jax.ShapeDtypeStruct((1, cfg.input_size, cfg.input_size, 3), jnp.float32)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+
+
+def param_counts(name: str) -> tuple[int, int]:
+    """(trainable parameters, BatchNorm running-statistic values) at the native input size."""
+    shapes = abstract_variables(name)
 
     def total(tree) -> int:
         return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))

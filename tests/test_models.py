@@ -16,6 +16,7 @@ import optax
 import pytest
 
 import flaxcls
+from flaxcls import zoo
 from flaxcls.models import layers
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "paddle2019"
@@ -164,7 +165,7 @@ def test_import_does_not_pull_tensorflow():
 def test_param_counts_and_shapes(name):
     cfg = flaxcls.get_model_cfg(name)
     model = flaxcls.create_model(name)
-    variables = abstract_init(model, cfg.input_size)
+    variables = zoo.abstract_variables(name)  # cached: the README-table test reuses it
     params, stats = variables["params"], variables.get("batch_stats", {})
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(variables))
     assert path_exists(params, cfg.first_conv), cfg.first_conv
