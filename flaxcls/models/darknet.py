@@ -22,8 +22,8 @@ from flax import linen as nn
 
 from flaxcls.models.layers import (
     ModuleDef,
+    classifier_head,
     conv_and_norm,
-    dense_kernel_init,
     global_avg_pool,
     symmetric_padding,
 )
@@ -105,14 +105,7 @@ class DarkNet(nn.Module):
                 x = layer(2 * x.shape[-1], 3, strides=2, name=f"stage{s + 1}_downsample")(x)
         pooled = global_avg_pool(x)
         features["pooled"] = pooled
-        logits = nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=dense_kernel_init,
-            name="head",
-        )(pooled)
-        logits = logits.astype(jnp.float32)
+        logits = classifier_head(pooled, self.num_classes, self.dtype)
         return (logits, features) if return_features else logits
 
 

@@ -26,8 +26,8 @@ from flaxcls.models.layers import (
     DowngradeDropout,
     ModuleDef,
     avg_pool,
+    classifier_head,
     conv_and_norm,
-    dense_kernel_init,
     global_avg_pool,
     max_pool,
     symmetric_padding,
@@ -137,14 +137,7 @@ class DenseNet(nn.Module):
         features[f"stage{last + 1}"] = x
         pooled = global_avg_pool(x)
         features["pooled"] = pooled
-        logits = nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=dense_kernel_init,
-            name="head",
-        )(pooled)
-        logits = logits.astype(jnp.float32)
+        logits = classifier_head(pooled, self.num_classes, self.dtype)
         return (logits, features) if return_features else logits
 
 

@@ -141,3 +141,12 @@ def conv_and_norm(
         epsilon=bn_epsilon, dtype=dtype, param_dtype=jnp.float32,
     )
     return conv, norm
+
+
+def classifier_head(x: Array, num_classes: int, dtype: Any, name: str = "head") -> Array:
+    """The fc classifier on pooled features (Paddle's fc init); logits returned in float32."""
+    logits = nn.Dense(
+        num_classes, dtype=dtype, param_dtype=jnp.float32, kernel_init=dense_kernel_init,
+        name=name,
+    )(x)
+    return logits.astype(jnp.float32)

@@ -30,6 +30,7 @@ from flaxcls.models.layers import (
     DowngradeDropout,
     ModuleDef,
     avg_pool,
+    classifier_head,
     conv_and_norm,
     dense_kernel_init,
     global_avg_pool,
@@ -267,14 +268,7 @@ class ResNet(nn.Module):
         features["pooled"] = pooled
         if self.head_dropout:
             pooled = DowngradeDropout(self.head_dropout, name="head_dropout")(pooled, train=train)
-        logits = nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=dense_kernel_init,
-            name="head",
-        )(pooled)
-        logits = logits.astype(jnp.float32)
+        logits = classifier_head(pooled, self.num_classes, self.dtype)
         return (logits, features) if return_features else logits
 
 

@@ -39,8 +39,8 @@ from flax import linen as nn
 
 from flaxcls.models.layers import (
     ModuleDef,
+    classifier_head,
     conv_and_norm,
-    dense_kernel_init,
     global_avg_pool,
     max_pool,
     symmetric_padding,
@@ -154,14 +154,7 @@ class ShuffleNetV2(nn.Module):
         features["last"] = x
         pooled = global_avg_pool(x)  # = Paddle's 7x7/1 average pool on the 7x7 map at 224
         features["pooled"] = pooled
-        logits = nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=dense_kernel_init,
-            name="head",
-        )(pooled)
-        logits = logits.astype(jnp.float32)
+        logits = classifier_head(pooled, self.num_classes, self.dtype)
         return (logits, features) if return_features else logits
 
 
