@@ -16,3 +16,12 @@ __all__ = [
     "list_models",
     "register_model",
 ]
+
+
+def __getattr__(name: str):
+    # flaxcls.convert is imported on first use (flaxcls.convert.from_paddle after `import flaxcls`).
+    if name == "convert":
+        import importlib
+
+        return importlib.import_module("flaxcls.convert")
+    raise AttributeError(f"module 'flaxcls' has no attribute {name!r}")

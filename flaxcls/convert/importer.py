@@ -1,0 +1,81 @@
+"""Released Paddle weights -> flaxcls variables, and -> an Orbax checkpoint with a JSON sidecar.
+
+``from_paddle(path, model)`` reads any form ``readers.load_paddle_arrays`` knows and converts
+strictly (``paddle.paddle_to_flax``). ``convert_to_checkpoint`` writes
+``<out>/checkpoints/0/`` (params and batch_stats, what ``--config.pretrained_model`` reads)
+and ``<out>/conversion.json`` (model, source file, its sha256, converter and flaxcls versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flaxcls.convert.paddle import paddle_name_map, paddle_to_flax
+from flaxcls.convert.readers import load_paddle_arrays
+from flaxcls.registry import get_model_cfg
+
+CONVERTER_VERSION = "1"
+SIDECAR = "conversion.json"
+
+
+def from_paddle(path: str | os.PathLike, model_name: str) -> dict[str, Any]:
+    """``{"params", "batch_stats"}`` (numpy float32) for ``model.apply(variables, x, train=False)``.
+
+    ``path``: a folder of per-variable files, a ``.tar``/``.tar.gz``/``.zip`` of one, a
+    combined params file or a ``.pdparams`` pickle. The class count is read from the weights.
+    """
+    cfg = get_model_cfg(model_name)
+    arrays = load_paddle_arrays(path, names=list(paddle_name_map(cfg.name)))
+    return paddle_to_flax(arrays, cfg.name)
+
+
+def _sha256(path: Path) -> str:
+    if path.is_dir():  # a folder: hash of its files' names and bytes, in sorted order
+        h = hashlib.sha256()
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(p.relative_to(path).as_posix().encode() + b"\0")
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+        return h.hexdigest()
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_to_checkpoint(path: str | os.PathLike, model_name: str,
+                          out: str | os.PathLike) -> dict[str, Any]:
+    """Converts ``path`` and writes the checkpoint and sidecar in ``out``; returns the sidecar."""
+    import flaxcls
+    from flaxcls.checkpoint import CHECKPOINTS, Checkpointer
+
+    source, out = Path(path), Path(out)
+    if (out / CHECKPOINTS).exists() or (out / SIDECAR).exists():
+        raise FileExistsError(f"{out} already holds a checkpoint; choose another --out or "
+                              "remove it")
+    cfg = get_model_cfg(model_name)
+    variables = from_paddle(source, cfg.name)
+    head = variables["params"]
+    for part in cfg.classifier.split("/"):
+        head = head[part]
+    sidecar = {
+        "model": cfg.name,
+        "num_classes": int(np.shape(head["kernel"])[-1]),
+        "source": source.name,
+        "source_sha256": _sha256(source),
+        "converter": "paddle",
+        "converter_version": CONVERTER_VERSION,
+        "flaxcls_version": flaxcls.__version__,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with Checkpointer(out, keep=1) as ckpt:
+        ckpt.save(0, variables, metadata=sidecar)
+        ckpt.wait()
+    (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+    return sidecar
