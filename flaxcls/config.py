@@ -16,6 +16,7 @@ LR_STRATEGIES = (
     "constant",
 )
 DTYPES = ("float32", "bfloat16", "float16")
+L2_DECAY_MODES = ("optimizer", "loss")
 DATA_SOURCES = ("auto", "list", "folder", "tfds")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos3", "lanczos5")
 # cv2 codes accepted by the original --interpolation flag.
@@ -80,6 +81,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.decay_epochs = 2.4  # exponential_decay period
     c.end_lr = 0.0  # linear_decay target
     c.l2_decay = 1e-4
+    c.l2_decay_mode = "optimizer"  # or "loss" (same gradient; see optim.l2_decay_mode)
     c.momentum_rate = 0.9
     c.nesterov = False
     c.use_mixup = False
@@ -110,6 +112,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{field}={getattr(c, field)!r}: {msg}")
 
     need(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
+    need(c.get("l2_decay_mode", "optimizer") in L2_DECAY_MODES, "l2_decay_mode",
+         f"must be one of {L2_DECAY_MODES}")
     need(split_lr_strategy(c.lr_strategy)[0] in LR_STRATEGIES, "lr_strategy",
          f"must be one of {LR_STRATEGIES} (optionally with '_warmup' or '_with_warmup')")
     need(c.data_source in DATA_SOURCES, "data_source", f"must be one of {DATA_SOURCES}")

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flaxcls.config import LR_STRATEGIES, ConfigError, split_lr_strategy
+from flaxcls.config import L2_DECAY_MODES, LR_STRATEGIES, ConfigError, split_lr_strategy
 
 WARMUP_SUFFIX = "_warmup"
 
@@ -130,6 +130,27 @@ def _weight_decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
+def l2_decay_mode(config: Any) -> str:
+    """Where ``l2_decay`` applies: "optimizer" (default: ``g + l2 * p`` before momentum, as
+    Paddle's L2Decay) or "loss" (``0.5 * l2 * sum(p**2)`` added to the loss, as the Flax
+    ImageNet example). Both give the same gradient; they differ only in speed."""
+    mode = str(config.get("l2_decay_mode", "optimizer"))
+    if mode not in L2_DECAY_MODES:
+        raise ConfigError(f"config.l2_decay_mode={mode!r}: must be one of {L2_DECAY_MODES}")
+    return mode
+
+
+def l2_penalty(params: Any, config: Any) -> jax.Array:
+    """``0.5 * l2_decay * sum(p**2)`` over the parameters the optimizer mode would decay
+    (float32 scalar); 0 unless ``l2_decay_mode == "loss"``."""
+    l2 = float(config.l2_decay)
+    if l2_decay_mode(config) != "loss" or not l2:
+        return jnp.zeros((), jnp.float32)
+    exclude = bool(config.get("l2_decay_exclude_bn_bias", False))
+    leaves = [p for p in jax.tree.leaves(params) if not exclude or jnp.ndim(p) > 1]
+    return 0.5 * l2 * sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in leaves)
+
+
 def make_optimizer(
     config: Any, schedule: optax.Schedule | float
 ) -> optax.GradientTransformation:
@@ -142,7 +163,8 @@ def make_optimizer(
     parameters with ndim > 1. The rate used by the last update is
     ``opt_state.hyperparams["learning_rate"]``.
     """
-    l2 = float(config.l2_decay)
+    # l2_decay_mode="loss" moves the same L2 term into the loss (step.py, l2_penalty).
+    l2 = float(config.l2_decay) if l2_decay_mode(config) == "optimizer" else 0.0
     exclude = bool(config.get("l2_decay_exclude_bn_bias", False))
     momentum = float(config.momentum_rate)
     nesterov = bool(config.nesterov)

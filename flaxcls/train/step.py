@@ -17,7 +17,7 @@ import optax
 from jax.sharding import Mesh
 
 from flaxcls.parallel import batch_sharding, replicated
-from flaxcls.train import losses
+from flaxcls.train import losses, optim
 from flaxcls.train.state import TrainState
 
 TRAIN_METRICS = ("loss", "top1", "top5", "count", "skipped_steps")
@@ -59,6 +59,7 @@ def make_train_step(
     dtype = jnp.dtype(config.dtype)
     # Models with auxiliary heads (GoogLeNet) name them and their loss weights.
     aux_weights = dict(getattr(model, "aux_loss_weights", None) or {})
+    l2_in_loss = optim.l2_decay_mode(config) == "loss"
 
     def step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array]):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -83,7 +84,9 @@ def make_train_step(
             for name, weight in aux_weights.items():
                 aux = features[name].astype(jnp.float32)
                 loss = loss + weight * jnp.mean(losses.cross_entropy(aux, targets))
-            scaled = loss if state.loss_scale is None else state.loss_scale.scale_loss(loss)
+            # l2_decay_mode="loss": the L2 term joins the objective, not the reported loss.
+            total = loss + optim.l2_penalty(params, config) if l2_in_loss else loss
+            scaled = total if state.loss_scale is None else state.loss_scale.scale_loss(total)
             return scaled, (loss, logits, updates.get("batch_stats", {}))
 
         grads, (loss, logits, new_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
