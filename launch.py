@@ -1,7 +1,14 @@
-"""Train or evaluate an image classifier.
+"""Train, evaluate, predict with or export an image classifier.
 
     python launch.py --config=configs/resnet50.py --workdir=runs/r50 \
         --config.data_dir=/data/ILSVRC2012 --config.batch_size=1024
+    python launch.py --config=configs/resnet50.py --workdir=runs/r50 --mode=eval
+    python launch.py --config=configs/resnet50.py --workdir=runs/r50 --mode=infer \
+        --config.infer_path=photos/
+    python launch.py --config=configs/resnet50.py --workdir=runs/r50 --mode=export
+
+eval, infer and export use the workdir's newest checkpoint, or --config.pretrained_model=PATH
+(a checkpoint of ours or a converted release).
 
 Any config field can be overridden with ``--config.<field>=<value>``; unknown fields are
 rejected. Re-running the same command resumes from the workdir's newest checkpoint.
@@ -24,7 +31,9 @@ config_flags.DEFINE_config_file(
     lock_config=True,
 )
 flags.DEFINE_string("workdir", None, "Checkpoints, logs and results go here (model_save_dir).")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (with eval at the end) or eval.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "infer", "export"],
+                  "train (with eval at the end); eval (top-1/top-5 of a checkpoint); infer "
+                  "(top-k labels for config.infer_path); export (a jax.export serving model).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
@@ -58,8 +67,17 @@ def main(argv: list[str]) -> None:
     try:
         if FLAGS.mode == "train":
             loop.train_and_evaluate(config, FLAGS.workdir)
-        else:
+        elif FLAGS.mode == "eval":
             loop.evaluate_only(config, FLAGS.workdir)
+        elif FLAGS.mode == "infer":
+            from flaxcls.infer import run_infer
+
+            run_infer(config, FLAGS.workdir)
+        else:
+            from flaxcls.export import export_model
+
+            out = export_model(config, FLAGS.workdir)
+            logging.getLogger("flaxcls").info("exported %s to %s", config.model, out)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         _user_error(e)
     except ValueError as e:

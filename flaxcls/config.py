@@ -21,7 +21,8 @@ DATA_SOURCES = ("auto", "list", "folder", "tfds")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos3", "lanczos5")
 # cv2 codes accepted by the original --interpolation flag.
 CV2_INTERPOLATIONS = {0: "nearest", 1: "bilinear", 2: "bicubic", 3: "area", 4: "lanczos5"}
-MODES = ("train", "eval")
+MODES = ("train", "eval", "infer", "export")
+EXPORT_INPUTS = ("uint8", "float32")
 BUILTIN_DATASETS = ("", "digits")
 
 
@@ -35,6 +36,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype; parameters stay float32
     c.pretrained_model = ""  # weights to start from (Orbax checkpoint dir)
     c.checkpoint = ""  # resume from this checkpoint dir instead of the workdir's newest
+    # fine-tuning from pretrained_model (another num_classes re-initialises the classifier head)
+    c.freeze_backbone = False  # train only the head (the tensors whose shape follows num_classes)
+    c.backbone_lr_mult = 1.0  # learning-rate factor for everything but the head
 
     # --- data
     c.data_dir = ""
@@ -97,6 +101,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.eval_every_epochs = 1
     c.compilation_cache = True
+
+    # --- infer / export (--mode=infer, --mode=export)
+    c.infer_path = ""  # an image, a folder of images, or a list file (one path per line)
+    c.topk = 5
+    c.label_path = ""  # readable class names, one per line in class-index order
+    c.features = False  # infer writes pooled features instead of top-k classes
+    c.export_input = "uint8"  # or "float32": already normalised ((x/255 - mean) / std)
     return c
 
 
@@ -104,14 +115,20 @@ class ConfigError(ValueError):
     """A configuration value a user set is wrong; the message names the field."""
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-    """Checks that need no data or devices. Raises ConfigError naming the field."""
+def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
+    """Checks that need no data or devices. Raises ConfigError naming the field.
+
+    ``need_data=False`` (infer, export) accepts a config without a data set.
+    """
 
     def need(cond: bool, field: str, msg: str) -> None:
         if not cond:
             raise ConfigError(f"config.{field}={getattr(c, field)!r}: {msg}")
 
     need(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
+    need(c.topk >= 1, "topk", "must be >= 1")
+    need(c.backbone_lr_mult >= 0, "backbone_lr_mult", "must be >= 0")
+    need(c.export_input in EXPORT_INPUTS, "export_input", f"must be one of {EXPORT_INPUTS}")
     need(c.get("l2_decay_mode", "optimizer") in L2_DECAY_MODES, "l2_decay_mode",
          f"must be one of {L2_DECAY_MODES}")
     need(split_lr_strategy(c.lr_strategy)[0] in LR_STRATEGIES, "lr_strategy",
@@ -119,7 +136,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.data_source in DATA_SOURCES, "data_source", f"must be one of {DATA_SOURCES}")
     need(c.builtin_dataset in BUILTIN_DATASETS, "builtin_dataset",
          f"must be one of {BUILTIN_DATASETS}")
-    need(bool(c.data_dir or c.builtin_dataset or c.tfds_name), "data_dir",
+    need(bool(c.data_dir or c.builtin_dataset or c.tfds_name) or not need_data, "data_dir",
          "is empty: set --config.data_dir=PATH (list files or class folders) or tfds_name")
     need(c.num_classes >= 1, "num_classes", "must be >= 1")
     need(c.batch_size >= 1, "batch_size", "must be >= 1")

@@ -152,7 +152,7 @@ def eval_iterator(config, *, global_batch_size: int, process_index: int = 0,
         raise DataError(f"no eval data: looked for {src.eval_looked_for}")
     shard = _Shard(process_index, process_count, global_batch_size, lb)
     num_eval = len(src.eval) if isinstance(src, FileSource) else src.num_eval
-    transform = _eval_transform(config)
+    transform = eval_transform_fn(config)
     if isinstance(src, FileSource):
         batches = _padded_eval_batches(src, num_eval, shard)
         describe, explain = _file_namer(src.eval), _file_reason(src.eval)
@@ -335,7 +335,10 @@ def _train_transform(config) -> Callable:
     return transform
 
 
-def _eval_transform(config) -> Callable:
+def eval_transform_fn(config) -> Callable:
+    """``(encoded bytes, seed) -> uint8 [crop, crop, 3]``: the one eval transform (resize the
+    short side, centre crop) that eval, infer and export all use, from the config's resolved
+    preprocessing (`flaxcls.preprocessing.resolve_preprocessing`)."""
     crop, short = int(config.crop_size), int(config.resize_short_size)
     method = ops.resize_method(config.interpolation)
     return lambda data, seed: ops.eval_transform(data, crop_size=crop, resize_short_size=short,

@@ -15,8 +15,9 @@ import numpy as np
 
 import flaxcls
 from flaxcls import parallel
-from flaxcls.checkpoint import Checkpointer
+from flaxcls.checkpoint import Checkpointer, CheckpointError, read_variables
 from flaxcls.config import ConfigError, validate
+from flaxcls.preprocessing import resolve_preprocessing
 from flaxcls.train import losses, optim
 from flaxcls.train.state import TrainState, create_train_state
 from flaxcls.train.step import (
@@ -68,6 +69,7 @@ class _StopFlag:
 
 
 def _setup(config: ml_collections.ConfigDict, workdir: str):
+    resolve_preprocessing(config)  # fields left at their defaults follow the model's ModelCfg
     validate(config)
     from flaxcls import data
 
@@ -122,7 +124,7 @@ def _make_loss_scale(config):
 
 def evaluate(
     config, model, variables, mesh, data, *, step: int, writer: MetricWriter | None, workdir: str,
-    num_eval: int,
+    num_eval: int, extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One pass over the eval split; every example counted once. Writes eval_results.json."""
     if not num_eval:
@@ -155,7 +157,7 @@ def evaluate(
     if writer is not None:
         writer.write("eval", step, {**result, "seconds": seconds})
     if jax.process_index() == 0:
-        _write_json_atomic(os.path.join(workdir, "eval_results.json"), result)
+        _write_json_atomic(os.path.join(workdir, "eval_results.json"), {**result, **(extra or {})})
     return result
 
 
@@ -188,7 +190,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data, mesh, local_batch, info, model = _setup(config, workdir)
     steps_per_epoch, total_steps = _steps(config, info)
     schedule = optim.make_schedule(config, steps_per_epoch, config.batch_size)
-    tx = optim.make_optimizer(config, schedule)
+    head = None
+    if config.freeze_backbone or config.backbone_lr_mult != 1.0:
+        head = {k.removeprefix("params/") for k in head_variable_names(config)}
+        log.info("fine-tuning: head %s%s", sorted(head),
+                 ", backbone frozen" if config.freeze_backbone
+                 else f", backbone lr x{config.backbone_lr_mult}")
+    tx = optim.make_optimizer(config, schedule, head)
 
     state = create_train_state(
         model, tx, image_size=config.crop_size, seed=config.random_seed, mesh=mesh,
@@ -207,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         start_step = int(jax.device_get(state.step))
         log.info("resumed from config.checkpoint=%s at step %d", config.checkpoint, start_step)
     elif config.pretrained_model:
-        state = _load_pretrained(config.pretrained_model, state, ckpt)
+        state = _load_pretrained(config.pretrained_model, state, config)
 
     writer = MetricWriter(workdir)
     if jax.process_index() == 0:
@@ -304,30 +312,88 @@ def _abstract(state: TrainState) -> Any:
     )
 
 
-def _load_pretrained(path: str, state: TrainState, ckpt: Checkpointer) -> TrainState:
-    """Starts from the params/batch_stats of another run; tensors of another shape are re-initialised."""
-    restored = ckpt.read_variables(path)
-    new_params, reinit = _merge(state.params, restored.get("params", {}), "params")
-    new_stats, reinit_s = _merge(state.batch_stats, restored.get("batch_stats", {}), "batch_stats")
-    for name in reinit + reinit_s:
-        log.info("pretrained_model: %s re-initialised (not in %s or another shape)", name, path)
+def _load_pretrained(path: str, state: TrainState, config) -> TrainState:
+    """Starts from another run's (or a converted release's) params/batch_stats.
+
+    Every tensor must match the model by name and shape, except the classifier head (the
+    tensors whose shape follows num_classes): with another class count it is re-initialised
+    and named in the log. Anything else that differs is another architecture: CheckpointError.
+    """
+    restored = read_variables(path)
+    target = {"params": state.params, "batch_stats": state.batch_stats}
+    merged, reinit = match_variables(restored, target, config, path, allow_new_head=True)
+    if reinit:
+        log.info("pretrained_model: classifier head re-initialised for num_classes=%d "
+                 "(%d tensor(s) of another shape): %s", config.num_classes, len(reinit),
+                 ", ".join(reinit))
     log.info("loaded pretrained weights from %s", path)
-    return state.replace(params=new_params, batch_stats=new_stats)
+    return state.replace(params=merged["params"], batch_stats=merged.get("batch_stats", {}))
 
 
-def _merge(target: Any, source: Any, prefix: str) -> tuple[Any, list[str]]:
-    flat_t = _flatten(target)
-    flat_s = _flatten(source)
-    reinit = []
+def head_variable_names(config) -> set[str]:
+    """'params/...' names of the tensors whose shape follows num_classes: the classifier head
+    (ModelCfg.classifier) and any auxiliary heads. Found by comparing two abstract inits."""
+    n, size = int(config.num_classes), int(config.crop_size)
+
+    def shapes(classes: int) -> dict[str, tuple]:
+        model = flaxcls.create_model(config.model, num_classes=classes)
+        x = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
+        v = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+        return {"/".join(k): tuple(a.shape) for k, a in _flatten(v).items()}
+
+    a, b = shapes(n), shapes(n + 1)
+    return {k for k in a if a[k] != b.get(k)}
+
+
+def match_variables(source: dict, target: Any, config, path: str, *,
+                    allow_new_head: bool) -> tuple[dict, list[str]]:
+    """Checkpoint variables ``source`` placed like ``target`` (arrays or ShapeDtypeStructs with
+    shardings). Returns (variables, names of head tensors kept from ``target``).
+
+    Raises CheckpointError listing every mismatch outside the head; with ``allow_new_head=False``
+    (eval, infer, export) a head of another class count is an error too.
+    """
+    flat_t = {"/".join(k): v for k, v in _flatten(target).items()}
+    flat_s = {"/".join(k): v for k, v in _flatten(source).items()}
+    head = head_variable_names(config)
+    shape_diff = [k for k in flat_t if k in flat_s
+                  and tuple(np.shape(flat_s[k])) != tuple(flat_t[k].shape)]
+    missing = [k for k in flat_t if k not in flat_s]
+    unexpected = [k for k in flat_s if k not in flat_t]
+    cfg = flaxcls.get_model_cfg(config.model)
+    problems = [f"{k}: checkpoint {tuple(np.shape(flat_s[k]))} vs model {tuple(flat_t[k].shape)}"
+                for k in shape_diff if k not in head]
+    problems += [f"{k}: not in the checkpoint" for k in missing if k not in head]
+    problems += [f"{k}: in the checkpoint but not in {cfg.name}" for k in unexpected
+                 if k not in head]
+    if problems:
+        shown = "\n  ".join(problems[:_MAX_PROBLEMS])
+        more = (f"\n  ... and {len(problems) - _MAX_PROBLEMS} more"
+                if len(problems) > _MAX_PROBLEMS else "")
+        raise CheckpointError(
+            f"{path} does not fit config.model={config.model!r} (a checkpoint of another "
+            f"architecture?): {len(problems)} tensor(s) outside the classifier head "
+            f"{cfg.classifier!r} differ:\n  {shown}{more}")
+    new_head = sorted(k for k in head if k in flat_t and (k not in flat_s or k in shape_diff))
+    if new_head and not allow_new_head:
+        detail = "; ".join(f"{k}: checkpoint {tuple(np.shape(flat_s[k]))} vs model "
+                           f"{tuple(flat_t[k].shape)}" if k in flat_s else f"{k}: missing"
+                           for k in new_head[:_MAX_PROBLEMS])
+        raise CheckpointError(
+            f"{path}: the classifier head {cfg.classifier!r} was trained for another class "
+            f"count than config.num_classes={config.num_classes} ({detail}); set "
+            f"--config.num_classes to the checkpoint's")
     out = {}
-    for path, value in flat_t.items():
-        src = flat_s.get(path)
-        if src is not None and tuple(np.shape(src)) == tuple(value.shape):
-            out[path] = jax.device_put(np.asarray(src, value.dtype), value.sharding)
+    for k, value in flat_t.items():
+        if k in new_head:
+            out[tuple(k.split("/"))] = value
         else:
-            out[path] = value
-            reinit.append(f"{prefix}/{'/'.join(path)}")
-    return _unflatten(out), reinit
+            out[tuple(k.split("/"))] = jax.device_put(
+                np.asarray(flat_s[k], value.dtype), value.sharding)
+    return _unflatten(out), new_head
+
+
+_MAX_PROBLEMS = 20
 
 
 def _flatten(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -349,32 +415,61 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
     return root
 
 
-def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """``--mode=eval``: the workdir's newest checkpoint (or config.checkpoint / pretrained_model)."""
-    data, mesh, _, info, model = _setup(config, workdir)
-    tx = optim.make_optimizer(config, optim.make_schedule(config, 1, config.batch_size))
-    state = create_train_state(model, tx, image_size=config.crop_size, seed=config.random_seed,
-                               mesh=mesh, loss_scale=_make_loss_scale(config))
-    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-    try:
-        source = config.checkpoint or config.pretrained_model
-        if source:
-            state = _load_pretrained(source, state, ckpt)
-            step = 0
-        else:
-            latest = ckpt.latest_step()
-            if latest is None:
-                raise ConfigError(
-                    f"--mode=eval: no checkpoint in {ckpt.directory} and neither "
-                    "config.checkpoint nor config.pretrained_model is set"
-                )
-            state, _ = ckpt.restore(latest, _abstract(state))
-            step = latest
-        writer = MetricWriter(workdir)
+
+def inference_variables(config, workdir: str, mesh) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(model, variables replicated on the mesh, where they came from) for eval/infer/export.
+
+    From config.checkpoint or config.pretrained_model (our checkpoint or a converted release),
+    else the workdir's newest checkpoint. The weights must match the model exactly, head included.
+    """
+    model = flaxcls.create_model(config.model, num_classes=config.num_classes, dtype=config.dtype)
+    path = config.checkpoint or config.pretrained_model
+    step = 0
+    if not path:
+        ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
         try:
-            return evaluate(config, model, state.variables(), mesh, data, step=step,
-                            writer=writer, workdir=workdir, num_eval=info.num_eval)
+            latest = ckpt.latest_step()
         finally:
-            writer.close()
+            ckpt.close()
+        if latest is None:
+            raise ConfigError(
+                f"no checkpoint in {os.path.join(workdir, 'checkpoints')} and neither "
+                "config.checkpoint nor config.pretrained_model is set: train first, or point "
+                "--config.pretrained_model at a checkpoint or a converted release")
+        path, step = workdir, int(latest)
+    size = int(config.crop_size)
+    rep = parallel.replicated(mesh)
+    x = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
+                          {k: v for k, v in shapes.items() if k in ("params", "batch_stats")})
+    variables, _ = match_variables(read_variables(path), target, config, path,
+                                   allow_new_head=False)
+    log.info("weights of %s from %s%s", flaxcls.get_model_cfg(config.model).name, path,
+             f" (step {step})" if step else "")
+    return model, variables, {"checkpoint": str(path), "step": step}
+
+
+def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """``--mode=eval``: top-1/top-5/loss and the image count of config.pretrained_model (or
+    config.checkpoint, or the workdir's newest checkpoint) on the eval split, with the model's
+    own preprocessing unless the config overrides it. Writes eval_results.json."""
+    data, mesh, _, info, _ = _setup(config, workdir)
+    if not info.num_eval:
+        raise ConfigError("--mode=eval: the data set has no eval split (config.val_list, "
+                          "config.eval_split)")
+    model, variables, source = inference_variables(config, workdir, mesh)
+    log.info("eval preprocessing: %s", _preprocessing_summary(config))
+    writer = MetricWriter(workdir)
+    try:
+        result = evaluate(config, model, variables, mesh, data, step=source["step"],
+                          writer=writer, workdir=workdir, num_eval=info.num_eval,
+                          extra={"checkpoint": source["checkpoint"], "model": config.model,
+                                 "preprocessing": _preprocessing_summary(config)})
     finally:
-        ckpt.close()
+        writer.close()
+    return result
+
+
+def _preprocessing_summary(config) -> dict[str, Any]:
+    return resolve_preprocessing(config).to_json()

@@ -152,7 +152,7 @@ def l2_penalty(params: Any, config: Any) -> jax.Array:
 
 
 def make_optimizer(
-    config: Any, schedule: optax.Schedule | float
+    config: Any, schedule: optax.Schedule | float, head: set[str] | None = None
 ) -> optax.GradientTransformation:
     """Paddle's ``Momentum`` optimizer with an ``L2Decay`` regularizer.
 
@@ -162,6 +162,10 @@ def make_optimizer(
     included; ``config.l2_decay_exclude_bn_bias = True`` (optional field) limits it to
     parameters with ndim > 1. The rate used by the last update is
     ``opt_state.hyperparams["learning_rate"]``.
+
+    Fine-tuning: ``head`` names the classifier's parameters ('/'-joined paths inside params);
+    with it, ``config.freeze_backbone`` leaves every other parameter unchanged and
+    ``config.backbone_lr_mult`` scales their learning rate (optax.multi_transform).
     """
     # l2_decay_mode="loss" moves the same L2 term into the loss (step.py, l2_penalty).
     l2 = float(config.l2_decay) if l2_decay_mode(config) == "optimizer" else 0.0
@@ -178,7 +182,25 @@ def make_optimizer(
         parts.append(optax.scale_by_learning_rate(learning_rate))
         return optax.chain(*parts)
 
-    return optax.inject_hyperparams(momentum_l2)(learning_rate=schedule)
+    freeze = bool(config.get("freeze_backbone", False))
+    mult = float(config.get("backbone_lr_mult", 1.0))
+    if head is None or (not freeze and mult == 1.0):
+        return optax.inject_hyperparams(momentum_l2)(learning_rate=schedule)
+
+    def labels(params: Any) -> Any:
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "head" if _path_name(path) in head else "backbone", params)
+
+    def per_group(learning_rate: jax.Array | float) -> optax.GradientTransformation:
+        backbone = optax.set_to_zero() if freeze else momentum_l2(learning_rate * mult)
+        return optax.multi_transform({"head": momentum_l2(learning_rate), "backbone": backbone},
+                                     labels)
+
+    return optax.inject_hyperparams(per_group)(learning_rate=schedule)
+
+
+def _path_name(path: Any) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
 def learning_rate_of(opt_state: Any) -> jax.Array:

@@ -1,0 +1,274 @@
+"""Eval, infer and export of one checkpoint: exact counts on 8 devices, any image format, a
+reloadable serving artifact, and the same probabilities from all three for the same JPEG."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, run_launch, subprocess_env
+
+from configs import digits as digits_config
+
+PIL = pytest.importorskip("PIL.Image")
+
+NUM_CLASSES = 10
+
+
+def _config(digits_dir, **overrides):
+    c = digits_config.get_config()
+    c.data_dir = str(digits_dir)
+    c.builtin_dataset = ""
+    c.compilation_cache = False
+    for k, v in overrides.items():
+        setattr(c, k, v)
+    return c
+
+
+def _save_checkpoint(workdir, model_name="ResNet_tiny", num_classes=NUM_CLASSES, seed=0):
+    """A checkpoint of an initialised model (params and batch stats), as training writes one.
+
+    The batch statistics are perturbed so eval-mode BatchNorm is not the identity.
+    """
+    import jax
+
+    import flaxcls
+    from flaxcls.checkpoint import Checkpointer
+
+    model = flaxcls.create_model(model_name, num_classes=num_classes)
+    variables = jax.jit(model.init)(jax.random.key(seed), np.zeros((1, 32, 32, 3), np.float32))
+    rng = np.random.default_rng(seed)
+    stats = jax.tree.map(lambda a: np.asarray(a) + rng.uniform(0.0, 0.2, a.shape).astype(a.dtype),
+                         variables["batch_stats"])
+    tree = {"params": jax.tree.map(np.asarray, variables["params"]), "batch_stats": stats}
+    with Checkpointer(workdir, keep=1) as ckpt:
+        ckpt.save(7, tree, {"step": 7, "model": model_name, "num_classes": num_classes})
+        ckpt.wait()
+    return tree
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt")
+    _save_checkpoint(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory):
+    """A folder of awkward inputs: sizes, grey, RGBA, palette, CMYK, TIFF, and a broken file."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("odd")
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 256, (45, 61, 3), dtype=np.uint8))
+    rgb.save(root / "a_rgb.jpg", quality=90)
+    Image.fromarray(rng.integers(0, 256, (300, 17, 3), dtype=np.uint8)).save(root / "b_tall.png")
+    rgb.convert("L").save(root / "c_grey.jpg")
+    rgb.convert("RGBA").save(root / "d_rgba.png")
+    rgb.convert("P").save(root / "e_palette.png")
+    rgb.convert("CMYK").save(root / "f_cmyk.jpg")
+    rgb.save(root / "g_tiff.tif")
+    (root / "h_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    return root
+
+
+def test_eval_counts_every_image_once_on_8_devices(tmp_path, digits_dir, ckpt_dir):
+    """359 eval images, a global eval batch of 64 (8 per device): the last batch is padded and
+    masked; the result equals the single-device eval of the same checkpoint."""
+    from flaxcls.train.loop import evaluate_only
+
+    common = ["--config=configs/digits.py", f"--config.data_dir={digits_dir}",
+              "--config.builtin_dataset=", f"--config.pretrained_model={ckpt_dir}",
+              "--config.compilation_cache=False", "--mode=eval"]
+    run_launch([*common, f"--workdir={tmp_path / 'eight'}", "--config.test_batch_size=64",
+                "--config.batch_size=64"], devices=8)
+    eight = json.loads((tmp_path / "eight" / "eval_results.json").read_text())
+    num_val = len((digits_dir / "val_list.txt").read_text().split()) // 2
+    assert num_val % 64 != 0
+    assert eight["num_examples"] == num_val == 359
+
+    one = evaluate_only(_config(digits_dir, pretrained_model=str(ckpt_dir), test_batch_size=100),
+                        str(tmp_path / "one"))
+    assert one["num_examples"] == num_val
+    for k in ("top1", "top5", "loss"):
+        assert eight[k] == pytest.approx(one[k], abs=1e-5), k
+    assert eight["preprocessing"]["crop_size"] == 32  # ResNet_tiny's ModelCfg
+    assert eight["checkpoint"] == str(ckpt_dir)
+
+
+def test_eval_refuses_a_head_of_another_class_count(tmp_path, digits_dir, ckpt_dir):
+    from flaxcls.checkpoint import CheckpointError
+    from flaxcls.train.loop import evaluate_only
+
+    with pytest.raises(CheckpointError, match=r"num_classes=12.*head.*|head.*num_classes=12"):
+        evaluate_only(_config(digits_dir, pretrained_model=str(ckpt_dir), num_classes=12),
+                      str(tmp_path))
+
+
+def test_eval_without_a_checkpoint_says_what_to_do(tmp_path, digits_dir):
+    from flaxcls.config import ConfigError
+    from flaxcls.train.loop import evaluate_only
+
+    with pytest.raises(ConfigError, match="no checkpoint in .*pretrained_model"):
+        evaluate_only(_config(digits_dir), str(tmp_path))
+
+
+def test_infer_any_format_and_skips_the_unreadable(tmp_path, ckpt_dir, odd_images, caplog):
+    from flaxcls.config import default_config
+    from flaxcls.infer import PREDICTIONS, run_infer
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"n{i:08d}\tthing {i}\n" for i in range(NUM_CLASSES)))
+    c = default_config()
+    c.model, c.num_classes, c.compilation_cache = "ResNet_tiny", NUM_CLASSES, False
+    c.pretrained_model, c.infer_path, c.topk = str(ckpt_dir), str(odd_images), 3
+    c.label_path, c.test_batch_size = str(labels), 4
+    workdir = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="flaxcls"):
+        records = run_infer(c, str(workdir))
+    assert any("h_broken.jpg" in r.getMessage() and "skipped" in r.getMessage()
+               for r in caplog.records)
+
+    lines = (workdir / PREDICTIONS).read_text().splitlines()
+    got = [json.loads(x) for x in lines]
+    assert got == json.loads(json.dumps(records))
+    names = [r["path"].rsplit("/", 1)[-1] for r in got]
+    assert names == ["a_rgb.jpg", "b_tall.png", "c_grey.jpg", "d_rgba.png", "e_palette.png",
+                     "f_cmyk.jpg", "g_tiff.tif"]  # h_broken.jpg skipped, the rest kept
+    for r in got:
+        assert len(r["class_ids"]) == 3 and len(set(r["class_ids"])) == 3
+        assert r["labels"] == [f"thing {i}" for i in r["class_ids"]]
+        assert r["probs"] == sorted(r["probs"], reverse=True) and sum(r["probs"]) <= 1 + 1e-6
+    # the same picture as RGB, RGBA and palette PNG decodes to (almost) the same prediction
+    by = {n: r for n, r in zip(names, got)}
+    assert by["a_rgb.jpg"]["class_ids"][0] == by["d_rgba.png"]["class_ids"][0]
+
+    c.features = True
+    feats = run_infer(c, str(tmp_path / "feat"))
+    assert len(feats) == 7 and all(len(r["features"]) == len(feats[0]["features"]) > 8
+                                   for r in feats)
+    npy = np.load(tmp_path / "feat" / "features.npy")
+    np.testing.assert_allclose(npy[0], feats[0]["features"], rtol=1e-6)
+
+
+def test_imagenet_labels_ship_with_the_package():
+    from flaxcls.infer import IMAGENET_LABELS, read_label_file
+
+    labels = read_label_file(IMAGENET_LABELS)
+    assert len(labels) == 1000
+    assert labels[0] == "tench" and labels[1] == "goldfish" and labels[999] == "toilet tissue"
+    with open(IMAGENET_LABELS) as f:
+        wnids = [line.split("\t")[0] for line in f.read().splitlines()]
+    assert wnids == sorted(wnids) and len(set(wnids)) == 1000
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, ckpt_dir):
+    from flaxcls.config import default_config
+    from flaxcls.export import export_model
+
+    c = default_config()
+    c.model, c.num_classes, c.pretrained_model = "ResNet_tiny", NUM_CLASSES, str(ckpt_dir)
+    workdir = tmp_path_factory.mktemp("export")
+    out = export_model(c, str(workdir))
+    return workdir, out
+
+
+def _live_probs(ckpt_dir, images):
+    import jax
+
+    import flaxcls
+    from flaxcls.checkpoint import read_variables
+    from flaxcls.config import default_config
+    from flaxcls.infer import make_predict
+    from flaxcls.preprocessing import resolve_preprocessing
+
+    c = default_config()
+    c.model, c.num_classes = "ResNet_tiny", NUM_CLASSES
+    model = flaxcls.create_model("ResNet_tiny", num_classes=NUM_CLASSES)
+    predict = make_predict(model, read_variables(str(ckpt_dir)), resolve_preprocessing(c))
+    return np.asarray(jax.jit(predict)(images))
+
+
+def test_export_reloads_in_a_fresh_process_without_model_code(tmp_path, ckpt_dir, exported):
+    workdir, _ = exported
+    meta = json.loads((workdir / "export" / "model.json").read_text())
+    assert meta["model"] == "ResNet_tiny" and meta["input_size"] == 32
+    assert meta["input_dtype"] == "uint8" and len(meta["labels"]) == NUM_CLASSES
+    assert meta["preprocessing"]["resize_short_size"] == 32
+    images = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "in.npy", images)
+    script = (
+        "import importlib.util, sys, numpy as np\n"
+        f"spec = importlib.util.spec_from_file_location('export', {str(REPO / 'flaxcls/export.py')!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        f"predict, meta = m.load_exported({str(workdir)!r})\n"
+        f"x = np.load({str(tmp_path / 'in.npy')!r})\n"
+        f"np.save({str(tmp_path / 'one.npy')!r}, predict(x[:1]))\n"
+        f"np.save({str(tmp_path / 'three.npy')!r}, predict(x))\n"
+        "bad = [k for k in sys.modules if k.startswith(('flaxcls', 'tensorflow', 'flax'))]\n"
+        "assert not bad, bad\n"
+    )
+    env = subprocess_env(1)
+    env["PYTHONPATH"] = ""  # nothing of the repo on the path: only the file itself
+    proc = subprocess.run([sys.executable, "-c", script], check=False, cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, three = np.load(tmp_path / "one.npy"), np.load(tmp_path / "three.npy")
+    assert one.shape == (1, NUM_CLASSES) and three.shape == (3, NUM_CLASSES)
+    live = _live_probs(ckpt_dir, images)
+    np.testing.assert_allclose(three, live, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one[0], live[0], rtol=1e-5, atol=1e-6)
+    assert np.ptp(live[:, 0]) > 1e-4  # the images are told apart: a real comparison
+
+
+def test_same_jpeg_same_answer_in_eval_infer_and_export(tmp_path, ckpt_dir, exported):
+    """One 61x45 JPEG (resized and cropped to 32): eval's loss is -log p of the label, infer's
+    probability of that label, and the exported model's, all from the one eval transform."""
+    from PIL import Image
+
+    from flaxcls.config import default_config
+    from flaxcls.data import eval_iterator
+    from flaxcls.export import load_exported
+    from flaxcls.infer import ImageLoader, run_infer
+    from flaxcls.preprocessing import resolve_preprocessing
+    from flaxcls.train.loop import evaluate_only
+
+    data = tmp_path / "data"
+    (data / "img").mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)).save(
+        data / "img" / "x.jpg", quality=85)
+
+    c = default_config()
+    c.model, c.num_classes, c.pretrained_model = "ResNet_tiny", NUM_CLASSES, str(ckpt_dir)
+    c.infer_path, c.topk, c.compilation_cache = str(data / "img" / "x.jpg"), NUM_CLASSES, False
+    (rec,) = run_infer(c, str(tmp_path / "infer"))
+    probs = np.zeros(NUM_CLASSES)
+    probs[rec["class_ids"]] = rec["probs"]
+    label = rec["class_ids"][1]  # the runner-up: top-1 is 0, top-5 is 1
+
+    (data / "train_list.txt").write_text(f"img/x.jpg {label}\n")
+    (data / "val_list.txt").write_text(f"img/x.jpg {label}\n")
+    ev = evaluate_only(_config(data, model="ResNet_tiny", pretrained_model=str(ckpt_dir),
+                               crop_size=224, resize_short_size=256, batch_size=8,
+                               test_batch_size=8), str(tmp_path / "eval"))
+    assert ev["num_examples"] == 1 and ev["top1"] == 0.0 and ev["top5"] == 1.0
+    assert ev["loss"] == pytest.approx(-np.log(probs[label]), abs=2e-5)
+
+    predict, _ = load_exported(str(exported[1]))
+    c2 = default_config()
+    c2.model = "ResNet_tiny"
+    resolve_preprocessing(c2)
+    crop = ImageLoader(c2)(str(data / "img" / "x.jpg"))
+    np.testing.assert_allclose(predict(crop[None])[0], probs, rtol=1e-5, atol=1e-6)
+
+    # and the eval pipeline's own uint8 crop is the infer loader's, byte for byte
+    cfg = _config(data, model="ResNet_tiny")
+    resolve_preprocessing(cfg)
+    batch = next(iter(eval_iterator(cfg, global_batch_size=1)))
+    np.testing.assert_array_equal(batch["image"][0], crop)
