@@ -3,12 +3,18 @@
 The fixtures (tests/fixtures/paddle2019/*.json, copied from the shared reference set) hold the
 parameter list Paddle built, a numpy-only weight recipe and the logits Paddle computed for a fixed
 input. Matching those logits to float32 round-off proves the structure (padding, pooling, BN,
-shortcut placement) and the converter's layout changes are exact.
+shortcut placement) and the converter's layout changes are exact. The weights travel the way a
+user's do: written in Paddle's per-variable file format, read back by our reader, converted; a few
+small models also go through every other form (.tar, .tar.gz, .zip, combined file, .pdparams).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
+import tarfile
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -18,7 +24,8 @@ import numpy as np
 import pytest
 
 import flaxcls
-from flaxcls.convert import paddle_name_map, paddle_to_flax
+from flaxcls.convert import from_paddle, load_paddle_arrays, paddle_name_map, paddle_to_flax
+from flaxcls.convert.writers import combined_bytes, tensor_record, write_per_variable
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "paddle2019"
 FIXTURE_MODELS = sorted(p.stem for p in FIXTURES.glob("*.json"))
@@ -85,11 +92,13 @@ def test_name_map_matches_paddle_parameter_list(name):
 
 
 @pytest.mark.parametrize("name", list(_cases()))
-def test_logits_match_paddle(name):
+def test_logits_match_paddle(name, tmp_path):
     _registered(name)
     manifest = load_manifest(name)
     arrays, x_nchw, want = regenerate(manifest)
-    variables = paddle_to_flax(arrays, name)
+    folder = write_per_variable(tmp_path / f"{name}_pretrained", arrays)
+    del arrays
+    variables = paddle_to_flax(load_paddle_arrays(folder), name)
     model = flaxcls.create_model(name)
     with jax.default_matmul_precision("highest"):
         got = jax.jit(model.apply)(variables, jnp.asarray(x_nchw.transpose(0, 2, 3, 1)))
@@ -138,3 +147,40 @@ def test_training_leftovers_are_ignored():
     b = paddle_to_flax({**arrays, **extra}, "ResNet18")
     np.testing.assert_array_equal(a["params"]["stem_conv1"]["kernel"],
                                   b["params"]["stem_conv1"]["kernel"])
+
+
+def write_archive(path, arrays: dict[str, np.ndarray], top: str) -> None:
+    """Per-variable files under a top-level folder, in a .tar, .tar.gz or .zip as downloaded."""
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, array in arrays.items():
+                zf.writestr(f"{top}/{name}", tensor_record(array))
+        return
+    with tarfile.open(path, "w:gz" if path.name.endswith(".gz") else "w") as tar:
+        for name, array in arrays.items():
+            data = tensor_record(array)
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("name", ["SqueezeNet1_1", "ShuffleNetV2_x0_25"])
+def test_every_file_form_converts_the_same(name, tmp_path):
+    """.tar, .tar.gz, .zip, combined file and .pdparams give exactly the folder's variables."""
+    _registered(name)
+    arrays, _, _ = regenerate(load_manifest(name))
+    want = paddle_to_flax(arrays, name)
+    forms = [tmp_path / f"{name}_pretrained{ext}" for ext in (".tar", ".tar.gz", ".zip")]
+    for path in forms:
+        write_archive(path, arrays, f"{name}_pretrained")
+    forms.append(tmp_path / "__params__")
+    forms[-1].write_bytes(combined_bytes(arrays))
+    forms.append(tmp_path / f"{name}.pdparams")
+    forms[-1].write_bytes(pickle.dumps(arrays, protocol=4))
+    for path in forms:
+        got = from_paddle(path, name)
+        flat_got = jax.tree_util.tree_leaves_with_path(got)
+        flat_want = jax.tree_util.tree_leaves_with_path(want)
+        assert [p for p, _ in flat_got] == [p for p, _ in flat_want], path.name
+        for (p, a), (_, b) in zip(flat_got, flat_want, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"{path.name}: {jax.tree_util.keystr(p)}")

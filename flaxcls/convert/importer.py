@@ -35,7 +35,7 @@ def from_paddle(path: str | os.PathLike, model_name: str) -> dict[str, Any]:
     return paddle_to_flax(arrays, cfg.name)
 
 
-def _sha256(path: Path) -> str:
+def source_sha256(path: Path) -> str:
     if path.is_dir():  # a folder: hash of its files' names and bytes, in sorted order
         h = hashlib.sha256()
         for p in sorted(q for q in path.rglob("*") if q.is_file()):
@@ -68,7 +68,7 @@ def convert_to_checkpoint(path: str | os.PathLike, model_name: str,
         "model": cfg.name,
         "num_classes": int(np.shape(head["kernel"])[-1]),
         "source": source.name,
-        "source_sha256": _sha256(source),
+        "source_sha256": source_sha256(source),
         "converter": "paddle",
         "converter_version": CONVERTER_VERSION,
         "flaxcls_version": flaxcls.__version__,

@@ -217,6 +217,7 @@ _PICKLE_GLOBALS = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # bytes in protocol-2 pickles
 }
 STRUCTURED_NAMES = "StructuredToParameterName@@"
 BIG_PARAM_INFO = "UnpackBigParamInfor@@"

@@ -37,17 +37,25 @@ def tensor_desc(dtype: np.dtype, dims: Sequence[int]) -> bytes:
     return b"\x08" + _varint(code) + b"".join(b"\x10" + _varint(int(d)) for d in dims)
 
 
-def tensor_record(array: np.ndarray, lod: Sequence[Sequence[int]] = ()) -> bytes:
-    """One LoDTensor record (a per-variable file's bytes)."""
-    array = np.asarray(array)
+def _header(array: np.ndarray, lod: Sequence[Sequence[int]]) -> bytes:
     desc = tensor_desc(array.dtype, array.shape)
     parts = [struct.pack("<IQ", 0, len(lod))]
     for level in lod:
         offsets = np.asarray(level, "<u8").tobytes()
         parts += [struct.pack("<Q", len(offsets)), offsets]
-    data = np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
-    parts += [struct.pack("<Ii", 0, len(desc)), desc, data]
+    parts += [struct.pack("<Ii", 0, len(desc)), desc]
     return b"".join(parts)
+
+
+def _data(array: np.ndarray) -> np.ndarray:
+    """The C-order little-endian bytes, as a flat uint8 view (no copy when already so)."""
+    return np.ascontiguousarray(array, array.dtype.newbyteorder("<")).reshape(-1).view(np.uint8)
+
+
+def tensor_record(array: np.ndarray, lod: Sequence[Sequence[int]] = ()) -> bytes:
+    """One LoDTensor record (a per-variable file's bytes)."""
+    array = np.asarray(array)
+    return _header(array, lod) + _data(array).tobytes()
 
 
 def combined_bytes(arrays: Mapping[str, np.ndarray],
@@ -66,7 +74,10 @@ def write_per_variable(directory: str | os.PathLike, arrays: Mapping[str, np.nda
     for name, array in arrays.items():
         if "/" in name or name in ("", ".", ".."):
             raise ValueError(f"variable name {name!r} cannot be a file name")
-        (out / name).write_bytes(tensor_record(array, lods.get(name, ())))
+        array = np.asarray(array)
+        with (out / name).open("wb") as f:  # header, then the data without another copy
+            f.write(_header(array, lods.get(name, ())))
+            f.write(_data(array))
     return out
 
 
