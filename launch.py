@@ -60,23 +60,24 @@ def main(argv: list[str]) -> None:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
     config = FLAGS.config
+    workdir = os.path.abspath(FLAGS.workdir)  # Orbax writes and reads absolute paths only
     if config.compilation_cache:
         parallel.enable_compilation_cache(FLAGS.compilation_cache_dir)
     from flaxcls.train import loop
 
     try:
         if FLAGS.mode == "train":
-            loop.train_and_evaluate(config, FLAGS.workdir)
+            loop.train_and_evaluate(config, workdir)
         elif FLAGS.mode == "eval":
-            loop.evaluate_only(config, FLAGS.workdir)
+            loop.evaluate_only(config, workdir)
         elif FLAGS.mode == "infer":
             from flaxcls.infer import run_infer
 
-            run_infer(config, FLAGS.workdir)
+            run_infer(config, workdir)
         else:
             from flaxcls.export import export_model
 
-            out = export_model(config, FLAGS.workdir)
+            out = export_model(config, workdir)
             logging.getLogger("flaxcls").info("exported %s to %s", config.model, out)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         _user_error(e)

@@ -140,6 +140,16 @@ class ImageLoader:
         self._transform = tf.function(lambda data: fn(data, None),
                                       input_signature=[tf.TensorSpec([], tf.string)])
 
+    @classmethod
+    def from_preprocessing(cls, prep: EvalPreprocessing | dict[str, Any]) -> ImageLoader:
+        """A loader for an export's ``meta["preprocessing"]`` (or an EvalPreprocessing)."""
+        import types
+
+        p = prep.to_json() if isinstance(prep, EvalPreprocessing) else prep
+        return cls(types.SimpleNamespace(crop_size=int(p["crop_size"]),
+                                         resize_short_size=int(p["resize_short_size"]),
+                                         interpolation=p["interpolation"]))
+
     def __call__(self, path: str) -> np.ndarray:
         try:
             with open(path, "rb") as f:
@@ -295,7 +305,7 @@ def format_table(records: list[dict[str, Any]], *, features: bool = False) -> st
         return "\n".join(f"{_clip(r['path'], width):<{width}}  features[{len(r['features'])}]"
                          for r in records)
     k = len(records[0]["class_ids"])
-    lines = [f"{'image':<{width}}  " + "  ".join(f"top-{i + 1}" for i in range(k))[:200]]
+    lines = [f"{'image':<{width}}  top-{k}: label (class id) probability"]
     for r in records:
         cells = [f"{label} ({cid}) {p:.4f}" for cid, label, p in
                  zip(r["class_ids"], r["labels"], r["probs"])]

@@ -260,11 +260,8 @@ def test_same_jpeg_same_answer_in_eval_infer_and_export(tmp_path, ckpt_dir, expo
     assert ev["num_examples"] == 1 and ev["top1"] == 0.0 and ev["top5"] == 1.0
     assert ev["loss"] == pytest.approx(-np.log(probs[label]), abs=2e-5)
 
-    predict, _ = load_exported(str(exported[1]))
-    c2 = default_config()
-    c2.model = "ResNet_tiny"
-    resolve_preprocessing(c2)
-    crop = ImageLoader(c2)(str(data / "img" / "x.jpg"))
+    predict, meta = load_exported(str(exported[1]))
+    crop = ImageLoader.from_preprocessing(meta["preprocessing"])(str(data / "img" / "x.jpg"))
     np.testing.assert_allclose(predict(crop[None])[0], probs, rtol=1e-5, atol=1e-6)
 
     # and the eval pipeline's own uint8 crop is the infer loader's, byte for byte

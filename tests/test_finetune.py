@@ -174,7 +174,7 @@ def test_finetune_to_new_classes_reaches_accuracy(tmp_path, digits_dir):
     pre = train_and_evaluate(cfg(first, 6, num_epochs=6), str(tmp_path / "pre"))
     assert pre["top1"] > 0.8
     tuned = train_and_evaluate(
-        cfg(second, 4, num_epochs=4, lr=0.05, backbone_lr_mult=0.2,
+        cfg(second, 4, num_epochs=8, lr=0.05, backbone_lr_mult=0.2,
             pretrained_model=str(tmp_path / "pre")), str(tmp_path / "tuned"))
     assert tuned["top1"] >= 0.9, tuned
     result = json.loads((tmp_path / "tuned" / "eval_results.json").read_text())

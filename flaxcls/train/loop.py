@@ -319,7 +319,7 @@ def _load_pretrained(path: str, state: TrainState, config) -> TrainState:
     tensors whose shape follows num_classes): with another class count it is re-initialised
     and named in the log. Anything else that differs is another architecture: CheckpointError.
     """
-    restored = read_variables(path)
+    restored = read_variables(os.path.abspath(path))
     target = {"params": state.params, "batch_stats": state.batch_stats}
     merged, reinit = match_variables(restored, target, config, path, allow_new_head=True)
     if reinit:
@@ -426,23 +426,24 @@ def inference_variables(config, workdir: str, mesh) -> tuple[Any, dict[str, Any]
     path = config.checkpoint or config.pretrained_model
     step = 0
     if not path:
-        ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-        try:
-            latest = ckpt.latest_step()
-        finally:
-            ckpt.close()
-        if latest is None:
+        # Read-only: a training job may be writing to this workdir right now.
+        root = os.path.join(workdir, "checkpoints")
+        steps = [int(n) for n in (os.listdir(root) if os.path.isdir(root) else [])
+                 if n.isdigit() and os.path.isdir(os.path.join(root, n))]
+        if not steps:
             raise ConfigError(
-                f"no checkpoint in {os.path.join(workdir, 'checkpoints')} and neither "
-                "config.checkpoint nor config.pretrained_model is set: train first, or point "
+                f"no checkpoint in {root} and neither config.checkpoint nor "
+                "config.pretrained_model is set: train first, or point "
                 "--config.pretrained_model at a checkpoint or a converted release")
-        path, step = workdir, int(latest)
+        step = max(steps)
+        path = os.path.join(root, str(step))
     size = int(config.crop_size)
     rep = parallel.replicated(mesh)
     x = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
                           {k: v for k, v in shapes.items() if k in ("params", "batch_stats")})
+    path = os.path.abspath(path)  # Orbax reads absolute paths only
     variables, _ = match_variables(read_variables(path), target, config, path,
                                    allow_new_head=False)
     log.info("weights of %s from %s%s", flaxcls.get_model_cfg(config.model).name, path,
