@@ -17,7 +17,7 @@ LR_STRATEGIES = (
 )
 DTYPES = ("float32", "bfloat16", "float16")
 L2_DECAY_MODES = ("optimizer", "loss")
-DATA_SOURCES = ("auto", "list", "folder", "tfds")
+DATA_SOURCES = ("auto", "list", "folder", "records", "tfds")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos3", "lanczos5")
 # cv2 codes accepted by the original --interpolation flag.
 CV2_INTERPOLATIONS = {0: "nearest", 1: "bilinear", 2: "bicubic", 3: "area", 4: "lanczos5"}
@@ -43,7 +43,8 @@ def default_config() -> ml_collections.ConfigDict:
     # --- data
     c.data_dir = ""
     c.builtin_dataset = ""  # "digits": write scikit-learn's digits as JPEGs under the workdir
-    c.data_source = "auto"  # auto: list files if present, else class folders
+    # auto: list files if present, else class folders, else record shards (flaxcls.data.rewrite)
+    c.data_source = "auto"
     c.tfds_name = ""  # e.g. "imagenet2012"; prepared from a manual_dir, never downloaded
     c.train_list = "train_list.txt"
     c.val_list = "val_list.txt"
@@ -134,6 +135,8 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
     need(split_lr_strategy(c.lr_strategy)[0] in LR_STRATEGIES, "lr_strategy",
          f"must be one of {LR_STRATEGIES} (optionally with '_warmup' or '_with_warmup')")
     need(c.data_source in DATA_SOURCES, "data_source", f"must be one of {DATA_SOURCES}")
+    need(c.data_source != "records" or bool(c.data_dir) or not need_data, "data_source",
+         "needs config.data_dir: the folder written by `python -m flaxcls.data.rewrite`")
     need(c.builtin_dataset in BUILTIN_DATASETS, "builtin_dataset",
          f"must be one of {BUILTIN_DATASETS}")
     need(bool(c.data_dir or c.builtin_dataset or c.tfds_name) or not need_data, "data_dir",

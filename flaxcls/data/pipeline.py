@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from flaxcls.data import ops
-from flaxcls.data.sources import DataError, FileSource, TfdsSource, resolve_source
+from flaxcls.data.sources import (
+    DataError,
+    FileSource,
+    RecordSource,
+    TfdsSource,
+    resolve_source,
+)
 
 tf = ops.tf
 log = logging.getLogger(__name__)
@@ -131,6 +137,11 @@ def train_iterator(config, *, global_batch_size: int, start_step: int = 0,
         ds = _decode_batches(batches, transform, lb, config, train=True, read_files=True)
         return BatchIterator(ds.as_numpy_iterator(), _file_namer(src.train), train=True,
                              explain=_file_reason(src.train))
+    if isinstance(src, RecordSource):
+        batches = _record_train_batches(src, config, shard, steps_per_epoch, start_epoch, skip)
+        ds = _decode_batches(batches, transform, lb, config, train=True, read_files=False)
+        return BatchIterator(_naming_corrupt_shards(ds.as_numpy_iterator(), src.train.files),
+                             src.train.locate, train=True)
     epochs = (_decode_batches(
         _tfds_train_batches(src, config, shard, steps_per_epoch, epoch,
                             skip if epoch == start_epoch else 0),
@@ -148,7 +159,8 @@ def eval_iterator(config, *, global_batch_size: int, process_index: int = 0,
     """
     src = resolve_source(config)
     lb = _local_batch(global_batch_size, process_index, process_count)
-    if (src.eval is None) if isinstance(src, FileSource) else (src.eval_split is None):
+    if (src.eval is None) if isinstance(src, (FileSource, RecordSource)) \
+            else (src.eval_split is None):
         raise DataError(f"no eval data: looked for {src.eval_looked_for}")
     shard = _Shard(process_index, process_count, global_batch_size, lb)
     num_eval = len(src.eval) if isinstance(src, FileSource) else src.num_eval
@@ -156,6 +168,9 @@ def eval_iterator(config, *, global_batch_size: int, process_index: int = 0,
     if isinstance(src, FileSource):
         batches = _padded_eval_batches(src, num_eval, shard)
         describe, explain = _file_namer(src.eval), _file_reason(src.eval)
+    elif isinstance(src, RecordSource):
+        batches = _record_eval_batches(src, num_eval, shard)
+        describe, explain = src.eval.locate, None
     else:
         batches = _tfds_eval_batches(src, num_eval, shard)
         describe, explain = lambda i: f"{src.name}[{src.eval_split}] example #{i}", None
@@ -302,6 +317,103 @@ def _tfds_train_batches(src: TfdsSource, config, shard: _Shard, steps_per_epoch:
     ds = ds.map(lambda pos, ex: {"key": ex[0], "label": ex[1], "index": pos,
                                  "seed": _aug_seeds(seed, epoch, pos)})
     return ds.batch(shard.local_batch, drop_remainder=True)
+
+
+_RECORD_FEATURES = {"image": "string", "label": "int64", "index": "int64"}
+
+
+def _parse_records(serialized) -> dict:
+    """Serialized examples [n] -> {"image": bytes [n], "label": int32 [n], "index": int64 [n]}."""
+    spec = {k: tf.io.FixedLenFeature([], getattr(tf, v)) for k, v in _RECORD_FEATURES.items()}
+    ex = tf.io.parse_example(serialized, spec)
+    return {"image": ex["image"], "label": tf.cast(ex["label"], tf.int32), "index": ex["index"]}
+
+
+def _read_shards(files, cycle: int):
+    """Records of `files` (a string tensor), `cycle` files read at a time, one record from each
+    in turn; the order is a function of the file order only."""
+    return tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20), cycle_length=cycle,
+        block_length=1, num_parallel_calls=cycle, deterministic=True)
+
+
+def _record_train_batches(src: RecordSource, config, shard: _Shard, steps_per_epoch: int,
+                          start_epoch: int, skip: int):
+    """Batches of {"key": encoded image, "label", "index", "seed"} from this process's shards
+    (shard i belongs to process i % P), never ending.
+
+    Epoch e reads the shards in a stateless order seeded from (random_seed, e), `cycle` at a
+    time, through a shuffle buffer of reader_buf_size seeded the same way; the stream is a pure
+    function of the config and the process. Skipped steps are read but not decoded.
+    """
+    files = src.train.files[shard.index::shard.count]
+    if not files:
+        raise DataError(f"{src.data_dir}: {len(src.train.files)} train record shard(s) for "
+                        f"{shard.count} processes; every process reads its own shards: rewrite "
+                        f"with --shards >= {shard.count}")
+    seed, lb, buf = int(config.random_seed or 0), shard.local_batch, int(config.reader_buf_size)
+    length = steps_per_epoch * lb  # examples per process per epoch
+    names, cycle = tf.constant(list(files)), min(len(files), 8)
+
+    def epoch_batches(epoch, first_batch=0):
+        key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64) + _SHUFFLE_STREAM])
+        order = tf.random.experimental.stateless_shuffle(tf.range(len(files)), key)
+        ds = _read_shards(tf.gather(names, order), cycle)
+        if buf > 1:
+            buffer_seed = tf.random.stateless_uniform([], key, minval=None, maxval=None,
+                                                      dtype=tf.int64)
+            ds = ds.shuffle(buf, seed=buffer_seed)
+        ds = ds.repeat().take(length).batch(lb, drop_remainder=True).skip(first_batch)
+        first_pos = tf.cast(first_batch * lb, tf.int64)
+
+        def fields(k, serialized):
+            ex = _parse_records(serialized)
+            # Positions in the global epoch order: this process's examples are p, p + P, ...
+            pos = (first_pos + k * lb + tf.range(lb, dtype=tf.int64)) * shard.count + shard.index
+            return {"key": ex["image"], "label": ex["label"], "index": ex["index"],
+                    "seed": _aug_seeds(seed, epoch, pos)}
+
+        return ds.enumerate().map(fields)
+
+    first = epoch_batches(tf.constant(start_epoch, tf.int64), skip)
+    later = tf.data.Dataset.range(start_epoch + 1, _NO_END).flat_map(epoch_batches)
+    return first.concatenate(later)
+
+
+def _record_eval_batches(src: RecordSource, num_eval: int, shard: _Shard):
+    total = math.ceil(num_eval / shard.global_batch) * shard.global_batch
+    ds = tf.data.TFRecordDataset(list(src.eval.files), buffer_size=1 << 20).batch(256).map(
+        _parse_records).unbatch().map(lambda ex: (ex["image"], ex["label"]))
+    padding = tf.data.Dataset.from_tensors((tf.constant(b""), tf.constant(0, tf.int32)))
+    ds = ds.concatenate(padding.repeat(total - num_eval))
+    ds = ds.enumerate().filter(lambda pos, ex: pos % shard.count == shard.index)
+    ds = ds.map(lambda pos, ex: {"key": ex[0], "label": ex[1],
+                                 "index": tf.where(pos < num_eval, pos, tf.constant(-1, tf.int64)),
+                                 "seed": tf.zeros([2], tf.int64)})
+    return ds.batch(shard.local_batch, drop_remainder=True)
+
+
+def _naming_corrupt_shards(stream: Iterator[dict[str, np.ndarray]], files: tuple[str, ...]):
+    """Re-raises a record read error as a DataError naming the damaged shard file."""
+    data_loss = tf.errors.DataLossError  # bound now: the module may be gone when this is closed
+    try:
+        yield from stream
+    except data_loss as e:
+        raise DataError(_find_corrupt_shard(files, e)) from e
+
+
+def _find_corrupt_shard(files: tuple[str, ...], error: Exception) -> str:
+    for path in files:
+        count = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                count += 1
+        except tf.errors.OpError as e:
+            first = str(e).strip().splitlines()[0][:200]
+            return (f"{path}: damaged record file after {count} good records ({first}); "
+                    f"rewrite the data set (python -m flaxcls.data.rewrite)")
+    first = str(error).strip().splitlines()[0][:200]
+    return f"reading the record shards ({', '.join(files[:3])}, ...) failed: {first}"
 
 
 def _tfds_eval_batches(src: TfdsSource, num_eval: int, shard: _Shard):

@@ -1,4 +1,5 @@
-"""Dataset sources (list files, class folders, prepared TFDS builders), validated before training.
+"""Dataset sources (list files, class folders, record shards, prepared TFDS builders), validated
+before training.
 
 Nothing here imports tensorflow except the TFDS source, and only when it is used.
 """
@@ -6,6 +7,7 @@ Nothing here imports tensorflow except the TFDS source, and only when it is used
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -22,6 +24,8 @@ MAX_REPORTED = 20  # problems listed in one DataError message
 _LABEL = re.compile(r"[+-]?\d+")
 # TFDS names the ImageNet-style held-out split "validation"; the original flag value is "val".
 _SPLIT_ALIASES = {"val": ("validation",), "validation": ("val",), "eval": ("validation", "val")}
+RECORDS_INDEX = "records.json"  # written last by `python -m flaxcls.data.rewrite`
+RECORDS_FORMAT = "flaxcls-records-v1"
 
 
 class DataError(ValueError):
@@ -80,7 +84,49 @@ class TfdsSource:
         return _builders[key]
 
 
-Source = FileSource | TfdsSource
+@dataclasses.dataclass(frozen=True)
+class RecordSplit:
+    """One split as TFRecord shards of (encoded JPEG, label, index); record k of the split is the
+    example with index k, shards hold consecutive runs of it."""
+
+    name: str
+    files: tuple[str, ...]  # full paths
+    counts: tuple[int, ...]  # records per shard
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def locate(self, index: int) -> str:
+        """'<shard file> record #k' for an example index of this split."""
+        for path, count in zip(self.files, self.counts):
+            if index < count:
+                return f"{path} record #{index}"
+            index -= count
+        return f"{self.name} example #{index} (past the last shard)"
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSource:
+    """Sharded record files written by `python -m flaxcls.data.rewrite`, described by records.json."""
+
+    data_dir: str
+    train: RecordSplit
+    eval: RecordSplit | None
+    eval_looked_for: str
+    num_classes: int
+    class_names: list[str] | None
+    settings: dict
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
+    @property
+    def num_eval(self) -> int:
+        return len(self.eval) if self.eval is not None else 0
+
+
+Source = FileSource | TfdsSource | RecordSource
 _cache: dict[tuple, Source] = {}
 _builders: dict[tuple, Any] = {}
 
@@ -112,16 +158,26 @@ def resolve_source(config) -> Source:
                         "or the class folders (or use data_source='tfds')")
     train_list = os.path.join(data_dir, config.train_list)
     train_root = os.path.join(data_dir, config.train_split)
+    records_index = os.path.join(data_dir, RECORDS_INDEX)
     if kind == "auto":
         if os.path.isfile(train_list):
             kind = "list"
         elif os.path.isdir(train_root):
             kind = "folder"
+        elif os.path.isfile(records_index):
+            kind = "records"
         else:
             raise DataError(
                 f"config.data_dir={data_dir!r}: found neither a list file {train_list!r} "
                 f"(config.train_list) nor a class-folder tree {train_root + os.sep!r} "
-                f"(config.train_split)")
+                f"(config.train_split) nor a record index {records_index!r}")
+    if kind == "records":
+        key = ("records", data_dir, _stamp(records_index), config.train_split, config.eval_split,
+               config.num_classes)
+        if key not in _cache:
+            _cache[key] = _records_source(data_dir, config.train_split, config.eval_split,
+                                          config.num_classes)
+        return _cache[key]
     if kind == "list":
         val_list = os.path.join(data_dir, config.val_list)
         key = ("list", data_dir, _stamp(train_list), _stamp(val_list), config.num_classes)
@@ -135,7 +191,8 @@ def resolve_source(config) -> Source:
         if key not in _cache:
             _cache[key] = _folder_source(data_dir, train_root, eval_root, config.num_classes)
         return _cache[key]
-    raise DataError(f"config.data_source={config.data_source!r}: must be auto, list, folder or tfds")
+    raise DataError(f"config.data_source={config.data_source!r}: must be auto, list, folder, "
+                    f"records or tfds")
 
 
 def _stamp(path: str) -> tuple:
@@ -284,6 +341,92 @@ def _folder_source(data_dir: str, train_root: str, eval_root: str, num_classes: 
                     eval_root)
     return FileSource("folder", data_dir, _folder_split(train_classes, index), evals,
                       f"class-folder tree {eval_root!r} (config.eval_split)", len(names), names)
+
+
+# ----------------------------------------------------------------------------- record shards
+
+
+def read_records_index(data_dir: str) -> dict:
+    """The parsed records.json of `data_dir`; DataError naming the file when absent or malformed."""
+    path = os.path.join(data_dir, RECORDS_INDEX)
+    if not os.path.isfile(path):
+        raise DataError(f"record index {path!r} not found (config.data_dir={data_dir!r}, "
+                        f"data_source='records'); write one with "
+                        f"`python -m flaxcls.data.rewrite --src <images> --out {data_dir}`")
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a valid record index: {e}") from e
+    if not isinstance(index, dict) or index.get("format") != RECORDS_FORMAT:
+        found = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise DataError(f"{path}: format {found!r}, expected {RECORDS_FORMAT!r}")
+    for field, kind in (("splits", dict), ("num_classes", int)):
+        if not isinstance(index.get(field), kind):
+            raise DataError(f"{path}: field {field!r} is missing or not a {kind.__name__}")
+    return index
+
+
+def _record_split(data_dir: str, path: str, name: str, entry: Any,
+                  problems: list[str]) -> RecordSplit:
+    files, counts = [], []
+    shards = entry.get("shards") if isinstance(entry, dict) else None
+    if not isinstance(shards, list) or not shards:
+        problems.append(f"{path}: split {name!r} has no 'shards' list")
+        return RecordSplit(name, (), ())
+    for i, shard in enumerate(shards):
+        try:
+            file, count, size = str(shard["file"]), int(shard["count"]), int(shard["bytes"])
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"{path}: splits.{name}.shards[{i}] needs 'file', 'count' and 'bytes'")
+            continue
+        full = os.path.join(data_dir, file)
+        try:
+            actual = os.path.getsize(full)
+        except OSError:
+            problems.append(f"{full}: shard {i} of split {name!r} is missing")
+            continue
+        if actual != size:
+            problems.append(f"{full}: {actual} bytes, but {path} says {size} "
+                            f"(truncated or replaced; rewrite the data set)")
+            continue
+        files.append(full)
+        counts.append(count)
+    return RecordSplit(name, tuple(files), tuple(counts))
+
+
+def _records_source(data_dir: str, train_split: str, eval_split: str,
+                    num_classes: int) -> RecordSource:
+    index = read_records_index(data_dir)
+    path = os.path.join(data_dir, RECORDS_INDEX)
+    splits = index["splits"]
+
+    def find(wanted: str) -> str | None:
+        return next((n for n in (wanted, *_SPLIT_ALIASES.get(wanted, ())) if n in splits), None)
+
+    train_name, eval_name = find(train_split), find(eval_split)
+    if train_name is None:
+        raise DataError(f"{path}: no split {train_split!r} (config.train_split; "
+                        f"splits: {list(splits)})")
+    if index["num_classes"] > num_classes:
+        raise DataError(f"{path}: {index['num_classes']} classes but "
+                        f"config.num_classes={num_classes}")
+    problems: list[str] = []
+    train = _record_split(data_dir, path, train_name, splits[train_name], problems)
+    evals = None
+    if eval_name is not None:
+        evals = _record_split(data_dir, path, eval_name, splits[eval_name], problems)
+    _raise_problems(problems, f"the record shards of {path}")
+    if not len(train):
+        raise DataError(f"{path}: split {train_name!r} has no examples")
+    if evals is None:
+        log.warning("%s: no split %r (config.eval_split): evaluation is not possible.", path,
+                    eval_split)
+    names = index.get("classes")
+    return RecordSource(data_dir, train, evals,
+                        f"split {eval_split!r} in {path} (config.eval_split)",
+                        int(index["num_classes"]), list(names) if names else None,
+                        dict(index.get("settings") or {}))
 
 
 # ----------------------------------------------------------------------------- TFDS

@@ -1,0 +1,235 @@
+"""Record shards: the rewrite command, the records source, and training/eval streams read from it."""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flaxcls.config import ConfigError, default_config, validate
+from flaxcls.data import DataError, dataset_info
+
+pipeline = pytest.importorskip("flaxcls.data.pipeline")  # needs tensorflow
+from flaxcls.data import eval_iterator, rewrite, train_iterator
+
+tf = pipeline.tf
+CLASSES = ("ant", "bee", "cow")
+MAX_SIDE = 40
+# (height, width, format) of the train images of every class; two fit under MAX_SIDE.
+SHAPES = [(60, 90, "JPEG"), (30, 36, "JPEG"), (80, 50, "PNG"), (24, 40, "JPEG"),
+          (100, 70, "JPEG"), (44, 30, "L")]
+VAL_SHAPES = [(50, 60, "JPEG"), (20, 30, "JPEG")]
+
+
+def _save(path: Path, h: int, w: int, kind: str, rng: np.random.Generator) -> None:
+    base = rng.integers(0, 256, (3, 3, 3)).astype(np.uint8)
+    image = Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC)
+    if kind == "L":
+        image.convert("L").save(path, "JPEG", quality=95)
+    else:
+        image.save(path, kind, **({"quality": 95} if kind == "JPEG" else {}))
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory) -> Path:
+    """src/{train,val}/<class>/NN.(jpg|png): 18 train and 6 val images of mixed sizes."""
+    root = tmp_path_factory.mktemp("src")
+    rng = np.random.default_rng(0)
+    for split, shapes in (("train", SHAPES), ("val", VAL_SHAPES)):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for i, (h, w, kind) in enumerate(shapes):
+                _save(root / split / name / f"{i:02d}.{'png' if kind == 'PNG' else 'jpg'}",
+                      h, w, kind, rng)
+    return root
+
+
+@pytest.fixture(scope="module")
+def records(src, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rec") / "records"
+    assert rewrite.main(["--src", str(src), "--out", str(out), "--max-side", str(MAX_SIDE),
+                         "--quality", "90", "--shards", "4", "--workers", "2"]) == 0
+    return out
+
+
+def _read(path: Path) -> list[dict]:
+    spec = {"image": tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature([], tf.int64),
+            "index": tf.io.FixedLenFeature([], tf.int64)}
+    return [{k: v.numpy() for k, v in tf.io.parse_single_example(r, spec).items()}
+            for r in tf.data.TFRecordDataset(str(path))]
+
+
+def _cfg(data_dir, **overrides):
+    c = default_config()
+    c.update({"data_dir": str(data_dir), "data_source": "records", "num_classes": 3,
+              "crop_size": 16, "resize_short_size": 20, "reader_thread": 2,
+              "reader_buf_size": 16})
+    c.update(overrides)
+    return c
+
+
+def test_rewrite_bounds_the_longer_side_and_keeps_labels(src, records):
+    index = json.loads((records / "records.json").read_text())
+    assert index["classes"] == list(CLASSES) and index["num_classes"] == 3
+    assert index["settings"]["max_side"] == MAX_SIDE and index["settings"]["quality"] == 90
+    train, val = index["splits"]["train"], index["splits"]["val"]
+    assert train["count"] == 18 and val["count"] == 6
+    assert train["class_counts"] == [6, 6, 6] and val["class_counts"] == [2, 2, 2]
+    assert [len(s["shards"]) for s in (train, val)] == [4, 4]
+    big = sum(max(h, w) > MAX_SIDE for h, w, _ in SHAPES)
+    assert train["resized"] == 3 * big and not train["skipped"]
+    originals = {p.read_bytes() for p in (src / "train").rglob("*.jpg")}
+    examples = [ex for s in train["shards"] for ex in _read(records / s["file"])]
+    assert [ex["index"] for ex in examples] == list(range(18))  # shards hold consecutive runs
+    assert sorted(collections.Counter(int(ex["label"]) for ex in examples).values()) == [6] * 3
+    kept = 0
+    for ex in examples:
+        assert tf.io.is_jpeg(ex["image"]).numpy()  # the PNG is re-encoded too
+        h, w, _ = tf.image.extract_jpeg_shape(ex["image"]).numpy()
+        assert max(h, w) <= MAX_SIDE
+        kept += ex["image"] in originals  # fitting JPEGs are stored byte for byte
+    assert kept == 3 * sum(max(h, w) <= MAX_SIDE and k != "PNG" for h, w, k in SHAPES)
+    # The train split is shuffled before sharding: the first shard is not one class.
+    first = _read(records / train["shards"][0]["file"])
+    assert len({int(ex["label"]) for ex in first}) > 1
+
+
+def test_shorter_side_mode_and_flat_tar_source(tmp_path):
+    rng = np.random.default_rng(1)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name, (h, w) in {"n02_bee.JPEG": (60, 90), "n01_ant.JPEG": (30, 20),
+                         "n01_ant2.JPEG": (90, 30)}.items():
+        _save(flat / name, h, w, "JPEG", rng)
+    with tarfile.open(tmp_path / "flat.tar", "w") as tar:
+        tar.add(flat, arcname="sample")
+    out = tmp_path / "out"
+    assert rewrite.main(["--src", str(tmp_path / "flat.tar"), "--out", str(out), "--max-side",
+                         "24", "--side", "shorter", "--shards", "2"]) == 0
+    index = json.loads((out / "records.json").read_text())
+    assert index["classes"] == ["n01", "n02"] and index["splits"]["train"]["class_counts"] == [2, 1]
+    sides = sorted(tuple(tf.image.extract_jpeg_shape(ex["image"]).numpy()[:2])
+                   for s in index["splits"]["train"]["shards"] for ex in _read(out / s["file"]))
+    assert sides == [(24, 36), (30, 20), (72, 24)]  # shorter side <= 24; (30, 20) already fits
+
+
+def test_rewrite_errors(tmp_path, src, records, capsys):
+    assert rewrite.main(["--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert rewrite.main(["--src", str(src), "--out", str(records)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_records_train_stream(records):
+    cfg = _cfg(records)
+    info = dataset_info(cfg)
+    assert (info.num_train, info.num_eval, info.num_classes) == (18, 6, 3)
+    assert info.class_names == list(CLASSES)
+    labels = {int(ex["index"]): int(ex["label"]) for f in sorted(records.glob("train-*"))
+              for ex in _read(f)}
+    it = train_iterator(cfg, global_batch_size=6)
+    batches = [next(it) for _ in range(6)]  # two epochs of 3 steps
+    for b in batches:
+        assert b["image"].shape == (6, 16, 16, 3) and b["image"].dtype == np.uint8
+        assert b["label"].dtype == np.int32
+    # Each epoch is every example once, with its own label (labels are bound to the index).
+    for epoch in (batches[:3], batches[3:]):
+        seen = collections.Counter(int(v) for b in epoch for v in b["label"])
+        assert seen == collections.Counter(labels.values())
+    assert not all(np.array_equal(a["label"], b["label"]) for a, b in zip(batches[:3], batches[3:]))
+    # Deterministic, and a resumed stream continues exactly where the first one was.
+    again = train_iterator(cfg, global_batch_size=6, start_step=4)
+    for want in batches[4:]:
+        got = next(again)
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_array_equal(got["label"], want["label"])
+    # auto finds the records when there are no list files or class folders.
+    assert dataset_info(_cfg(records, data_source="auto")).num_train == 18
+
+
+def test_records_process_shards_and_eval(records):
+    cfg = _cfg(records)
+    index = json.loads((records / "records.json").read_text())
+    counts = [s["count"] for s in index["splits"]["train"]["shards"]]
+    starts = np.cumsum([0, *counts])
+    own = set(range(starts[0], starts[1])) | set(range(starts[2], starts[3]))
+    it = train_iterator(cfg, global_batch_size=6, process_index=0, process_count=2)
+    for _ in range(3):
+        b = next(it)
+        assert b["image"].shape == (3, 16, 16, 3)
+    assert not it.num_skipped
+    # Which records process 0 read: its shards are 0 and 2 (shard i -> process i % 2).
+    batches = pipeline._record_train_batches(
+        pipeline.resolve_source(cfg), cfg, pipeline._Shard(0, 2, 6, 3), 3, 0, 0)
+    read = {int(i) for b in batches.take(6) for i in b["index"].numpy()}
+    assert read <= own and read
+    with pytest.raises(DataError, match="--shards >= 8"):
+        next(train_iterator(cfg, global_batch_size=8, process_index=5, process_count=8))
+    seen = []
+    for p in range(2):
+        for b in eval_iterator(cfg, global_batch_size=4, process_index=p, process_count=2):
+            seen.extend(b["label"][b["mask"]].tolist())
+    assert sorted(seen) == [0, 0, 1, 1, 2, 2]
+
+
+def _copy(records: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for f in records.iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+def test_corrupt_shard_error_names_the_file(records, tmp_path):
+    bad = _copy(records, tmp_path / "bad")
+    shard = sorted(bad.glob("train-*"))[1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 8] = b"\xff" * 8  # same size: only reading finds it
+    shard.write_bytes(bytes(data))
+    it = train_iterator(_cfg(bad), global_batch_size=6)
+    with pytest.raises(DataError, match=f"{shard}: damaged record file"):
+        for _ in range(12):
+            next(it)
+
+
+def test_missing_truncated_and_malformed(records, tmp_path):
+    bad = _copy(records, tmp_path / "bad")
+    shards = sorted(bad.glob("train-*"))
+    shards[0].unlink()
+    shards[2].write_bytes(shards[2].read_bytes()[:-5])
+    with pytest.raises(DataError) as e:
+        dataset_info(_cfg(bad))
+    assert f"{shards[0]}: shard 0 of split 'train' is missing" in str(e.value)
+    assert f"{shards[2]}: " in str(e.value) and "truncated" in str(e.value)
+    (bad / "records.json").write_text('{"format": "flaxcls-records-v1", "splits": ')
+    with pytest.raises(DataError, match="records.json: not a valid record index"):
+        dataset_info(_cfg(bad))
+    (bad / "records.json").unlink()
+    with pytest.raises(DataError, match="records.json' not found"):
+        dataset_info(_cfg(bad))
+    with pytest.raises(DataError, match="3 classes but config.num_classes=2"):
+        dataset_info(_cfg(records, num_classes=2))
+
+
+def test_config_accepts_records():
+    c = default_config()
+    c.data_source, c.data_dir = "records", "somewhere"
+    validate(c)
+    c.data_dir, c.builtin_dataset = "", "digits"
+    with pytest.raises(ConfigError, match="data_source"):
+        validate(c)
+
+
+def test_reencode_passes_small_jpegs_through():
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(buf, "JPEG")
+    data, resized = rewrite.reencode(buf.getvalue(), max_side=12, side="longer", quality=90)
+    assert data == buf.getvalue() and not resized
+    data, resized = rewrite.reencode(buf.getvalue(), max_side=6, side="longer", quality=90)
+    assert resized and tuple(tf.image.extract_jpeg_shape(data).numpy()) == (5, 6, 3)
