@@ -57,3 +57,26 @@ def digits_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("digits") / "digits"
     digits.write_digits_dataset(str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A workdir-style Orbax checkpoint (step 7) of ResNet_tiny with 10 classes: initialised
+    params and batch statistics moved off their init values, so eval-mode BatchNorm does work.
+    Shared by the eval, infer, export and fine-tune tests."""
+    import jax
+
+    import flaxcls
+    from flaxcls.checkpoint import Checkpointer
+
+    out = tmp_path_factory.mktemp("tiny_ckpt")
+    model = flaxcls.create_model("ResNet_tiny", num_classes=10)
+    v = jax.jit(model.init)(jax.random.key(1), np.zeros((1, 32, 32, 3), np.float32))
+    rng = np.random.default_rng(0)
+    stats = jax.tree.map(lambda a: np.asarray(a) + rng.uniform(0.0, 0.2, a.shape).astype(a.dtype),
+                         v["batch_stats"])
+    tree = {"params": jax.tree.map(np.asarray, v["params"]), "batch_stats": stats}
+    with Checkpointer(out, keep=1) as ckpt:
+        ckpt.save(7, tree, {"step": 7, "model": "ResNet_tiny", "num_classes": 10})
+        ckpt.wait()
+    return out

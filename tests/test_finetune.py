@@ -13,18 +13,8 @@ import pytest
 
 import flaxcls
 from configs import digits as digits_config
-from flaxcls.checkpoint import Checkpointer, CheckpointError
+from flaxcls.checkpoint import CheckpointError
 from flaxcls.config import default_config
-
-
-def _save_init_checkpoint(workdir, num_classes: int, seed: int = 0) -> dict:
-    model = flaxcls.create_model("ResNet_tiny", num_classes=num_classes)
-    v = jax.jit(model.init)(jax.random.key(seed), np.zeros((1, 32, 32, 3), np.float32))
-    tree = jax.tree.map(np.asarray, {"params": v["params"], "batch_stats": v["batch_stats"]})
-    with Checkpointer(workdir, keep=1) as ckpt:
-        ckpt.save(1, tree, {"step": 1})
-        ckpt.wait()
-    return tree
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
@@ -33,9 +23,10 @@ def _flat(tree) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def ten_class_ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ten")
-    return out, _save_init_checkpoint(out, 10, seed=1)
+def ten_class_ckpt(tiny_checkpoint):
+    from flaxcls.checkpoint import read_variables
+
+    return tiny_checkpoint, read_variables(str(tiny_checkpoint))
 
 
 def _tiny_config(**kw):
