@@ -1,40 +1,136 @@
-"""Train-step throughput on device-resident synthetic data; prints one JSON line.
+"""Train-step throughput on device-resident synthetic data; prints one JSON line per setting.
 
-    python benchmarks/train_throughput.py --model resnet50 --batch 256 --dtype bfloat16
+    python benchmarks/train_throughput.py --model resnet50 --batch 256,512 --dtype bfloat16
+    python benchmarks/train_throughput.py --model resnet50 --batch 256 --torch-peer
 
 Times the same jitted, sharded, donated step the trainer runs (normalise, forward, loss,
-backward, momentum update, on-device metrics) over every local device. Warm-up steps
-first, then ``--repeats`` timed windows of ``--steps`` steps each, every window ended by
+backward, momentum update, on-device metrics) over every local device. Per setting: state
+creation, then the step's compile (``compile_s``; with ``--compile-cache DIR`` it is read
+from the persistent cache when a previous process compiled it), the first step, warm-up
+steps, then ``--repeats`` timed windows of ``--steps`` steps each, every window ended by
 ``block_until_ready``; reports the median window. Needs no TensorFlow and no data.
+
+Comma lists in ``--model``, ``--batch``, ``--dtype``, ``--l2-decay-mode`` and
+``--pad-input-channels`` run every combination in one process. Levers: ``--l2-decay-mode
+loss`` puts the L2 term in the loss (the Flax example's way) instead of the optimizer;
+``--pad-input-channels 4`` feeds the stem 4 channels (the 4th all zero: same outputs);
+``--xla-flags`` adds XLA flags. BatchNorm statistics are already one pass (Flax's
+``use_fast_variance``) and the loop never syncs with the host. ``--torch-peer`` first
+measures torchvision's ResNet50 (torch.compile, bf16 autocast, channels_last, SGD momentum)
+at the same batch sizes in this process; ``--peer-only`` measures only that.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
+import itertools
 import os
-import platform
-import statistics
 import sys
 import time
+import traceback
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="resnet50")
-    p.add_argument("--batch", type=int, default=256, help="global batch (all local devices)")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--model", default="resnet50", help="comma list of registered models")
+    p.add_argument("--batch", default="256", help="comma list of global batch sizes")
+    p.add_argument("--dtype", default="bfloat16", help="comma list: float32,bfloat16,float16")
+    p.add_argument("--l2-decay-mode", default="optimizer", help="comma list: optimizer,loss")
+    p.add_argument("--pad-input-channels", default="0",
+                   help="comma list; 0 = off, 4 = zero-pad RGB to 4 channels for the stem")
+    p.add_argument("--setting", action="append", default=[],
+                   help="MODEL:BATCH[:DTYPE[:L2MODE[:PAD]]], repeatable; replaces the product "
+                        "of the lists above")
     p.add_argument("--image-size", type=int, default=0, help="0: the model's native size")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--steps", type=int, default=20, help="steps per timed window")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--csv", default="", help="also append the result to this CSV file")
-    args = p.parse_args()
+    p.add_argument("--csv", default=_common.default_csv("train_throughput"),
+                   help="append results here ('' = don't)")
+    p.add_argument("--compile-cache", default="",
+                   help="persistent compilation cache dir ('' = off, as for a first run)")
+    p.add_argument("--xla-flags", default="", help="extra XLA flags (appended to $XLA_FLAGS)")
+    p.add_argument("--tag", default="", help="free label stored with each result")
+    p.add_argument("--torch-peer", action="store_true",
+                   help="also time torchvision ResNet50 at the same batch sizes (first)")
+    p.add_argument("--peer-only", action="store_true", help="only the torchvision peer")
+    p.add_argument("--torch-compile-mode", default="default")
+    args = p.parse_args(argv)
+    args.models = _common.split_list(args.model)
+    args.batches = _common.split_list(args.batch, int)
+    args.dtypes = _common.split_list(args.dtype)
+    args.l2_modes = _common.split_list(args.l2_decay_mode)
+    args.pads = _common.split_list(args.pad_input_channels, int)
+    args.settings = []
+    for text in args.setting:
+        parts = text.split(":")
+        if not 2 <= len(parts) <= 5 or not parts[1].isdigit():
+            p.error(f"--setting {text!r}: expected MODEL:BATCH[:DTYPE[:L2MODE[:PAD]]]")
+        defaults = [None, None, args.dtypes[0], args.l2_modes[0], str(args.pads[0])]
+        parts += defaults[len(parts):]
+        args.settings.append((parts[0], int(parts[1]), parts[2], parts[3], int(parts[4])))
+    if not args.settings:
+        args.settings = list(itertools.product(
+            args.models, args.batches, args.dtypes, args.l2_modes, args.pads))
+    args.batches = sorted({s[1] for s in args.settings})
+    args.dtypes = sorted({s[2] for s in args.settings})
+    args.l2_modes = sorted({s[3] for s in args.settings})
+    args.pads = sorted({s[4] for s in args.settings})
+    for d in args.dtypes:
+        if d not in ("float32", "bfloat16", "float16"):
+            p.error(f"--dtype {d!r}: must be float32, bfloat16 or float16")
+    for m in args.l2_modes:
+        if m not in ("optimizer", "loss"):
+            p.error(f"--l2-decay-mode {m!r}: must be optimizer or loss")
+    for c in args.pads:
+        if c not in (0, 4):
+            p.error(f"--pad-input-channels {c}: must be 0 or 4")
+    return args
 
+
+def run_peer(args) -> None:
+    import torch_peer
+
+    for batch in args.batches:
+        for dtype in args.dtypes:
+            r = torch_peer.train_throughput(
+                batch, steps=args.steps, warmup=args.warmup, repeats=args.repeats, dtype=dtype,
+                image_size=args.image_size or 224, num_classes=args.num_classes,
+                compile_mode=args.torch_compile_mode)
+            if r is None:
+                return
+            _common.emit({**r, "tag": args.tag}, args.csv)
+    torch_peer.release()
+
+
+def padded_input_model(inner, channels: int):
+    """Wraps a model so its stem sees ``channels`` input channels, the extra ones zero."""
+    import jax.numpy as jnp
+    from flax import linen as nn
+
+    class PadInputChannels(nn.Module):
+        model: nn.Module
+        channels: int
+
+        def __call__(self, x, train: bool = False, **kw):
+            pad = self.channels - x.shape[-1]
+            x = jnp.pad(x, ((0, 0),) * (x.ndim - 1) + ((0, pad),))
+            return self.model(x, train=train, **kw)
+
+    return PadInputChannels(inner, channels)
+
+
+def _cache_entries(directory: str) -> int:
+    if not directory or not os.path.isdir(directory):
+        return 0
+    return sum(len(files) for _, _, files in os.walk(directory))
+
+
+def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pad: int) -> dict:
     import jax
     import numpy as np
 
@@ -45,30 +141,39 @@ def main() -> None:
     from flaxcls.train.state import create_train_state
     from flaxcls.train.step import TRAIN_METRICS, make_train_step, zeros_metrics
 
-    cfg = flaxcls.get_model_cfg(args.model)
+    cfg = flaxcls.get_model_cfg(model_name)
     size = args.image_size or cfg.input_size
     c = default_config()
-    c.model, c.num_classes, c.dtype, c.batch_size = cfg.name, args.num_classes, args.dtype, args.batch
+    c.model, c.num_classes, c.dtype, c.batch_size = cfg.name, args.num_classes, dtype, batch_size
     c.crop_size = c.resize_short_size = size
+    c.l2_decay_mode = l2_mode
     mesh = parallel.make_mesh()
-    parallel.check_batch_size(args.batch, mesh)
-    model = flaxcls.create_model(cfg.name, num_classes=args.num_classes, dtype=args.dtype)
-    tx = optim.make_optimizer(c, optim.make_schedule(c, 1000, args.batch))
-    loss_scale = losses.DynamicScale.create(c.loss_scale) if args.dtype == "float16" else None
+    parallel.check_batch_size(batch_size, mesh)
+    model = flaxcls.create_model(cfg.name, num_classes=args.num_classes, dtype=dtype)
+    if pad:
+        model = padded_input_model(model, pad)
+    tx = optim.make_optimizer(c, optim.make_schedule(c, 1000, batch_size))
+    loss_scale = losses.DynamicScale.create(c.loss_scale) if dtype == "float16" else None
+    entries_before = _cache_entries(args.compile_cache)
+
+    t0 = time.perf_counter()
     state = create_train_state(model, tx, image_size=size, seed=0, mesh=mesh,
                                loss_scale=loss_scale)
-    step = make_train_step(model, tx, c, mesh)
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t0
     rng = np.random.RandomState(0)
     batch = parallel.host_to_global(
         {
-            "image": rng.randint(0, 256, (args.batch, size, size, 3)).astype(np.uint8),
-            "label": rng.randint(0, args.num_classes, (args.batch,)).astype(np.int32),
+            "image": rng.randint(0, 256, (batch_size, size, size, 3)).astype(np.uint8),
+            "label": rng.randint(0, args.num_classes, (batch_size,)).astype(np.int32),
         },
         mesh,
     )
     metrics = zeros_metrics(TRAIN_METRICS, mesh)
 
     t0 = time.perf_counter()
+    step = make_train_step(model, tx, c, mesh).lower(state, metrics, batch).compile()
+    compile_s = time.perf_counter() - t0
     state, metrics = step(state, metrics, batch)
     jax.block_until_ready(state)
     first_step_s = time.perf_counter() - t0
@@ -83,36 +188,63 @@ def main() -> None:
             state, metrics = step(state, metrics, batch)
         jax.block_until_ready((state, metrics))
         windows.append((time.perf_counter() - t0) / args.steps)
-    step_s = statistics.median(windows)
-    dev = jax.devices()[0]
-    result = {
+    step_s = float(np.median(windows))
+    skipped = float(jax.device_get(metrics["skipped_steps"]))
+    info = _common.run_info()
+    return {
         "benchmark": "train_step",
+        "framework": "jax",
         "model": cfg.name,
-        "batch": args.batch,
+        "batch": batch_size,
         "image_size": size,
-        "dtype": args.dtype,
-        "images_per_sec": round(args.batch / step_s, 1),
-        "images_per_sec_per_device": round(args.batch / step_s / jax.device_count(), 1),
+        "dtype": dtype,
+        "images_per_sec": round(batch_size / step_s, 1),
+        "images_per_sec_per_device": round(batch_size / step_s / jax.device_count(), 1),
         "step_ms": round(step_s * 1e3, 3),
         "step_ms_min": round(min(windows) * 1e3, 3),
+        "init_s": round(init_s, 2),
+        "compile_s": round(compile_s, 2),
         "first_step_s": round(first_step_s, 2),
-        "devices": jax.device_count(),
-        "device": dev.device_kind,
-        "platform": dev.platform,
-        "jax": jax.__version__,
-        "flax": __import__("flax").__version__,
-        "python": platform.python_version(),
+        "l2_decay_mode": l2_mode,
+        "pad_input_channels": pad,
+        "skipped_steps": skipped,
+        "compile_cache": "on" if args.compile_cache else "off",
+        "cache_entries_added": _cache_entries(args.compile_cache) - entries_before,
         "steps": args.steps,
         "repeats": args.repeats,
+        "tag": args.tag,
+        **info,
     }
-    print(json.dumps(result))
-    if args.csv:
-        new = not os.path.exists(args.csv)
-        with open(args.csv, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(result))
-            if new:
-                w.writeheader()
-            w.writerow(result)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    peer = args.torch_peer or args.peer_only
+    # With a peer in this process, jax must not grab most of the GPU before torch runs.
+    _common.prepare_environment(args.xla_flags, preallocate=not peer)
+    if peer:
+        run_peer(args)
+    if args.peer_only:
+        return
+    if args.compile_cache:
+        from flaxcls import parallel
+
+        parallel.enable_compilation_cache(os.path.abspath(args.compile_cache))
+    failed = 0
+    for model_name, batch_size, dtype, l2_mode, pad in args.settings:
+        try:
+            result = measure(args, model_name, batch_size, dtype, l2_mode, pad)
+        except Exception as e:
+            if type(e).__name__ in ("ConfigError", "KeyError") and "model" in str(e).lower():
+                raise
+            traceback.print_exc()
+            failed += 1
+            result = {"benchmark": "train_step", "framework": "jax", "model": model_name,
+                      "batch": batch_size, "dtype": dtype, "l2_decay_mode": l2_mode,
+                      "pad_input_channels": pad, "error": f"{type(e).__name__}: {e}"[:300],
+                      "tag": args.tag}
+        _common.emit(result, args.csv)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

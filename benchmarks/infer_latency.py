@@ -1,0 +1,195 @@
+"""Inference speed per model: batch-1 latency and large-batch throughput of the jitted forward,
+BatchNorm folded into the convolutions; prints JSON lines and a table like the original README's.
+
+    python benchmarks/infer_latency.py --models ResNet50,ResNet50_vd --batch 256 --dtype bfloat16
+    python benchmarks/infer_latency.py --models ResNet50 --torch-peer
+
+Input is a device-resident, already normalised batch in the compute dtype, so this is model
+compute only (decode and resize are the input pipeline's). Parameters are folded in float64
+on the host, then cast to the compute dtype once (``--param-dtype``). Batch 1: the median of
+``--latency-iters`` calls, each ended by ``block_until_ready`` (the latency a single request
+sees). Larger batches: the median of ``--repeats`` windows of ``--iters`` calls.
+``--torch-peer`` times torchvision's ResNet50 (torch.compile, bf16 autocast, channels_last) at
+the same batch sizes first, in this process. Needs no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="ResNet50", help="comma list of registered models")
+    p.add_argument("--batch", default="1,256", help="comma list of batch sizes (1 = latency)")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--param-dtype", default="", help="'' = the compute dtype; or float32")
+    p.add_argument("--image-size", type=int, default=0, help="0: the model's native size")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--no-fold", action="store_true", help="keep BatchNorm (for comparison)")
+    p.add_argument("--iters", type=int, default=20, help="calls per throughput window")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--latency-iters", type=int, default=200)
+    p.add_argument("--csv", default=_common.default_csv("infer_latency"),
+                   help="append results here ('' = don't)")
+    p.add_argument("--markdown", default="", help="also write the table to this file")
+    p.add_argument("--xla-flags", default="")
+    p.add_argument("--tag", default="")
+    p.add_argument("--torch-peer", action="store_true")
+    p.add_argument("--peer-only", action="store_true")
+    p.add_argument("--torch-compile-mode", default="default")
+    args = p.parse_args(argv)
+    args.model_list = _common.split_list(args.models)
+    args.batches = _common.split_list(args.batch, int)
+    if not args.batches or min(args.batches) < 1:
+        p.error(f"--batch {args.batch!r}: needs batch sizes >= 1")
+    return args
+
+
+def build_forward(name: str, args):
+    """(cfg, jitted forward, variables, number of folded BatchNorms) for one model."""
+    import jax
+    import jax.numpy as jnp
+
+    import flaxcls
+    from flaxcls.models.fold import fold_batchnorm
+
+    cfg = flaxcls.get_model_cfg(name)
+    size = args.image_size or cfg.input_size
+    model = flaxcls.create_model(cfg.name, num_classes=args.num_classes, dtype=args.dtype)
+    x = jnp.zeros((1, size, size, 3), jnp.float32)
+    init = jax.jit(lambda: model.init(jax.random.key(0, impl="rbg"), x, train=False))
+    variables = jax.device_get(init())
+    if args.no_fold:
+        apply, folded_count = (lambda v, x: model.apply(v, x, train=False)), 0
+    else:
+        folded = fold_batchnorm(model, variables, (1, size, size, 3))
+        apply, variables, folded_count = folded.apply, folded.variables, len(folded.pairs)
+    param_dtype = jnp.dtype(args.param_dtype or args.dtype)
+    variables = jax.tree.map(
+        lambda a: jnp.asarray(a, param_dtype if jnp.issubdtype(a.dtype, jnp.floating) else a.dtype),
+        variables)
+    return cfg, size, jax.jit(apply), variables, folded_count
+
+
+def measure(args, name: str) -> list[dict]:
+    import jax
+    import numpy as np
+
+    cfg, size, forward, variables, folded_count = build_forward(name, args)
+    info = _common.run_info()
+    results = []
+    for batch in args.batches:
+        rng = np.random.RandomState(0)
+        x = jax.device_put(rng.normal(size=(batch, size, size, 3)).astype(args.dtype))
+        t0 = time.perf_counter()
+        jax.block_until_ready(forward(variables, x))
+        first_s = time.perf_counter() - t0
+        for _ in range(5):
+            out = forward(variables, x)
+        jax.block_until_ready(out)
+        times = []
+        if batch == 1:
+            for _ in range(args.latency_iters):
+                t0 = time.perf_counter()
+                jax.block_until_ready(forward(variables, x))
+                times.append(time.perf_counter() - t0)
+        else:
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                for _ in range(args.iters):
+                    out = forward(variables, x)
+                jax.block_until_ready(out)
+                times.append((time.perf_counter() - t0) / args.iters)
+        t = float(np.median(times))
+        results.append({
+            "benchmark": "inference", "framework": "jax", "model": cfg.name, "batch": batch,
+            "image_size": size, "dtype": args.dtype,
+            "param_dtype": args.param_dtype or args.dtype, "folded_bn": not args.no_fold,
+            "folded_batchnorms": folded_count,
+            "latency_ms": round(t * 1e3, 4), "images_per_sec": round(batch / t, 1),
+            "latency_ms_min": round(min(times) * 1e3, 4), "first_call_s": round(first_s, 2),
+            "repeats": len(times), "top1": cfg.top1, "top5": cfg.top5, "tag": args.tag, **info,
+        })
+    return results
+
+
+def markdown_table(results: list[dict]) -> str:
+    """One row per model and framework: accuracy, batch-1 latency, throughput per batch size."""
+    big = sorted({r["batch"] for r in results if r["batch"] > 1 and "error" not in r})
+    head = ["Model", "Top-1", "Top-5", "dtype", "batch 1 (ms)"] + [
+        f"batch {b} (img/s)" for b in big]
+    rows: dict[tuple, dict] = {}
+    for r in results:
+        if "error" in r:
+            continue
+        key = (r["model"], r.get("framework", "jax"), r["dtype"])
+        rows.setdefault(key, {})[r["batch"]] = r
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (model, framework, dtype), by_batch in rows.items():
+        any_r = next(iter(by_batch.values()))
+
+        def pct(v):
+            return f"{100 * v:.2f}%" if isinstance(v, float) else "-"
+
+        label = model if framework == "jax" else f"{model} ({framework})"
+        cells = [label, pct(any_r.get("top1")), pct(any_r.get("top5")), dtype,
+                 f"{by_batch[1]['latency_ms']:.3f}" if 1 in by_batch else "-"]
+        cells += [f"{by_batch[b]['images_per_sec']:,.0f}" if b in by_batch else "-" for b in big]
+        lines.append("| " + " | ".join(cells) + " |")
+    r0 = next((r for r in results if "error" not in r), {})
+    lines.append("")
+    lines.append(f"Device: {r0.get('device', '?')}; jax {r0.get('jax', '?')}, "
+                 f"flax {r0.get('flax', '?')}; BatchNorm folded: {r0.get('folded_bn', '?')}; "
+                 f"{r0.get('date', '')}. Median of repeats; device-resident normalised input.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    peer = args.torch_peer or args.peer_only
+    _common.prepare_environment(args.xla_flags, preallocate=not peer)
+    results: list[dict] = []
+    if peer:
+        import torch_peer
+
+        for r in torch_peer.inference(args.batches, iters=args.iters,
+                                      latency_iters=args.latency_iters, repeats=args.repeats,
+                                      dtype=args.dtype, image_size=args.image_size or 224,
+                                      compile_mode=args.torch_compile_mode):
+            r["tag"] = args.tag
+            _common.emit(r, args.csv)
+            results.append(r)
+        torch_peer.release()
+    failed = 0
+    if not args.peer_only:
+        for name in args.model_list:
+            try:
+                rows = measure(args, name)
+            except Exception as e:  # noqa: BLE001 - report and go on with the next model
+                traceback.print_exc()
+                failed += 1
+                rows = [{"benchmark": "inference", "framework": "jax", "model": name,
+                         "dtype": args.dtype, "batch": 0, "tag": args.tag,
+                         "error": f"{type(e).__name__}: {e}"[:300]}]
+            for r in rows:
+                _common.emit(r, args.csv)
+            results.extend(rows)
+    table = markdown_table(results)
+    print(table, flush=True)
+    if args.markdown:
+        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

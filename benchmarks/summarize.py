@@ -1,0 +1,77 @@
+"""Markdown summary of a benchmark session's JSON lines (train steps, inference, the torch peer).
+
+    python benchmarks/summarize.py bench_out/results.jsonl > bench_out/summary.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def load(path: str) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return rows
+
+
+def _peer(rows: list[dict], benchmark: str, batch: int) -> dict | None:
+    return next((r for r in rows if r.get("framework") == "torch"
+                 and r.get("benchmark") == benchmark and r.get("batch") == batch
+                 and "error" not in r), None)
+
+
+def summarize(rows: list[dict]) -> str:
+    out = []
+    train = [r for r in rows if r.get("benchmark") == "train_step"]
+    if train:
+        out += ["## Train step (synthetic device-resident data)", "",
+                ("| framework | model | batch | dtype | l2 | pad | img/s | step ms | compile s "
+                 "| first step s | cache | tag | vs torch |"),
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in train:
+            if "error" in r:
+                out.append(f"| {r.get('framework', '')} | {r.get('model')} | {r.get('batch')} | "
+                           f"{r.get('dtype')} | | | error: {r['error'][:80]} | | | | | | |")
+                continue
+            peer = _peer(rows, "train_step", r["batch"])
+            ratio = (f"{r['images_per_sec'] / peer['images_per_sec']:.2f}x"
+                     if peer and r.get("framework") == "jax" else "")
+            out.append(
+                f"| {r.get('framework', 'jax')} | {r['model']} | {r['batch']} | {r['dtype']} | "
+                f"{r.get('l2_decay_mode', '')} | {r.get('pad_input_channels', '')} | "
+                f"{r['images_per_sec']:,.0f} | {r['step_ms']:.2f} | {r.get('compile_s', '')} | "
+                f"{r.get('first_step_s', '')} | {r.get('compile_cache', '')} | "
+                f"{r.get('tag', '')} | {ratio} |")
+        out.append("")
+    infer = [r for r in rows if r.get("benchmark") == "inference"]
+    if infer:
+        out += ["## Inference", "",
+                "| framework | model | batch | dtype | folded BN | ms per call | img/s | vs torch |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in infer:
+            if "error" in r:
+                out.append(f"| {r.get('framework')} | {r.get('model')} | | | | "
+                           f"error: {r['error'][:80]} | | |")
+                continue
+            peer = _peer(rows, "inference", r["batch"])
+            ratio = (f"{r['images_per_sec'] / peer['images_per_sec']:.2f}x"
+                     if peer and r.get("framework") == "jax" else "")
+            out.append(f"| {r.get('framework')} | {r['model']} | {r['batch']} | {r['dtype']} | "
+                       f"{r.get('folded_bn')} | {r['latency_ms']:.3f} | "
+                       f"{r['images_per_sec']:,.0f} | {ratio} |")
+        out.append("")
+    devices = sorted({r.get("device", "") for r in rows if r.get("device")})
+    out.append(f"Devices: {', '.join(devices)}; jax {next((r['jax'] for r in rows if 'jax' in r), '?')}")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(summarize(load(sys.argv[1])))
