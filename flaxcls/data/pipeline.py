@@ -333,7 +333,7 @@ def _read_shards(files, cycle: int):
     """Records of `files` (a string tensor), `cycle` files read at a time, one record from each
     in turn; the order is a function of the file order only."""
     return tf.data.Dataset.from_tensor_slices(files).interleave(
-        lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20), cycle_length=cycle,
+        lambda f: tf.data.TFRecordDataset(f), cycle_length=cycle,
         block_length=1, num_parallel_calls=cycle, deterministic=True)
 
 
@@ -351,8 +351,11 @@ def _record_train_batches(src: RecordSource, config, shard: _Shard, steps_per_ep
         raise DataError(f"{src.data_dir}: {len(src.train.files)} train record shard(s) for "
                         f"{shard.count} processes; every process reads its own shards: rewrite "
                         f"with --shards >= {shard.count}")
-    seed, lb, buf = int(config.random_seed or 0), shard.local_batch, int(config.reader_buf_size)
+    seed, lb = int(config.random_seed or 0), shard.local_batch
     length = steps_per_epoch * lb  # examples per process per epoch
+    # A buffer beyond the process's records buys nothing and costs time at every epoch start.
+    own = sum(src.train.counts[shard.index::shard.count])
+    buf = min(int(config.reader_buf_size), own)
     names, cycle = tf.constant(list(files)), min(len(files), 8)
 
     def epoch_batches(epoch, first_batch=0):
