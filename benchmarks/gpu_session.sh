@@ -141,6 +141,11 @@ run lever_xla_flags 120 $TRAIN --setting "$R50:$BEST:bfloat16" $TIMING --tag xla
   "--xla-flags=${LEVER_XLA_FLAGS:---xla_gpu_enable_latency_hiding_scheduler=true}"
 run train_batch_2x 150 $TRAIN --setting "$R50:$((2 * B2)):bfloat16" $TIMING --compile-cache "$CACHE"
 run infer_models 150 $INFER --models "$VD,$MOBILE,$R18" --batch "1,$B" --dtype bfloat16 $ITIMING
+# Batch-1 latency is launch-bound: let XLA put even short runs of kernels in one CUDA graph.
+run lever_infer_graphs 120 $INFER --models "$R50" --batch 1 --dtype bfloat16 $ITIMING \
+  --tag graphs "--xla-flags=${INFER_XLA_FLAGS:---xla_gpu_graph_min_graph_size=1}"
+run infer_unfolded 120 $INFER --models "$R50" --batch "1,$B" --dtype bfloat16 $ITIMING --no-fold \
+  --tag unfolded
 
 "$PY" "$HERE/summarize.py" "$JSONL" > "$OUT/summary.md" 2>> "$LOG"
 cat "$OUT/summary.md"

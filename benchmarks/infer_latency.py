@@ -144,11 +144,14 @@ def markdown_table(results: list[dict]) -> str:
                  f"{by_batch[1]['latency_ms']:.3f}" if 1 in by_batch else "-"]
         cells += [f"{by_batch[b]['images_per_sec']:,.0f}" if b in by_batch else "-" for b in big]
         lines.append("| " + " | ".join(cells) + " |")
-    r0 = next((r for r in results if "error" not in r), {})
+    ok = [r for r in results if "error" not in r]
+    r0 = next((r for r in ok if r.get("framework") == "jax"), ok[0] if ok else {})
+    versions = (f"jax {r0['jax']}, flax {r0['flax']}" if "jax" in r0 else
+                f"torch {r0.get('torch', '?')}, torchvision {r0.get('torchvision', '?')}")
     lines.append("")
-    lines.append(f"Device: {r0.get('device', '?')}; jax {r0.get('jax', '?')}, "
-                 f"flax {r0.get('flax', '?')}; BatchNorm folded: {r0.get('folded_bn', '?')}; "
-                 f"{r0.get('date', '')}. Median of repeats; device-resident normalised input.")
+    lines.append(f"Device: {r0.get('device', '?')}; {versions}; BatchNorm folded (jax rows): "
+                 f"{r0.get('folded_bn', '?')}; {r0.get('date', '')}. Median of repeats; "
+                 "device-resident normalised input.")
     return "\n".join(lines)
 
 

@@ -42,6 +42,11 @@ def _sync(torch, device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _compiled(torch, model, mode: str):
+    """torch.compile with static shapes (one graph per batch size); mode "none": eager."""
+    return model if mode == "none" else torch.compile(model, mode=mode, dynamic=False)
+
+
 def _autocast(torch, device: str, dtype: str):
     if dtype == "float32":
         return torch.autocast(device_type=device, enabled=False)
@@ -63,7 +68,7 @@ def train_throughput(
     model = model.to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
-    cmodel = torch.compile(model, mode=compile_mode, dynamic=False)
+    cmodel = _compiled(torch, model, compile_mode)
     x = torch.randn(batch, 3, image_size, image_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, num_classes, (batch,), device=device)
@@ -118,7 +123,7 @@ def inference(
     torch, torchvision, device = found
     torch.manual_seed(0)
     model = torchvision.models.resnet50().to(device).to(memory_format=torch.channels_last).eval()
-    cmodel = torch.compile(model, mode=compile_mode, dynamic=False)
+    cmodel = _compiled(torch, model, compile_mode)
     results = []
     for batch in batches:
         x = torch.randn(batch, 3, image_size, image_size, device=device)
