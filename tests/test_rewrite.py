@@ -25,6 +25,7 @@ MAX_SIDE = 40
 SHAPES = [(60, 90, "JPEG"), (30, 36, "JPEG"), (80, 50, "PNG"), (24, 40, "JPEG"),
           (100, 70, "JPEG"), (44, 30, "L")]
 VAL_SHAPES = [(50, 60, "JPEG"), (20, 30, "JPEG")]
+EVAL_SIDE = 25  # the eval split bounds the shorter side
 
 
 def _save(path: Path, h: int, w: int, kind: str, rng: np.random.Generator) -> None:
@@ -54,7 +55,8 @@ def src(tmp_path_factory) -> Path:
 def records(src, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rec") / "records"
     assert rewrite.main(["--src", str(src), "--out", str(out), "--max-side", str(MAX_SIDE),
-                         "--quality", "90", "--shards", "4", "--workers", "2"]) == 0
+                         "--quality", "90", "--shards", "4", "--workers", "2",
+                         "--eval-max-side", str(EVAL_SIDE)]) == 0
     return out
 
 
@@ -96,6 +98,9 @@ def test_rewrite_bounds_the_longer_side_and_keeps_labels(src, records):
         assert max(h, w) <= MAX_SIDE
         kept += ex["image"] in originals  # fitting JPEGs are stored byte for byte
     assert kept == 3 * sum(max(h, w) <= MAX_SIDE and k != "PNG" for h, w, k in SHAPES)
+    val_sides = sorted(tuple(tf.image.extract_jpeg_shape(ex["image"]).numpy()[:2])
+                       for s in val["shards"] for ex in _read(records / s["file"]))
+    assert val_sides == [(20, 30)] * 3 + [(25, 30)] * 3  # 50x60 -> shorter side 25
     # The train split is shuffled before sharding: the first shard is not one class.
     first = _read(records / train["shards"][0]["file"])
     assert len({int(ex["label"]) for ex in first}) > 1

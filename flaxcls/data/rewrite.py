@@ -4,10 +4,13 @@
 
 DATA is what `config.data_dir` accepts (a folder with list files or train/ val/ class folders),
 a single class-folder tree, a flat folder of `<class>_<anything>.<ext>` files, a list file, or a
-.tar/.tar.gz of any of these. Each image whose bounded side (`--side`: the longer one by
+.tar/.tar.gz of any of these. Each train image whose bounded side (`--side`: the longer one by
 default, the shorter one optionally) exceeds --max-side is scaled down (antialiased) and
 re-encoded at --quality; an image that already fits and is a JPEG is stored byte for byte. The
-train split is shuffled once (--seed) before sharding so every shard mixes the classes. DIR
+eval split has its own bound, by default the shorter side at 256 (--eval-side, --eval-max-side):
+the eval transform resizes the shorter side to resize_short_size (256) anyway, so evaluation
+sees the same geometry as from the original files. The train split is shuffled once (--seed)
+before sharding so every shard mixes the classes. DIR
 receives `<split>-NNNNN-of-NNNNN.tfrecord` files of (image, label, index) and, written last,
 records.json (classes, per-class counts, shard sizes, the settings). Train from it with
 `--config.data_source=records --config.data_dir=DIR`.
@@ -222,17 +225,19 @@ def shard_name(split: str, i: int, n: int) -> str:
 
 def write_records(images: ImageSet, out_dir: str, *, max_side: int = 256, side: str = "longer",
                   quality: int = 90, shards: int = 16, seed: int = 0, workers: int = 0,
+                  eval_max_side: int = 256, eval_side: str = "shorter",
                   source: str = "") -> dict:
     """Writes every split of `images` to `out_dir`; returns the index (also written as
-    records.json, last). Unreadable images are skipped, logged and listed in the index."""
+    records.json, last). The train split is bounded by (max_side, side), the others by
+    (eval_max_side, eval_side). Unreadable images are skipped, logged and listed in the index."""
     from flaxcls.data import ops
 
     tf = ops.tf
-    if side not in SIDES:
-        raise ValueError(f"side={side!r}: must be one of {SIDES}")
-    if max_side < 1 or not 1 <= quality <= 100 or shards < 1:
-        raise ValueError(f"need max_side >= 1, quality in [1, 100], shards >= 1 "
-                         f"(got {max_side}, {quality}, {shards})")
+    if side not in SIDES or eval_side not in SIDES:
+        raise ValueError(f"side={side!r}, eval_side={eval_side!r}: must be one of {SIDES}")
+    if min(max_side, eval_max_side) < 1 or not 1 <= quality <= 100 or shards < 1:
+        raise ValueError(f"need max sides >= 1, quality in [1, 100], shards >= 1 "
+                         f"(got {max_side}, {eval_max_side}, {quality}, {shards})")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise DataError(f"--out {out_dir!r} exists and is not empty")
     os.makedirs(out_dir, exist_ok=True)
@@ -240,7 +245,8 @@ def write_records(images: ImageSet, out_dir: str, *, max_side: int = 256, side: 
     index: dict = {
         "format": RECORDS_FORMAT, "num_classes": int(images.num_classes),
         "classes": images.class_names, "splits": {},
-        "settings": {"max_side": max_side, "side": side, "quality": quality, "seed": seed,
+        "settings": {"max_side": max_side, "side": side, "eval_max_side": eval_max_side,
+                     "eval_side": eval_side, "quality": quality, "seed": seed,
                      "source": os.path.basename(os.path.normpath(source)) if source else ""},
     }
     for name, split in images.splits.items():
@@ -250,11 +256,14 @@ def write_records(images: ImageSet, out_dir: str, *, max_side: int = 256, side: 
         n_shards = max(1, min(shards, len(split)))
         bounds = np.linspace(0, len(split), n_shards + 1).round().astype(int)
 
-        def convert(i: int, split: FileSplit = split):
+        bound = (max_side, side) if name == "train" else (eval_max_side, eval_side)
+
+        def convert(i: int, split: FileSplit = split, bound: tuple = bound):
             path = str(split.paths[i])
             try:
                 with open(path, "rb") as f:
-                    return i, *reencode(f.read(), max_side=max_side, side=side, quality=quality)
+                    return i, *reencode(f.read(), max_side=bound[0], side=bound[1],
+                                        quality=quality)
             except (OSError, tf.errors.OpError) as e:
                 return i, None, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
 
@@ -295,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="an empty or new folder")
     p.add_argument("--max-side", type=int, default=256, help="bound on the --side side, pixels")
     p.add_argument("--side", choices=SIDES, default="longer", help="which side --max-side bounds")
+    p.add_argument("--eval-max-side", type=int, default=256, help="bound for the eval split")
+    p.add_argument("--eval-side", choices=SIDES, default="shorter",
+                   help="which side --eval-max-side bounds")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")
     p.add_argument("--shards", type=int, default=16, help="record files per split (>= processes)")
     p.add_argument("--seed", type=int, default=0, help="train shuffle before sharding")
@@ -306,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         with open_images(args.src, args.num_classes) as images:
             index = write_records(images, args.out, max_side=args.max_side, side=args.side,
                                   quality=args.quality, shards=args.shards, seed=args.seed,
-                                  workers=args.workers, source=args.src)
+                                  workers=args.workers, eval_max_side=args.eval_max_side,
+                                  eval_side=args.eval_side, source=args.src)
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
