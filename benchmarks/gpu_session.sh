@@ -97,7 +97,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 
 timeout 120 "$PY" - <<'PYEOF' 2>&1 | tee -a "$LOG"
 import importlib, platform, sys
 print("python", platform.python_version())
-for name in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "numpy", "ml_collections", "torch", "torchvision"):
+for name in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "numpy", "ml_collections"):
     try:
         m = importlib.import_module(name)
         print(name, getattr(m, "__version__", "?"))
@@ -106,6 +106,15 @@ for name in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "numpy", "ml_
 import jax
 print("devices", jax.devices())
 print("tensorflow imported:", "tensorflow" in sys.modules)
+PYEOF
+# torch in its own process: its CUDA libraries never meet jax's.
+timeout 120 "$PY" - <<'PYEOF' 2>&1 | tee -a "$LOG"
+for name in ("torch", "torchvision"):
+    try:
+        m = __import__(name)
+        print(name, m.__version__)
+    except Exception as e:
+        print(name, "missing:", type(e).__name__)
 PYEOF
 
 # 1. Cold then warm first step (persistent compilation cache, two processes, one fresh dir).
