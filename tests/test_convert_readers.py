@@ -246,3 +246,12 @@ def test_pdparams_big_param_slices_are_joined(tmp_path):
 def test_single_per_variable_file_reads_with_its_record():
     record = read_tensor_bytes(tensor_record(np.ones(3, np.float16), [[0, 3]]), "x")
     assert record.lod == ((0, 3),) and record.array.dtype == np.float16
+
+
+def test_pdparams_written_by_numpy_1_load(tmp_path):
+    """2019-2023 files name numpy.core.multiarray (numpy 1.x); numpy 2 writes numpy._core."""
+    data = pickle.dumps({"w": np.arange(3, dtype=np.float32)}, protocol=2)
+    assert b"numpy._core.multiarray" in data
+    old = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    got = load_paddle_arrays(_file(tmp_path, "old.pdparams", old))
+    _assert_same(got, {"w": np.arange(3, dtype=np.float32)})
