@@ -255,3 +255,29 @@ def test_same_jpeg_same_answer_in_eval_infer_and_export(tmp_path, ckpt_dir, expo
     resolve_preprocessing(cfg)
     batch = next(iter(eval_iterator(cfg, global_batch_size=1)))
     np.testing.assert_array_equal(batch["image"][0], crop)
+
+
+def test_preprocessing_follows_the_model_unless_the_config_overrides():
+    from flaxcls.config import default_config
+    from flaxcls.infer import class_labels
+    from flaxcls.preprocessing import resolve_preprocessing
+
+    c = default_config()
+    c.model = "InceptionV4"
+    prep = resolve_preprocessing(c)
+    assert (prep.crop_size, prep.resize_short_size) == (299, 320)
+    assert (c.crop_size, c.resize_short_size) == (299, 320)  # eval and train read the config
+    assert resolve_preprocessing(c) == prep  # idempotent
+
+    c = default_config()
+    c.model, c.resize_short_size, c.interpolation = "InceptionV4", 342, "bicubic"
+    prep = resolve_preprocessing(c)
+    assert (prep.crop_size, prep.resize_short_size, prep.interpolation) == (299, 342, "bicubic")
+
+    c = default_config()
+    c.model, c.image_shape = "ResNet_tiny", (3, 48, 48)
+    prep = resolve_preprocessing(c)
+    assert (prep.crop_size, prep.resize_short_size) == (48, 48)
+
+    c = default_config()  # a 1000-class model without a data set: ImageNet's names
+    assert class_labels(c)[:2] == ["tench", "goldfish"] and len(class_labels(c)) == 1000
