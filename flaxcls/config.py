@@ -109,6 +109,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.label_path = ""  # readable class names, one per line in class-index order
     c.features = False  # infer writes pooled features instead of top-k classes
     c.export_input = "uint8"  # or "float32": already normalised ((x/255 - mean) / std)
+    c.export_savedmodel = False  # also a TensorFlow SavedModel (jax2tf) for TF Serving
     return c
 
 

@@ -9,6 +9,10 @@ preprocessing (resize short side, crop, interpolation, mean/std) and the class l
 `load_exported` needs only jax and numpy: no flaxcls model code, no tensorflow. Resize and crop
 are not part of the artifact: use ``flaxcls.infer.ImageLoader`` (the eval transform itself) or
 an equivalent resize with the settings in model.json.
+
+With ``config.export_savedmodel`` the same function is also written as a TensorFlow SavedModel
+(``export/saved_model``, via jax2tf; signature ``serving_default``: ``images`` -> ``probs``,
+weights as TF variables) for TF Serving; only then is tensorflow imported.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ EXPORT_DIR = "export"
 MODEL_FILE = "model.jaxexport"
 META_FILE = "model.json"
 FORMAT = "flaxcls.jaxexport/1"
+SAVED_MODEL = "saved_model"
 
 
 def load_exported(directory: str) -> tuple[Callable[[Any], np.ndarray], dict[str, Any]]:
@@ -101,7 +106,44 @@ def export_model(config, workdir: str) -> str:
         os.makedirs(out, exist_ok=True)
         _write_atomic(os.path.join(out, MODEL_FILE), bytes(exported.serialize()))
         _write_atomic(os.path.join(out, META_FILE), json.dumps(meta, indent=2).encode())
+        if config.get("export_savedmodel", False):
+            _write_saved_model(os.path.join(out, SAVED_MODEL), model, host_vars, prep,
+                               config.dtype, dtype)
     return out
+
+
+def _write_saved_model(path: str, model, variables: Any, prep, compute_dtype: Any,
+                       input_dtype: Any) -> None:
+    """The export's function as a TF SavedModel: weights are tf.Variables (no 2 GB graph
+    limit), the batch dimension is symbolic, the signature is images -> probs."""
+    import shutil
+
+    from jax.experimental import jax2tf
+
+    from flaxcls.data.ops import tf  # hides the GPUs from tensorflow
+    from flaxcls.infer import make_predict
+
+    def fn(params, images):
+        return make_predict(model, params, prep, compute_dtype)(images)
+
+    size = prep.crop_size
+    converted = jax2tf.convert(fn, polymorphic_shapes=[None, f"(b, {size}, {size}, 3)"],
+                               with_gradient=False, native_serialization_platforms=_platforms())
+    module = tf.Module()
+    module.params = tf.nest.map_structure(lambda a: tf.Variable(a, trainable=False), variables)
+    tf_dtype = tf.uint8 if np.dtype(input_dtype) == np.uint8 else tf.float32
+
+    @tf.function(autograph=False,
+                 input_signature=[tf.TensorSpec([None, size, size, 3], tf_dtype, name="images")])
+    def serve(images):
+        return {"probs": converted(module.params, images)}
+
+    module.serve = serve
+    tmp = f"{path}.tmp-{os.getpid()}"
+    tf.saved_model.save(module, tmp, signatures={"serving_default": serve})
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
 
 
 def _platforms() -> tuple[str, ...]:

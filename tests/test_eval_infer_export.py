@@ -159,6 +159,7 @@ def exported(tmp_path_factory, ckpt_dir):
 
     c = default_config()
     c.model, c.num_classes, c.pretrained_model = "ResNet_tiny", NUM_CLASSES, str(ckpt_dir)
+    c.export_savedmodel = True
     workdir = tmp_path_factory.mktemp("export")
     out = export_model(c, str(workdir))
     return workdir, out
@@ -210,6 +211,18 @@ def test_export_reloads_in_a_fresh_process_without_model_code(tmp_path, ckpt_dir
     np.testing.assert_allclose(three, live, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(one[0], live[0], rtol=1e-5, atol=1e-6)
     assert np.ptp(live[:, 0]) > 1e-4  # the images are told apart: a real comparison
+
+
+def test_export_saved_model_for_tf_serving(ckpt_dir, exported):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(exported[1] + "/saved_model"))
+    serve = loaded.signatures["serving_default"]
+    images = np.random.default_rng(4).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    live = _live_probs(ckpt_dir, images)
+    for n in (1, 3):
+        got = serve(images=tf.constant(images[:n]))["probs"].numpy()
+        np.testing.assert_allclose(got, live[:n], rtol=1e-5, atol=1e-6)
 
 
 def test_same_jpeg_same_answer_in_eval_infer_and_export(tmp_path, ckpt_dir, exported):
