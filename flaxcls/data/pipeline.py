@@ -4,7 +4,9 @@ The train order is decided on index tensors before anything is read: epoch e is 
 permutation seeded from (random_seed, e), the same on every process; process p takes positions
 p, p + P, ... of it, so the processes' local batches together form each global batch.
 Augmentation seeds come from (random_seed, epoch, position), so a stream is a pure function of
-the config and the start step.
+the config and the start step. Record shards (data_source='records', from flaxcls.data.rewrite)
+have no random access: process p reads shards p, p + P, ... in a stateless per-epoch order
+through a seeded shuffle buffer, again a pure function of the config, the process and the step.
 """
 
 from __future__ import annotations
