@@ -50,6 +50,7 @@ log() { echo "$*" | tee -a "$LOG"; }
 # run NAME TIMEOUT_S COMMAND...: one step, its own timeout, JSON lines collected.
 run() {
   local name=$1 limit=$2; shift 2
+  if [ $SMOKE = 1 ]; then limit=$(( limit * 3 )); fi  # a 2-core CPU compiles far slower
   if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return 0; fi
   if [[ " ${SKIP:-} " == *" $name "* ]]; then log "--- $name: skipped (SKIP)"; return 0; fi
   local used=$(( $(date +%s) - START )) left
