@@ -5,8 +5,8 @@
 #     JAX_PLATFORMS=cpu bash benchmarks/gpu_session.sh --smoke   # the same steps, tiny, on CPU
 #
 # Everything lands in $OUT (default ./bench_out): results.jsonl (every JSON line),
-# train_throughput.csv, infer_latency.csv, infer_table.md, summary.md, session.log and one
-# NAME.out / NAME.err per step. Steps run in priority order, each under its own `timeout`,
+# train_throughput.csv, infer_latency.csv, infer_table.md, summary.md and session.log; one
+# NAME.out / NAME.err per step go to BENCH_SCRATCH (default $OUT/steps). Steps run in priority order, each under its own `timeout`,
 # and a step that would start after BENCH_BUDGET_S seconds (default 390) is skipped.
 # ONLY="step names" or SKIP="step names" select steps (e.g. for a second attempt).
 # Compiles are cached in BENCH_CACHE (default: the user cache dir), so a rerun on the same
@@ -26,6 +26,10 @@ BUDGET=${BENCH_BUDGET_S:-390}
 CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/flaxcls/bench-jax}
 JSONL="$OUT/results.jsonl"
 LOG="$OUT/session.log"
+# Per-step output and the cold-start cache go to SCRATCH, so that $OUT holds only the few
+# summary files (some runners bring back a handful of files only).
+SCRATCH=${BENCH_SCRATCH:-$OUT/steps}
+mkdir -p "$SCRATCH"
 START=$(date +%s)
 TRAIN_CSV="$OUT/train_throughput.csv"
 INFER_CSV="$OUT/infer_latency.csv"
@@ -33,7 +37,7 @@ INFER_CSV="$OUT/infer_latency.csv"
 if [ $SMOKE = 1 ]; then
   R50=ResNet_tiny; VD=ResNet_tiny; MOBILE=MobileNetV2; R18=ResNet18
   B=8; B2=16; IMG="--image-size 32"; BUDGET=${BENCH_BUDGET_S:-1500}
-  CACHE=${BENCH_CACHE:-$OUT/cache}
+  CACHE=${BENCH_CACHE:-$SCRATCH/cache}
   TIMING="--steps 2 --warmup 1 --repeats 2"
   ITIMING="--iters 2 --repeats 2 --latency-iters 5"
 else
@@ -59,14 +63,14 @@ run() {
   if [ $limit -gt $left ]; then limit=$left; fi
   log "--- $name (limit ${limit}s, at ${used}s): $*"
   local t0=$(date +%s) rc
-  timeout -k 10 "$limit" "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"
+  timeout -k 10 "$limit" "$@" > "$SCRATCH/$name.out" 2> "$SCRATCH/$name.err"
   rc=$?
-  grep '^{' "$OUT/$name.out" >> "$JSONL"
-  cat "$OUT/$name.out" | tee -a "$LOG" > /dev/null
-  grep '^{' "$OUT/$name.out" | cut -c1-400
-  grep -h "skipped" "$OUT/$name.err" | tee -a "$LOG"
+  grep '^{' "$SCRATCH/$name.out" >> "$JSONL"
+  cat "$SCRATCH/$name.out" | tee -a "$LOG" > /dev/null
+  grep '^{' "$SCRATCH/$name.out" | cut -c1-400
+  grep -h "skipped" "$SCRATCH/$name.err" | tee -a "$LOG"
   if [ $rc -ne 0 ]; then
-    log "!!! $name exit $rc$( [ $rc = 124 ] && echo ' (timeout)')"; tail -n 15 "$OUT/$name.err" | tee -a "$LOG"
+    log "!!! $name exit $rc$( [ $rc = 124 ] && echo ' (timeout)')"; tail -n 15 "$SCRATCH/$name.err" | tee -a "$LOG"
   fi
   log "--- $name done in $(( $(date +%s) - t0 ))s (rc $rc)"
 }
@@ -119,10 +123,10 @@ for name in ("torch", "torchvision"):
 PYEOF
 
 # 1. Cold then warm first step (persistent compilation cache, two processes, one fresh dir).
-rm -rf "$OUT/cc_cold"
-run train_cold 200 $TRAIN --setting "$R50:$B:bfloat16" $TIMING --compile-cache "$OUT/cc_cold" --tag cold
+rm -rf "$SCRATCH/cc_cold"
+run train_cold 200 $TRAIN --setting "$R50:$B:bfloat16" $TIMING --compile-cache "$SCRATCH/cc_cold" --tag cold
 run train_warm 90 $TRAIN --setting "$R50:$B:bfloat16" --steps 2 --warmup 1 --repeats 1 \
-  --compile-cache "$OUT/cc_cold" --tag warm
+  --compile-cache "$SCRATCH/cc_cold" --tag warm
 # 2. Inference, BatchNorm folded, bf16: batch 1 latency and batch B throughput.
 run infer_jax 150 $INFER --models "$R50" --batch "1,$B" --dtype bfloat16 $ITIMING \
   --markdown "$OUT/infer_table.md"
