@@ -1,0 +1,169 @@
+"""Where the train step's time goes: a device trace of a few steps, summarised per XLA op.
+
+    python benchmarks/profile_step.py --model ResNet50 --batch 256 --dtype bfloat16
+
+Builds the trainer's own jitted step (as ``train_throughput.py`` does), runs it a few times
+under ``jax.profiler.trace`` and reads the trace back with ``jax.profiler.ProfileData`` (no
+TensorBoard, no TensorFlow). Prints one JSON line per op group (convolutions forward, the two
+convolution backward passes, fusions, copies, collectives ...) with its share of device time,
+then the slowest single ops. ``--keep DIR`` keeps the raw ``.xplane.pb`` for other viewers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def build_step(model_name: str, batch_size: int, dtype: str, image_size: int, **model_kw):
+    import jax
+    import numpy as np
+
+    import flaxcls
+    from flaxcls import parallel
+    from flaxcls.config import default_config
+    from flaxcls.train import losses, optim
+    from flaxcls.train.state import create_train_state
+    from flaxcls.train.step import TRAIN_METRICS, make_train_step, zeros_metrics
+
+    cfg = flaxcls.get_model_cfg(model_name)
+    size = image_size or cfg.input_size
+    c = default_config()
+    c.model, c.dtype, c.batch_size = cfg.name, dtype, batch_size
+    c.crop_size = c.resize_short_size = size
+    mesh = parallel.make_mesh()
+    model = flaxcls.create_model(cfg.name, num_classes=c.num_classes, dtype=dtype, **model_kw)
+    tx = optim.make_optimizer(c, optim.make_schedule(c, 1000, batch_size))
+    scale = losses.DynamicScale.create(c.loss_scale) if dtype == "float16" else None
+    state = create_train_state(model, tx, image_size=size, seed=0, mesh=mesh, loss_scale=scale)
+    rng = np.random.RandomState(0)
+    batch = parallel.host_to_global(
+        {"image": rng.randint(0, 256, (batch_size, size, size, 3)).astype(np.uint8),
+         "label": rng.randint(0, c.num_classes, (batch_size,)).astype(np.int32)},
+        mesh,
+    )
+    metrics = zeros_metrics(TRAIN_METRICS, mesh)
+    step = make_train_step(model, tx, c, mesh)
+    state, metrics = step(state, metrics, batch)  # compile outside the trace
+    jax.block_until_ready(state)
+    return step, state, metrics, batch
+
+
+_GROUPS = [
+    ("conv backward filter", re.compile(r"bw-filter|backward.?filter|wgrad", re.IGNORECASE)),
+    ("conv backward input", re.compile(r"bw-input|backward.?input|dgrad", re.IGNORECASE)),
+    ("conv forward", re.compile(r"cudnn-conv|conv|fprop", re.IGNORECASE)),
+    ("gemm", re.compile(r"gemm|cublas|dot", re.IGNORECASE)),
+    ("all-reduce / collectives", re.compile(r"all-reduce|nccl|collective|all-gather", re.IGNORECASE)),
+    ("reduction fusions (BN statistics)", re.compile(r"reduce", re.IGNORECASE)),
+    ("other fusions (BN apply, ReLU, optimizer ...)", re.compile(r"fusion", re.IGNORECASE)),
+    ("copies / transposes", re.compile(r"copy|transpose|memcpy|memset", re.IGNORECASE)),
+]
+
+
+def group_of(name: str) -> str:
+    for label, pattern in _GROUPS:
+        if pattern.search(name):
+            return label
+    return "other"
+
+
+def _events(planes, line_filter) -> list[tuple[str, int]]:
+    return [(ev.name, ev.duration_ns) for plane in planes for line in plane.lines
+            if any(f in line.name for f in line_filter) for ev in line.events]
+
+
+def device_op_events(path: str):
+    """(name, duration_ns) of every op event on the device planes (GPU, else the host's XLA ops)."""
+    from jax.profiler import ProfileData
+
+    data = ProfileData.from_file(path)
+    planes = list(data.planes)
+    device = [p for p in planes if p.name.startswith("/device:") and "CPU" not in p.name]
+    chosen, line_filter = device, ("XLA Ops",)
+    if not chosen:  # a CPU run: the host plane's XLA op lines
+        chosen, line_filter = planes, ("XLA Ops", "tf_XLAEigen", "tf_XLAPjRtCpuClient")
+    events = _events(chosen, line_filter)
+    if device and not events:  # no per-op line: fall back to the kernels on the streams
+        events = _events(device, ("Stream",))
+    lines_seen = sorted({f"{p.name} :: {ln.name}" for p in planes for ln in p.lines})
+    return events, lines_seen
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="ResNet50")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--image-size", type=int, default=0)
+    p.add_argument("--steps", type=int, default=5, help="steps inside the trace")
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--keep", default="", help="copy the .xplane.pb here")
+    p.add_argument("--stem-space-to-depth", action="store_true")
+    args = p.parse_args()
+
+    import jax
+
+    kw = {"stem_space_to_depth": True} if args.stem_space_to_depth else {}
+    step, state, metrics, batch = build_step(args.model, args.batch, args.dtype,
+                                             args.image_size, **kw)
+    for _ in range(3):
+        state, metrics = step(state, metrics, batch)
+    jax.block_until_ready(state)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        with jax.profiler.trace(tmp):
+            for _ in range(args.steps):
+                state, metrics = step(state, metrics, batch)
+            jax.block_until_ready((state, metrics))
+        wall_ms = (time.perf_counter() - t0) * 1e3 / args.steps
+        found = glob.glob(os.path.join(tmp, "**", "*.xplane.pb"), recursive=True)
+        if not found:
+            raise SystemExit("profile_step: the trace wrote no .xplane.pb")
+        if args.keep:
+            os.makedirs(args.keep, exist_ok=True)
+            dest = os.path.join(args.keep, f"{args.model}_{args.batch}_{args.dtype}.xplane.pb")
+            with open(found[0], "rb") as src, open(dest, "wb") as dst:
+                dst.write(src.read())
+        events, lines_seen = device_op_events(found[0])
+
+    base = {"benchmark": "profile", "model": args.model, "batch": args.batch,
+            "dtype": args.dtype, "device": jax.devices()[0].device_kind,
+            "jax": jax.__version__, "steps": args.steps,
+            "stem_space_to_depth": args.stem_space_to_depth}
+    total = sum(d for _, d in events)
+    if not events:
+        print(json.dumps({**base, "error": "no op events", "lines": lines_seen[:40]}))
+        return
+    print(json.dumps({**base, "wall_ms_per_step_traced": round(wall_ms, 3),
+                      "device_op_ms_per_step": round(total / 1e6 / args.steps, 3),
+                      "op_events": len(events) // args.steps}))
+    by_group = collections.Counter()
+    count = collections.Counter()
+    by_name = collections.Counter()
+    for name, d in events:
+        g = group_of(name)
+        by_group[g] += d
+        count[g] += 1
+        by_name[name] += d
+    for g, d in by_group.most_common():
+        print(json.dumps({**base, "group": g, "ms_per_step": round(d / 1e6 / args.steps, 3),
+                          "share": round(d / total, 4), "ops_per_step": count[g] // args.steps}))
+    for name, d in by_name.most_common(args.top):
+        print(json.dumps({**base, "op": name, "group": group_of(name),
+                          "ms_per_step": round(d / 1e6 / args.steps, 4),
+                          "share": round(d / total, 4)}))
+
+
+if __name__ == "__main__":
+    main()
