@@ -10,11 +10,13 @@ from the persistent cache when a previous process compiled it), the first step, 
 steps, then ``--repeats`` timed windows of ``--steps`` steps each, every window ended by
 ``block_until_ready``; reports the median window. Needs no TensorFlow and no data.
 
-Comma lists in ``--model``, ``--batch``, ``--dtype``, ``--l2-decay-mode`` and
-``--pad-input-channels`` run every combination in one process. Levers: ``--l2-decay-mode
-loss`` puts the L2 term in the loss (the Flax example's way) instead of the optimizer;
-``--pad-input-channels 4`` feeds the stem 4 channels (the 4th all zero: same outputs);
-``--xla-flags`` adds XLA flags. BatchNorm statistics are already one pass (Flax's
+Comma lists in ``--model``, ``--batch``, ``--dtype``, ``--l2-decay-mode``,
+``--pad-input-channels`` and ``--stem`` run every combination in one process. Levers:
+``--l2-decay-mode loss`` puts the L2 term in the loss (the Flax example's way) instead of the
+optimizer; ``--pad-input-channels 4`` feeds the stem 4 channels (the 4th all zero: same
+outputs); ``--stem s2d`` runs the ResNet stem's stride-2 conv on the space-to-depth image
+(``stem_space_to_depth``: same parameters, same outputs; ResNet family with a 'plain' or
+'deep' stem only); ``--xla-flags`` adds XLA flags. BatchNorm statistics are already one pass (Flax's
 ``use_fast_variance``) and the loop never syncs with the host. ``--torch-peer`` first
 measures torchvision's ResNet50 (torch.compile, bf16 autocast, channels_last, SGD momentum)
 at the same batch sizes in this process; ``--peer-only`` measures only that.
@@ -41,9 +43,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--l2-decay-mode", default="optimizer", help="comma list: optimizer,loss")
     p.add_argument("--pad-input-channels", default="0",
                    help="comma list; 0 = off, 4 = zero-pad RGB to 4 channels for the stem")
+    p.add_argument("--stem", default="plain",
+                   help="comma list: plain,s2d (s2d = the ResNet stem's stride-2 conv on the "
+                        "space-to-depth image)")
     p.add_argument("--setting", action="append", default=[],
-                   help="MODEL:BATCH[:DTYPE[:L2MODE[:PAD]]], repeatable; replaces the product "
-                        "of the lists above")
+                   help="MODEL:BATCH[:DTYPE[:L2MODE[:PAD[:STEM]]]], repeatable; replaces the "
+                        "product of the lists above")
     p.add_argument("--image-size", type=int, default=0, help="0: the model's native size")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--steps", type=int, default=20, help="steps per timed window")
@@ -65,21 +70,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.dtypes = _common.split_list(args.dtype)
     args.l2_modes = _common.split_list(args.l2_decay_mode)
     args.pads = _common.split_list(args.pad_input_channels, int)
-    args.settings = []
+    args.stems = _common.split_list(args.stem)
+    args.runs = []
     for text in args.setting:
         parts = text.split(":")
-        if not 2 <= len(parts) <= 5 or not parts[1].isdigit():
-            p.error(f"--setting {text!r}: expected MODEL:BATCH[:DTYPE[:L2MODE[:PAD]]]")
-        defaults = [None, None, args.dtypes[0], args.l2_modes[0], str(args.pads[0])]
+        bad_pad = len(parts) > 4 and not parts[4].isdigit()
+        if not 2 <= len(parts) <= 6 or not parts[1].isdigit() or bad_pad:
+            p.error(f"--setting {text!r}: expected MODEL:BATCH[:DTYPE[:L2MODE[:PAD[:STEM]]]]")
+        defaults = [None, None, args.dtypes[0], args.l2_modes[0], str(args.pads[0]),
+                    args.stems[0]]
         parts += defaults[len(parts):]
-        args.settings.append((parts[0], int(parts[1]), parts[2], parts[3], int(parts[4])))
-    if not args.settings:
-        args.settings = list(itertools.product(
-            args.models, args.batches, args.dtypes, args.l2_modes, args.pads))
-    args.batches = sorted({s[1] for s in args.settings})
-    args.dtypes = sorted({s[2] for s in args.settings})
-    args.l2_modes = sorted({s[3] for s in args.settings})
-    args.pads = sorted({s[4] for s in args.settings})
+        args.runs.append((parts[0], int(parts[1]), parts[2], parts[3], int(parts[4]), parts[5]))
+    if not args.runs:
+        args.runs = list(itertools.product(
+            args.models, args.batches, args.dtypes, args.l2_modes, args.pads, args.stems))
+    # runs: (model, batch, dtype, l2_mode, pad, stem) in order; settings: the same without stem.
+    args.settings = [r[:5] for r in args.runs]
+    args.batches = sorted({s[1] for s in args.runs})
+    args.dtypes = sorted({s[2] for s in args.runs})
+    args.l2_modes = sorted({s[3] for s in args.runs})
+    args.pads = sorted({s[4] for s in args.runs})
+    args.stems = sorted({s[5] for s in args.runs})
     for d in args.dtypes:
         if d not in ("float32", "bfloat16", "float16"):
             p.error(f"--dtype {d!r}: must be float32, bfloat16 or float16")
@@ -89,6 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for c in args.pads:
         if c not in (0, 4):
             p.error(f"--pad-input-channels {c}: must be 0 or 4")
+    for stem in args.stems:
+        if stem not in ("plain", "s2d"):
+            p.error(f"--stem {stem!r}: must be plain or s2d")
     return args
 
 
@@ -130,7 +144,8 @@ def _cache_entries(directory: str) -> int:
     return sum(len(files) for _, _, files in os.walk(directory))
 
 
-def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pad: int) -> dict:
+def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pad: int,
+            stem: str = "plain") -> dict:
     import jax
     import numpy as np
 
@@ -149,7 +164,8 @@ def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pa
     c.l2_decay_mode = l2_mode
     mesh = parallel.make_mesh()
     parallel.check_batch_size(batch_size, mesh)
-    model = flaxcls.create_model(cfg.name, num_classes=args.num_classes, dtype=dtype)
+    overrides = {"stem_space_to_depth": True} if stem == "s2d" else {}
+    model = flaxcls.create_model(cfg.name, num_classes=args.num_classes, dtype=dtype, **overrides)
     if pad:
         model = padded_input_model(model, pad)
     tx = optim.make_optimizer(c, optim.make_schedule(c, 1000, batch_size))
@@ -207,6 +223,7 @@ def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pa
         "first_step_s": round(first_step_s, 2),
         "l2_decay_mode": l2_mode,
         "pad_input_channels": pad,
+        "stem_space_to_depth": stem == "s2d",
         "skipped_steps": skipped,
         "compile_cache": "on" if args.compile_cache else "off",
         "cache_entries_added": _cache_entries(args.compile_cache) - entries_before,
@@ -231,9 +248,9 @@ def main(argv=None) -> None:
 
         parallel.enable_compilation_cache(os.path.abspath(args.compile_cache))
     failed = 0
-    for model_name, batch_size, dtype, l2_mode, pad in args.settings:
+    for model_name, batch_size, dtype, l2_mode, pad, stem in args.runs:
         try:
-            result = measure(args, model_name, batch_size, dtype, l2_mode, pad)
+            result = measure(args, model_name, batch_size, dtype, l2_mode, pad, stem)
         except Exception as e:
             if type(e).__name__ in ("ConfigError", "KeyError") and "model" in str(e).lower():
                 raise
@@ -241,7 +258,8 @@ def main(argv=None) -> None:
             failed += 1
             result = {"benchmark": "train_step", "framework": "jax", "model": model_name,
                       "batch": batch_size, "dtype": dtype, "l2_decay_mode": l2_mode,
-                      "pad_input_channels": pad, "error": f"{type(e).__name__}: {e}"[:300],
+                      "pad_input_channels": pad, "stem_space_to_depth": stem == "s2d",
+                      "error": f"{type(e).__name__}: {e}"[:300],
                       "tag": args.tag}
         _common.emit(result, args.csv)
     sys.exit(1 if failed else 0)
