@@ -10,7 +10,9 @@ on the host, then cast to the compute dtype once (``--param-dtype``). Batch 1: t
 ``--latency-iters`` calls, each ended by ``block_until_ready`` (the latency a single request
 sees). Larger batches: the median of ``--repeats`` windows of ``--iters`` calls.
 ``--torch-peer`` times torchvision's ResNet50 (torch.compile, bf16 autocast, channels_last) at
-the same batch sizes first, in this process. Needs no TensorFlow.
+the same batch sizes first, in this process. ``--stem-space-to-depth`` builds ResNet-family
+models with ``stem_space_to_depth`` (the stem's stride-2 conv on the space-to-depth image;
+same parameters and outputs). Needs no TensorFlow.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=0, help="0: the model's native size")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--no-fold", action="store_true", help="keep BatchNorm (for comparison)")
+    p.add_argument("--stem-space-to-depth", action="store_true",
+                   help="ResNet family: the stem's stride-2 conv on the space-to-depth image")
     p.add_argument("--iters", type=int, default=20, help="calls per throughput window")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--latency-iters", type=int, default=200)
@@ -63,7 +67,9 @@ def build_forward(name: str, args):
 
     cfg = flaxcls.get_model_cfg(name)
     size = args.image_size or cfg.input_size
-    model = flaxcls.create_model(cfg.name, num_classes=args.num_classes, dtype=args.dtype)
+    overrides = {"stem_space_to_depth": True} if args.stem_space_to_depth else {}
+    model = flaxcls.create_model(
+        cfg.name, num_classes=args.num_classes, dtype=args.dtype, **overrides)
     x = jnp.zeros((1, size, size, 3), jnp.float32)
     init = jax.jit(lambda: model.init(jax.random.key(0, impl="rbg"), x, train=False))
     variables = jax.device_get(init())
@@ -114,6 +120,7 @@ def measure(args, name: str) -> list[dict]:
             "image_size": size, "dtype": args.dtype,
             "param_dtype": args.param_dtype or args.dtype, "folded_bn": not args.no_fold,
             "folded_batchnorms": folded_count,
+            "stem_space_to_depth": args.stem_space_to_depth,
             "latency_ms": round(t * 1e3, 4), "images_per_sec": round(batch / t, 1),
             "latency_ms_min": round(min(times) * 1e3, 4), "first_call_s": round(first_s, 2),
             "repeats": len(times), "top1": cfg.top1, "top5": cfg.top5, "tag": args.tag, **info,
@@ -130,16 +137,18 @@ def markdown_table(results: list[dict]) -> str:
     for r in results:
         if "error" in r:
             continue
-        key = (r["model"], r.get("framework", "jax"), r["dtype"])
+        key = (r["model"], r.get("framework", "jax"), r["dtype"],
+               bool(r.get("stem_space_to_depth")))
         rows.setdefault(key, {})[r["batch"]] = r
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (model, framework, dtype), by_batch in rows.items():
+    for (model, framework, dtype, s2d), by_batch in rows.items():
         any_r = next(iter(by_batch.values()))
 
         def pct(v):
             return f"{100 * v:.2f}%" if isinstance(v, float) else "-"
 
         label = model if framework == "jax" else f"{model} ({framework})"
+        label += " (space-to-depth stem)" if s2d else ""
         cells = [label, pct(any_r.get("top1")), pct(any_r.get("top5")), dtype,
                  f"{by_batch[1]['latency_ms']:.3f}" if 1 in by_batch else "-"]
         cells += [f"{by_batch[b]['images_per_sec']:,.0f}" if b in by_batch else "-" for b in big]
