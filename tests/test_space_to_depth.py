@@ -151,6 +151,16 @@ def test_full_size_model_keeps_parameter_shapes_and_folds_the_stem():
     shapes = jax.eval_shape(lambda x: plain.init(jax.random.key(0), x), x)
     assert jax.eval_shape(lambda x: s2d.init(jax.random.key(0), x), x) == shapes
     assert shapes["params"]["stem_conv1"]["kernel"].shape == (7, 7, 3, 64)
+
+    # The s2d model really runs the 4x4 stride-1 conv on 12 channels (and the plain one doesn't).
+    def stem_kernels(model):
+        jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x))(shapes, x)
+        convs = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+        return {(e.invars[1].aval.shape, e.params["window_strides"]) for e in convs}
+
+    assert ((4, 4, 12, 64), (1, 1)) in stem_kernels(s2d)
+    assert ((4, 4, 12, 64), (1, 1)) not in stem_kernels(plain)
+    assert ((7, 7, 3, 64), (2, 2)) in stem_kernels(plain)
     # BatchNorm folding still sees the stem conv as a conv followed by its BatchNorm.
     variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     pairs = find_conv_bn_pairs(s2d, variables, (1, 64, 64, 3))
