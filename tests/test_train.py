@@ -144,7 +144,7 @@ def test_any_registered_model_trains_by_name(tmp_path, digits_dir):
     from flaxcls.train.loop import train_and_evaluate
 
     result = train_and_evaluate(
-        _config(digits_dir, model="MobileNetV2_x0_5", num_train_steps=3, batch_size=16,
+        _config(digits_dir, model="SqueezeNet1_1", num_train_steps=3, batch_size=16,
                 test_batch_size=120, crop_size=32, resize_short_size=32, log_every_steps=1),
         str(tmp_path),
     )
