@@ -151,6 +151,8 @@ BEST=$(best_batch)
 log "best bf16 batch so far: $BEST"
 run lever_l2_loss 120 $TRAIN --setting "$R50:$BEST:bfloat16:loss" $TIMING --compile-cache "$CACHE"
 run lever_pad4 120 $TRAIN --setting "$R50:$BEST:bfloat16:optimizer:4" $TIMING --compile-cache "$CACHE"
+run lever_s2d 120 $TRAIN --setting "$R50:$BEST:bfloat16:optimizer:0:s2d" $TIMING --compile-cache "$CACHE"
+run infer_s2d 90 $INFER --models "$R50" --batch "1,$B" --dtype bfloat16 $ITIMING --stem-space-to-depth --tag s2d
 run lever_xla_flags 120 $TRAIN --setting "$R50:$BEST:bfloat16" $TIMING --tag xla_flags \
   "--xla-flags=${LEVER_XLA_FLAGS:---xla_gpu_enable_latency_hiding_scheduler=true}"
 run train_batch_2x 150 $TRAIN --setting "$R50:$((2 * B2)):bfloat16" $TIMING --compile-cache "$CACHE"

@@ -34,6 +34,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = "ResNet50"
     c.num_classes = 1000  # the original class_dim
     c.dtype = "float32"  # compute dtype; parameters stay float32
+    # ResNet/ResNeXt/SE-ResNeXt: the stride-2 stem conv computed on the space-to-depth image
+    # (same parameters and outputs; faster on GPUs)
+    c.stem_space_to_depth = False
     c.pretrained_model = ""  # weights to start from (Orbax checkpoint dir)
     c.checkpoint = ""  # resume from this checkpoint dir instead of the workdir's newest
     # fine-tuning from pretrained_model (another num_classes re-initialises the classifier head)
@@ -128,11 +131,11 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
             raise ConfigError(f"config.{field}={getattr(c, field)!r}: {msg}")
 
     need(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
+    need(c.get("l2_decay_mode", "optimizer") in L2_DECAY_MODES, "l2_decay_mode",
+         f"must be one of {L2_DECAY_MODES}")
     need(c.topk >= 1, "topk", "must be >= 1")
     need(c.backbone_lr_mult >= 0, "backbone_lr_mult", "must be >= 0")
     need(c.export_input in EXPORT_INPUTS, "export_input", f"must be one of {EXPORT_INPUTS}")
-    need(c.get("l2_decay_mode", "optimizer") in L2_DECAY_MODES, "l2_decay_mode",
-         f"must be one of {L2_DECAY_MODES}")
     need(split_lr_strategy(c.lr_strategy)[0] in LR_STRATEGIES, "lr_strategy",
          f"must be one of {LR_STRATEGIES} (optionally with '_warmup' or '_with_warmup')")
     need(c.data_source in DATA_SOURCES, "data_source", f"must be one of {DATA_SOURCES}")

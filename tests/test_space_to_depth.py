@@ -172,3 +172,17 @@ def test_small_stem_rejects_space_to_depth():
     model = flaxcls.create_model("ResNet_tiny", num_classes=NUM_CLASSES, stem_space_to_depth=True)
     with pytest.raises(ValueError, match="stem_space_to_depth"):
         jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+
+
+def test_config_field_reaches_the_model_and_names_itself_when_unsupported():
+    from flaxcls.config import ConfigError, default_config
+    from flaxcls.train.loop import create_model
+
+    c = default_config()
+    c.model, c.stem_space_to_depth = "ResNet50", True
+    assert create_model(c).stem_space_to_depth is True
+    c.stem_space_to_depth = False
+    assert create_model(c).stem_space_to_depth is False
+    c.model, c.stem_space_to_depth = "MobileNetV2", True
+    with pytest.raises(ConfigError, match="config.stem_space_to_depth=True"):
+        create_model(c)

@@ -84,8 +84,20 @@ def _setup(config: ml_collections.ConfigDict, workdir: str):
         raise ConfigError(
             f"config.num_classes={config.num_classes} but the data set has {info.num_classes} classes"
         )
-    model = flaxcls.create_model(config.model, num_classes=config.num_classes, dtype=config.dtype)
+    model = create_model(config)
     return data, mesh, local_batch, info, model
+
+
+def create_model(config: ml_collections.ConfigDict):
+    """The config's model: name, class count, compute dtype and the stem option."""
+    extra = {"stem_space_to_depth": True} if config.get("stem_space_to_depth") else {}
+    try:
+        return flaxcls.create_model(config.model, num_classes=config.num_classes,
+                                    dtype=config.dtype, **extra)
+    except ValueError as e:
+        if extra:
+            raise ConfigError(f"config.stem_space_to_depth=True: {e}") from e
+        raise
 
 
 def _prepare_builtin(name: str, workdir: str) -> str:
@@ -422,7 +434,7 @@ def inference_variables(config, workdir: str, mesh) -> tuple[Any, dict[str, Any]
     From config.checkpoint or config.pretrained_model (our checkpoint or a converted release),
     else the workdir's newest checkpoint. The weights must match the model exactly, head included.
     """
-    model = flaxcls.create_model(config.model, num_classes=config.num_classes, dtype=config.dtype)
+    model = create_model(config)
     path = config.checkpoint or config.pretrained_model
     step = 0
     if not path:
