@@ -92,12 +92,18 @@ def create_model(config: ml_collections.ConfigDict):
     """The config's model: name, class count, compute dtype and the stem option."""
     extra = {"stem_space_to_depth": True} if config.get("stem_space_to_depth") else {}
     try:
-        return flaxcls.create_model(config.model, num_classes=config.num_classes,
-                                    dtype=config.dtype, **extra)
+        model = flaxcls.create_model(config.model, num_classes=config.num_classes,
+                                     dtype=config.dtype, **extra)
     except ValueError as e:
         if extra:
             raise ConfigError(f"config.stem_space_to_depth=True: {e}") from e
         raise
+    if extra and getattr(model, "stem", None) not in ("plain", "deep"):
+        raise ConfigError(
+            f"config.stem_space_to_depth=True: {config.model} has no stride-2 stem conv "
+            f"(stem={getattr(model, 'stem', None)!r}); set it to False for this model"
+        )
+    return model
 
 
 def _prepare_builtin(name: str, workdir: str) -> str:
