@@ -49,6 +49,19 @@ def checkpoint_params(workdir) -> dict[str, np.ndarray]:
             for p, v in jax.tree_util.tree_leaves_with_path(variables)}
 
 
+def digits_run_config(digits_dir, **overrides):
+    """configs/digits.py on an already written digits folder, no compilation cache."""
+    from configs import digits as digits_config
+
+    c = digits_config.get_config()
+    c.data_dir = str(digits_dir)
+    c.builtin_dataset = ""
+    c.compilation_cache = False
+    for k, v in overrides.items():
+        setattr(c, k, v)
+    return c
+
+
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
     """The built-in digits data set, written once per test session."""

@@ -9,23 +9,14 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, run_launch, subprocess_env
-
-from configs import digits as digits_config
+from conftest import REPO, digits_run_config, run_launch, subprocess_env
 
 PIL = pytest.importorskip("PIL.Image")
 
 NUM_CLASSES = 10
 
 
-def _config(digits_dir, **overrides):
-    c = digits_config.get_config()
-    c.data_dir = str(digits_dir)
-    c.builtin_dataset = ""
-    c.compilation_cache = False
-    for k, v in overrides.items():
-        setattr(c, k, v)
-    return c
+_config = digits_run_config
 
 
 @pytest.fixture(scope="module")

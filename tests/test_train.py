@@ -10,19 +10,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, checkpoint_params, run_launch, subprocess_env
+from conftest import REPO, checkpoint_params, digits_run_config, run_launch, subprocess_env
 
-from configs import digits as digits_config
-
-
-def _config(digits_dir, **overrides):
-    c = digits_config.get_config()
-    c.data_dir = str(digits_dir)
-    c.builtin_dataset = ""
-    c.compilation_cache = False
-    for k, v in overrides.items():
-        setattr(c, k, v)
-    return c
+_config = digits_run_config
 
 
 def test_digits_main_job_reaches_accuracy(tmp_path):
