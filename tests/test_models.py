@@ -12,8 +12,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from model_checks import abstract_variables, count, random_variables, train_step_checks
 
 import flaxcls
 from flaxcls import zoo
@@ -58,31 +58,6 @@ RESNET_NAMES = [
 def load_fixture(name: str) -> dict | None:
     path = FIXTURES / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def count(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
-
-
-def abstract_init(model, size: int, batch: int = 1):
-    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-    return jax.eval_shape(model.init, jax.random.key(0), x)
-
-
-def random_variables(model, size: int, seed: int = 0) -> dict:
-    """He-normal kernels and identity BN from numpy: avoids compiling Flax's init (threefry
-    random bits take seconds per parameter shape to compile on a small CPU)."""
-    rng = np.random.RandomState(seed)
-
-    def make(path, leaf):
-        kind = path[-1].key
-        if kind == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-        fill = 1.0 if kind in ("scale", "var") else 0.0
-        return np.full(leaf.shape, fill, np.float32)
-
-    return jax.tree_util.tree_map_with_path(make, abstract_init(model, size))
 
 
 def path_exists(tree, path: str) -> bool:
@@ -202,7 +177,7 @@ def test_param_counts_and_shapes(name):
 def test_resnet50_feature_widths():
     model = flaxcls.create_model("ResNet50")
     x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
-    variables = abstract_init(model, 224, batch=2)
+    variables = abstract_variables(model, 224, batch=2)
     _, feats = jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True), variables, x)
     assert feats["stem"].shape == (2, 56, 56, 64)
     assert [feats[f"stage{i}"].shape[-1] for i in range(1, 5)] == [256, 512, 1024, 2048]
@@ -211,18 +186,18 @@ def test_resnet50_feature_widths():
 
 def test_paddle_first_block_projection_quirk():
     # resnet.py projects the very first block even though 64 -> 64, stride 1 (res2a_branch1).
-    params = abstract_init(flaxcls.create_model("ResNet18"), 224)["params"]
+    params = abstract_variables(flaxcls.create_model("ResNet18"), 224)["params"]
     assert params["stage1_block0"]["shortcut_conv"]["kernel"].shape == (1, 1, 64, 64)
     assert "shortcut_conv" not in params["stage1_block1"]
     # vd: stage-2+ first blocks keep a 1x1 stride-1 conv, after the avg pool.
-    vd = abstract_init(flaxcls.create_model("ResNet50_vd"), 224)["params"]
+    vd = abstract_variables(flaxcls.create_model("ResNet50_vd"), 224)["params"]
     assert vd["stage2_block0"]["shortcut_conv"]["kernel"].shape == (1, 1, 256, 512)
     assert vd["stem_conv1"]["kernel"].shape == (3, 3, 3, 32)
 
 
 def test_num_classes_override_changes_head():
     model = flaxcls.create_model("resnet18", num_classes=10)
-    variables = abstract_init(model, 64)
+    variables = abstract_variables(model, 64)
     assert variables["params"]["head"]["kernel"].shape == (512, 10)
     assert variables["params"]["head"]["bias"].shape == (10,)
     logits = jax.eval_shape(
@@ -234,40 +209,8 @@ def test_num_classes_override_changes_head():
 # ----------------------------------------------------------------- real forward and backward
 
 
-def _train_step_checks(name: str, size: int, dtype=jnp.float32):
-    model = flaxcls.create_model(name, num_classes=10, dtype=dtype)
-    x = np.random.RandomState(1).standard_normal((2, size, size, 3)).astype(np.float32)
-    labels = jnp.array([3, 7])
-    variables = random_variables(model, size)
-    params, stats = variables["params"], variables.get("batch_stats", {})
-
-    @jax.jit
-    def loss_and_grads(params, stats):
-        def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
-            )
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, (logits, updates["batch_stats"])
-
-        return jax.value_and_grad(loss_fn, has_aux=True)(params)
-
-    (loss, (logits, new_stats)), grads = loss_and_grads(params, stats)
-    assert logits.shape == (2, 10) and logits.dtype == jnp.float32
-    assert np.isfinite(np.asarray(logits)).all() and np.isfinite(float(loss))
-    flat_grads = jax.tree_util.tree_flatten_with_path(grads)[0]
-    zero = [jax.tree_util.keystr(p) for p, g in flat_grads if not np.any(np.asarray(g) != 0)]
-    assert not zero, f"parameters without gradient: {zero}"
-    assert all(np.isfinite(np.asarray(g)).all() for _, g in flat_grads)
-    # Every BN layer's running statistics move in train mode.
-    unchanged = [
-        jax.tree_util.keystr(p)
-        for (p, old), new in zip(
-            jax.tree_util.tree_flatten_with_path(stats)[0], jax.tree_util.tree_leaves(new_stats)
-        )
-        if np.array_equal(np.asarray(old), np.asarray(new))
-    ]
-    assert not unchanged, f"BN statistics not updated: {unchanged}"
+def _train_step_checks(name: str, size: int):
+    train_step_checks(flaxcls.create_model(name, num_classes=10), size)
 
 
 @pytest.mark.parametrize(
@@ -283,7 +226,7 @@ def test_forward_backward(name, size):
 def test_odd_input_sizes_give_ceil_mode_maps():
     model = flaxcls.create_model("ResNet18_vd", num_classes=5)
     x = jax.ShapeDtypeStruct((1, 72, 72, 3), jnp.float32)
-    variables = abstract_init(model, 72)
+    variables = abstract_variables(model, 72)
     _, feats = jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True), variables, x)
     assert [feats[f"stage{i}"].shape[1] for i in range(1, 5)] == [18, 9, 5, 3]
 
@@ -291,7 +234,7 @@ def test_odd_input_sizes_give_ceil_mode_maps():
 def test_bfloat16_compute_keeps_float32_params():
     model = flaxcls.create_model("ResNet_tiny", num_classes=10, dtype="bfloat16")
     assert model.dtype == jnp.bfloat16
-    shapes = abstract_init(model, 32)
+    shapes = abstract_variables(model, 32)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(shapes))
     variables = random_variables(model, 32)
     x = np.random.RandomState(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
@@ -419,7 +362,7 @@ def _one_model_per_family() -> list[str]:
 def test_any_class_count_for_every_family(name):
     cfg = flaxcls.get_model_cfg(name)
     model = flaxcls.create_model(name, num_classes=7)
-    variables = abstract_init(model, cfg.input_size)
+    variables = abstract_variables(model, cfg.input_size)
     x = jax.ShapeDtypeStruct((2, cfg.input_size, cfg.input_size, 3), jnp.float32)
     logits = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32

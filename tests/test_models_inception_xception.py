@@ -8,8 +8,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from model_checks import abstract_variables, count, random_variables, train_step_checks
 
 import flaxcls
 
@@ -32,15 +32,6 @@ COUNTS = {
 }
 
 
-def count(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
-
-
-def abstract_variables(model, size: int, batch: int = 1):
-    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-    return jax.eval_shape(model.init, jax.random.key(0), x)
-
-
 def abstract_features(model, size: int, batch: int = 1):
     """((logits, features), variables) shapes, traced once together with init."""
     x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
@@ -50,60 +41,6 @@ def abstract_features(model, size: int, batch: int = 1):
 
     return jax.eval_shape(outputs, jax.random.key(0), x)
 
-
-def random_variables(model, size: int, seed: int = 0) -> dict:
-    """He-normal kernels, identity BN and zero biases from numpy (no Flax init to compile)."""
-    rng = np.random.RandomState(seed)
-
-    def make(path, leaf):
-        kind = path[-1].key
-        if kind == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-        fill = 1.0 if kind in ("scale", "var") else 0.0
-        return np.full(leaf.shape, fill, np.float32)
-
-    return jax.tree_util.tree_map_with_path(make, abstract_variables(model, size))
-
-
-def train_step_checks(model, size: int):
-    """One jitted train-mode forward/backward on a batch of 2: finite logits and gradients,
-    a nonzero gradient for every parameter, every BN's running statistics updated."""
-    x = np.random.RandomState(1).standard_normal((2, size, size, 3)).astype(np.float32)
-    labels = jnp.array([3, 7])
-    variables = random_variables(model, size)
-    params, stats = variables["params"], variables["batch_stats"]
-    rngs = {"dropout": jax.random.key(0, impl="rbg")}
-
-    @jax.jit
-    def loss_and_grads(params, stats):
-        def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": stats},
-                x,
-                train=True,
-                mutable=["batch_stats"],
-                rngs=rngs,
-            )
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, (logits, updates["batch_stats"])
-
-        return jax.value_and_grad(loss_fn, has_aux=True)(params)
-
-    (loss, (logits, new_stats)), grads = loss_and_grads(params, stats)
-    assert logits.shape == (2, model.num_classes) and logits.dtype == jnp.float32
-    assert np.isfinite(np.asarray(logits)).all() and np.isfinite(float(loss))
-    flat_grads = jax.tree_util.tree_flatten_with_path(grads)[0]
-    zero = [jax.tree_util.keystr(p) for p, g in flat_grads if not np.any(np.asarray(g) != 0)]
-    assert not zero, f"parameters without gradient: {zero}"
-    assert all(np.isfinite(np.asarray(g)).all() for _, g in flat_grads)
-    old = jax.tree_util.tree_flatten_with_path(stats)[0]
-    unchanged = [
-        jax.tree_util.keystr(p)
-        for (p, a), b in zip(old, jax.tree_util.tree_leaves(new_stats))
-        if np.array_equal(np.asarray(a), np.asarray(b))
-    ]
-    assert not unchanged, f"BN statistics not updated: {unchanged}"
 
 
 # ------------------------------------------------------------------------------------ registry

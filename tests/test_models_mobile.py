@@ -10,10 +10,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import linen as nn
 from flax import traverse_util
+from model_checks import count, train_step_checks
 
 import flaxcls
 from flaxcls.convert import paddle_name_map, paddle_to_flax
@@ -112,10 +112,6 @@ def abstract_features(name: str, size: int = 224) -> dict[str, tuple[int, ...]]:
         lambda v, x: model.apply(v, x, return_features=True), abstract_variables(name, size), x
     )
     return {k: tuple(v.shape) for k, v in feats.items()}
-
-
-def count(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def random_variables(name: str, size: int, seed: int = 0, **kwargs) -> dict:
@@ -297,38 +293,7 @@ def test_variants_without_fixture_convert(name):
 
 
 def _train_step_checks(name: str, size: int = 64):
-    model = flaxcls.create_model(name, num_classes=10)
-    x = np.random.RandomState(1).standard_normal((2, size, size, 3)).astype(np.float32)
-    labels = jnp.array([3, 7])
-    variables = random_variables(name, size, num_classes=10)
-    params, stats = variables["params"], variables["batch_stats"]
-
-    @jax.jit
-    def loss_and_grads(params, stats):
-        def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
-            )
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, (logits, updates["batch_stats"])
-
-        return jax.value_and_grad(loss_fn, has_aux=True)(params)
-
-    (loss, (logits, new_stats)), grads = loss_and_grads(params, stats)
-    assert logits.shape == (2, 10) and logits.dtype == jnp.float32
-    assert np.isfinite(np.asarray(logits)).all() and np.isfinite(float(loss))
-    flat_grads = jax.tree_util.tree_flatten_with_path(grads)[0]
-    zero = [jax.tree_util.keystr(p) for p, g in flat_grads if not np.any(np.asarray(g) != 0)]
-    assert not zero, f"parameters without gradient: {zero}"
-    assert all(np.isfinite(np.asarray(g)).all() for _, g in flat_grads)
-    unchanged = [
-        jax.tree_util.keystr(p)
-        for (p, old), new in zip(
-            jax.tree_util.tree_flatten_with_path(stats)[0], jax.tree_util.tree_leaves(new_stats)
-        )
-        if np.array_equal(np.asarray(old), np.asarray(new))
-    ]
-    assert not unchanged, f"BN statistics not updated: {unchanged}"
+    train_step_checks(flaxcls.create_model(name, num_classes=10), size)
 
 
 # One per structure; the swish variants differ from ShuffleNetV2 only in the activation (their

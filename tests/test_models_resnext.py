@@ -9,10 +9,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import model_checks
 import numpy as np
-import optax
 import pytest
 from flax import traverse_util
+from model_checks import count
 
 import flaxcls
 from flaxcls.convert import paddle_name_map, paddle_resnet_name_map, paddle_to_flax
@@ -75,10 +76,6 @@ DERIVED_COUNTS = {
 }
 
 
-def count(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
-
-
 @functools.cache
 def abstract_variables(name: str, size: int | None = None, **overrides):
     model = flaxcls.create_model(name, **overrides)
@@ -99,20 +96,8 @@ def kernel(name: str, *path: str) -> tuple[int, ...]:
 
 
 def random_variables(model, size: int, seed: int = 0) -> dict:
-    """He-normal kernels, random BN from numpy (no compile of Flax's initialisers)."""
-    rng = np.random.RandomState(seed)
-    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    return model_checks.random_variables(model, size, seed, random_bn=True)
 
-    def make(path, leaf):
-        kind = path[-1].key
-        if kind == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-        if kind in ("scale", "var"):
-            return rng.uniform(0.5, 1.0, leaf.shape).astype(np.float32)
-        return (rng.standard_normal(leaf.shape) * 0.1).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(make, jax.eval_shape(model.init, jax.random.key(0), x))
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -372,41 +357,7 @@ def test_head_dropout_scales_at_inference(name, factor):
 
 def _train_step_checks(name: str, size: int, **overrides):
     model = flaxcls.create_model(name, num_classes=10, **overrides)
-    x = np.random.RandomState(1).standard_normal((2, size, size, 3)).astype(np.float32)
-    labels = jnp.array([3, 7])
-    variables = random_variables(model, size)
-    params, stats = variables["params"], variables["batch_stats"]
-
-    @jax.jit
-    def loss_and_grads(params, stats):
-        def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": stats},
-                x,
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": jax.random.key(2)},
-            )
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, (logits, updates["batch_stats"])
-
-        return jax.value_and_grad(loss_fn, has_aux=True)(params)
-
-    (loss, (logits, new_stats)), grads = loss_and_grads(params, stats)
-    assert logits.shape == (2, 10) and logits.dtype == jnp.float32
-    assert np.isfinite(float(loss))
-    flat_grads = jax.tree_util.tree_flatten_with_path(grads)[0]
-    zero = [jax.tree_util.keystr(p) for p, g in flat_grads if not np.any(np.asarray(g) != 0)]
-    assert not zero, f"parameters without gradient: {zero}"
-    assert all(np.isfinite(np.asarray(g)).all() for _, g in flat_grads)
-    unchanged = [
-        jax.tree_util.keystr(p)
-        for (p, old), new in zip(
-            jax.tree_util.tree_flatten_with_path(stats)[0], jax.tree_util.tree_leaves(new_stats)
-        )
-        if np.array_equal(np.asarray(old), np.asarray(new))
-    ]
-    assert not unchanged, f"BN statistics not updated: {unchanged}"
+    model_checks.train_step_checks(model, size, random_bn=True)
 
 
 @pytest.mark.parametrize(
