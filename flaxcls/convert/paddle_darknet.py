@@ -20,7 +20,7 @@ _BN_LEAVES = {
 
 
 def _conv_bn(prefix: str, path: tuple[str, ...]) -> NameMap:
-    """``{prefix}.conv.weights`` + ``{prefix}.bn.*`` -> the ConvBNAct module at ``path``."""
+    """``{prefix}.conv.weights`` + ``{prefix}.bn.*`` -> the ConvBN module at ``path``."""
     mapping = conv(f"{prefix}.conv.weights", (*path, "conv"))
     for suffix, (collection, leaf) in _BN_LEAVES.items():
         mapping[f"{prefix}.bn{suffix}"] = Target(collection, (*path, "bn", leaf))

@@ -21,31 +21,23 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flaxcls.models.layers import (
+    ConvBN,
     ModuleDef,
     classifier_head,
     conv_and_norm,
     global_avg_pool,
-    symmetric_padding,
 )
 from flaxcls.registry import register_model
 
 
-class ConvBNAct(nn.Module):
-    """k x k conv (padding (k - 1) // 2, no bias) -> BN -> activation."""
+def _conv_bn(conv: ModuleDef, norm: ModuleDef, act: Callable):
+    """k x k conv (padding (k - 1) // 2, no bias) -> BN -> ``act``, as ``layer(features, k)``."""
 
-    features: int
-    kernel_size: int
-    conv: ModuleDef
-    norm: ModuleDef
-    strides: int = 1
-    act: Callable = nn.relu
+    def layer(features: int, kernel_size: int, strides: int = 1, name: str | None = None):
+        return ConvBN(features, kernel_size, conv, norm, strides=strides,
+                      padding=(kernel_size - 1) // 2, act=act, name=name)
 
-    @nn.compact
-    def __call__(self, x):
-        k = self.kernel_size
-        x = self.conv(self.features, (k, k), strides=self.strides, padding=symmetric_padding(k),
-                      name="conv")(x)
-        return self.act(self.norm(name="bn")(x))
+    return layer
 
 
 class ResidualBlock(nn.Module):
@@ -58,7 +50,7 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        layer = functools.partial(ConvBNAct, conv=self.conv, norm=self.norm, act=self.act)
+        layer = _conv_bn(self.conv, self.norm, self.act)
         y = layer(self.features, 1, name="reduce")(x)
         y = layer(2 * self.features, 3, name="expand")(y)
         return x + y
@@ -89,7 +81,7 @@ class DarkNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
         conv, norm = conv_and_norm(self.dtype, train, self.bn_momentum, self.bn_epsilon)
-        layer = functools.partial(ConvBNAct, conv=conv, norm=norm, act=self.act)
+        layer = _conv_bn(conv, norm, self.act)
         features = {}
         x = layer(self.stem_width, 3, name="stem")(x)
         x = layer(2 * self.stem_width, 3, strides=2, name="stem_downsample")(x)

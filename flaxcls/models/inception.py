@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flaxcls.models.layers import (
+    ConvBN,
     DowngradeDropout,
     ModuleDef,
     avg_pool,
@@ -52,36 +53,6 @@ from flaxcls.models.layers import (
     max_pool,
 )
 from flaxcls.registry import register_model
-
-
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-class ConvBN(nn.Module):
-    """Paddle's ``conv_bn_layer``: bias-less conv with explicit symmetric ``padding`` (default
-    0) -> BN -> ReLU."""
-
-    features: int
-    kernel_size: int | tuple[int, int]
-    conv: ModuleDef
-    norm: ModuleDef
-    strides: int = 1
-    padding: int | tuple[int, int] = 0
-    act: Callable = nn.relu
-
-    @nn.compact
-    def __call__(self, x):
-        ph, pw = _pair(self.padding)
-        x = self.conv(
-            self.features,
-            _pair(self.kernel_size),
-            strides=self.strides,
-            padding=((ph, ph), (pw, pw)),
-            name="conv",
-        )(x)
-        return self.act(self.norm(name="bn")(x))
-
 
 # Factorised convs: 1xn pads (0, n // 2), nx1 pads (n // 2, 0).
 _ROW7 = {"kernel_size": (1, 7), "padding": (0, 3)}

@@ -8,6 +8,7 @@ partial windows that ``ceil_mode`` adds at the bottom and right edges.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -32,6 +33,32 @@ def symmetric_padding(kernel_size: int | tuple[int, int]) -> tuple[tuple[int, in
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class ConvBN(nn.Module):
+    """Paddle's ``conv_bn_layer`` (InceptionV4, DarkNet): bias-less conv with explicit symmetric ``padding`` (default
+    0) -> BN -> ReLU."""
+
+    features: int
+    kernel_size: int | tuple[int, int]
+    conv: ModuleDef
+    norm: ModuleDef
+    strides: int = 1
+    padding: int | tuple[int, int] = 0
+    act: Callable = nn.relu
+
+    @nn.compact
+    def __call__(self, x):
+        ph, pw = _pair(self.padding)
+        x = self.conv(
+            self.features,
+            _pair(self.kernel_size),
+            strides=self.strides,
+            padding=((ph, ph), (pw, pw)),
+            name="conv",
+        )(x)
+        return self.act(self.norm(name="bn")(x))
+
 
 
 def _pool_geometry(size: int, window: int, stride: int, pad: int, ceil_mode: bool):
