@@ -17,6 +17,8 @@ LR_STRATEGIES = (
 )
 DTYPES = ("float32", "bfloat16", "float16")
 L2_DECAY_MODES = ("optimizer", "loss")
+BN_STATS = ("global", "device")
+BN_IMPLS = ("flax", "fused")
 DATA_SOURCES = ("auto", "list", "folder", "records", "tfds")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos3", "lanczos5")
 # cv2 codes accepted by the original --interpolation flag.
@@ -37,6 +39,13 @@ def default_config() -> ml_collections.ConfigDict:
     # ResNet/ResNeXt/SE-ResNeXt: the stride-2 stem conv computed on the space-to-depth image
     # (same parameters and outputs; faster on GPUs)
     c.stem_space_to_depth = False
+    # BatchNorm statistics while training: "global" = over the whole global batch (results do
+    # not depend on the device count; one small all-reduce per BN layer), "device" = over each
+    # device's share, as the 2019 multi-GPU runs did (one fused all-reduce per step)
+    c.bn_stats = "global"
+    # "flax": flax.linen.BatchNorm's autodiff; "fused": the same BatchNorm with a hand-written
+    # backward that keeps only the bf16/fp16 input for it (flaxcls.models.batchnorm)
+    c.bn_impl = "flax"
     c.pretrained_model = ""  # weights to start from (Orbax checkpoint dir)
     c.checkpoint = ""  # resume from this checkpoint dir instead of the workdir's newest
     # fine-tuning from pretrained_model (another num_classes re-initialises the classifier head)
@@ -133,6 +142,8 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
     need(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
     need(c.get("l2_decay_mode", "optimizer") in L2_DECAY_MODES, "l2_decay_mode",
          f"must be one of {L2_DECAY_MODES}")
+    need(c.get("bn_stats", "global") in BN_STATS, "bn_stats", f"must be one of {BN_STATS}")
+    need(c.get("bn_impl", "flax") in BN_IMPLS, "bn_impl", f"must be one of {BN_IMPLS}")
     need(c.topk >= 1, "topk", "must be >= 1")
     need(c.backbone_lr_mult >= 0, "backbone_lr_mult", "must be >= 0")
     need(c.export_input in EXPORT_INPUTS, "export_input", f"must be one of {EXPORT_INPUTS}")
