@@ -1,0 +1,229 @@
+"""Training-mode BatchNorm with a hand-written backward, and a context that routes every
+``flax.linen.BatchNorm`` in training mode through it without changing model code.
+
+Autodiff of ``nn.BatchNorm`` keeps float32 intermediates (``x - mean`` is twice the bytes of a
+bfloat16 input) and differentiates each statistic separately. The backward here keeps only the
+input ``x`` in its own dtype plus per-channel vectors, and needs two per-channel reductions,
+``sum(dy)`` and ``sum(dy * (x - mean))``, then one elementwise pass for ``dx``.
+
+    with fused_batchnorm():            # must be active while the model is traced (inside jit)
+        logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+The forward runs ``nn.BatchNorm(use_fast_variance=True)``'s operations in the same order and
+dtypes, so its values are bit-identical where XLA emits both the same way (the tests check this
+on CPU); gradients agree to float rounding (the backward sums in another order, and rounds dx to
+the input dtype once where autodiff rounds its two paths separately).
+
+Supported: the defaults flaxcls uses (``axis=-1``, no ``axis_name``, no mask,
+``use_fast_variance=True``, ``force_float32_reductions=True``), with or without scale and bias.
+Anything else raises ``ValueError`` naming the module and field, so a run asked to be fused is
+never silently unfused. Evaluation mode (``use_running_average`` resolves to True) and
+subclasses that override ``__call__`` run Flax's own code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.linen import dtypes as flax_dtypes
+from jax import lax
+
+Array = jax.Array
+BN_IMPLS = ("flax", "fused")
+
+
+def _reduction_axes(x: Array) -> tuple[int, ...]:
+    return tuple(range(x.ndim - 1))
+
+
+def _per_channel(v: Array, ndim: int) -> Array:
+    return v.reshape((1,) * (ndim - 1) + (-1,))
+
+
+def _forward(x, scale, bias, epsilon, dtype, stats_dtype):
+    """y, mean, var and what the backward needs. The order of operations is nn.BatchNorm's."""
+    axes = _reduction_axes(x)
+    xs = x.astype(stats_dtype)
+    mean = xs.mean(axes)
+    mean_sq = lax.square(xs).mean(axes)
+    raw_var = mean_sq - lax.square(mean)
+    var = jnp.maximum(0.0, raw_var)
+    inv = lax.rsqrt(var + epsilon)
+    mul = inv * scale.astype(stats_dtype)
+    y = (xs - _per_channel(mean, x.ndim)) * _per_channel(mul, x.ndim)
+    y = (y + _per_channel(bias.astype(stats_dtype), x.ndim)).astype(dtype)
+    # d max(0, v) / dv as JAX defines it: 1 above zero, 1/2 at a tie, 0 below.
+    gate = (raw_var > 0).astype(stats_dtype) + 0.5 * (raw_var == 0).astype(stats_dtype)
+    return (y, mean, var), (x, mean, inv, scale, gate)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _batch_norm(x, scale, bias, epsilon, dtype, stats_dtype):
+    return _forward(x, scale, bias, epsilon, dtype, stats_dtype)[0]
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon, dtype, stats_dtype):
+    return _forward(x, scale, bias, epsilon, dtype, stats_dtype)
+
+
+def _batch_norm_bwd(epsilon, dtype, stats_dtype, residuals, cotangents):
+    del epsilon, dtype  # inv already holds rsqrt(var + epsilon)
+    x, mean, inv, scale, gate = residuals
+    g_y, g_mean, g_var = cotangents
+    axes, ndim = _reduction_axes(x), x.ndim
+    count = 1
+    for a in axes:
+        count *= x.shape[a]
+    scale_s = scale.astype(stats_dtype)
+    mul = inv * scale_s
+    g_ys = g_y.astype(stats_dtype)
+    centred = x.astype(stats_dtype) - _per_channel(mean, ndim)
+    # The only two reductions over the batch.
+    sum_g = g_ys.sum(axes)
+    sum_g_centred = (g_ys * centred).sum(axes)
+
+    g_scale = sum_g_centred * inv
+    g_bias = sum_g
+    # var reaches y through inv = rsqrt(var + eps): d inv / d var = -inv^3 / 2.
+    g_var_total = g_var.astype(stats_dtype) - 0.5 * sum_g_centred * scale_s * inv * inv * inv
+    g_raw_var = g_var_total * gate
+    # mean reaches y through (x - mean); raw_var = E[x^2] - mean^2 contributes 2 (x - mean) / N.
+    g_mean_total = g_mean.astype(stats_dtype) - sum_g * mul
+    g_x = (
+        g_ys * _per_channel(mul, ndim)
+        + _per_channel(g_mean_total / count, ndim)
+        + centred * _per_channel(g_raw_var * (2.0 / count), ndim)
+    )
+    return g_x.astype(x.dtype), g_scale.astype(scale.dtype), g_bias.astype(scale.dtype)
+
+
+_batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+def batch_norm_train(
+    x: Array,
+    scale: Array,
+    bias: Array,
+    *,
+    epsilon: float = 1e-5,
+    dtype: Any = None,
+    stats_dtype: Any = None,
+) -> tuple[Array, Array, Array]:
+    """Batch-normalises ``x`` over every axis but the last with its own batch statistics.
+
+    Returns ``(y, mean, var)``: ``y`` in ``dtype`` (default: the result type of ``x``,
+    ``scale`` and ``bias``), the batch mean and biased variance in ``stats_dtype`` (default:
+    ``dtype`` promoted to at least float32) for the running averages. Differentiable in ``x``,
+    ``scale`` and ``bias`` for cotangents of all three outputs; the backward keeps ``x`` as
+    given, the mean, ``1/sqrt(var + epsilon)``, ``scale`` and a per-channel clip gate.
+    """
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm_train needs batch and channel axes, got shape {x.shape}")
+    if jnp.iscomplexobj(x):
+        raise ValueError("batch_norm_train supports real floating-point inputs only")
+    channels = x.shape[-1]
+    for name, v in (("scale", scale), ("bias", bias)):
+        if jnp.shape(v) != (channels,):
+            raise ValueError(f"{name} must have shape ({channels},), got {jnp.shape(v)}")
+    out = jnp.dtype(flax_dtypes.canonicalize_dtype(x, scale, bias, dtype=dtype))
+    stats = jnp.promote_types(out, jnp.float32) if stats_dtype is None else jnp.dtype(stats_dtype)
+    # One dtype for both (exact widening; autodiff casts each gradient back to its own dtype).
+    param_dtype = jnp.promote_types(jnp.result_type(scale), jnp.result_type(bias))
+    scale, bias = jnp.asarray(scale, param_dtype), jnp.asarray(bias, param_dtype)
+    return _batch_norm(x, scale, bias, float(epsilon), out, stats)
+
+
+def _unsupported(module: nn.BatchNorm, x: Array, mask: Any) -> str | None:
+    """The first setting the fused path cannot reproduce, as 'field=value', or None."""
+    if mask is not None:
+        return "mask (a masked call)"
+    if module.axis_name is not None:
+        return f"axis_name={module.axis_name!r}"
+    if module.axis_index_groups is not None:
+        return "axis_index_groups"
+    if not isinstance(module.axis, int) or module.axis not in (-1, x.ndim - 1):
+        return f"axis={module.axis!r} (only the last axis)"
+    if not module.use_fast_variance:
+        return "use_fast_variance=False"
+    if not module.force_float32_reductions:
+        return "force_float32_reductions=False"
+    if jnp.iscomplexobj(x):
+        return f"input dtype {x.dtype}"
+    return None
+
+
+def _fused_call(module: nn.BatchNorm, x: Array) -> Array:
+    """nn.BatchNorm.__call__ in training mode, with the same variables, init and updates."""
+    features = (x.shape[-1],)
+    ra_mean = module.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
+    ra_var = module.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
+    scale = (module.param("scale", module.scale_init, features, module.param_dtype)
+             if module.use_scale else None)
+    bias = (module.param("bias", module.bias_init, features, module.param_dtype)
+            if module.use_bias else None)
+    # Statistics dtype and output dtype as nn.BatchNorm derives them.
+    compute = module.dtype if module.dtype is not None else jnp.result_type(x)
+    stats_dtype = jnp.promote_types(compute, jnp.float32)
+    dtype = flax_dtypes.canonicalize_dtype(x, scale, bias, dtype=module.dtype)
+    y, mean, var = batch_norm_train(
+        x,
+        jnp.ones(features, stats_dtype) if scale is None else scale,
+        jnp.zeros(features, stats_dtype) if bias is None else bias,
+        epsilon=module.epsilon,
+        dtype=dtype,
+        stats_dtype=stats_dtype,
+    )
+    if not module.is_initializing():
+        ra_mean.value = module.momentum * ra_mean.value + (1 - module.momentum) * mean
+        ra_var.value = module.momentum * ra_var.value + (1 - module.momentum) * var
+    return y
+
+
+def _route_batchnorm(next_fun, args, kwargs, context):
+    module = context.module
+    if (
+        context.method_name != "__call__"
+        or not isinstance(module, nn.BatchNorm)
+        or type(module).__call__ is not nn.BatchNorm.__call__
+    ):
+        return next_fun(*args, **kwargs)
+    x = args[0] if args else kwargs["x"]
+    use_running_average = args[1] if len(args) > 1 else kwargs.get("use_running_average")
+    use_running_average = nn.merge_param(
+        "use_running_average", module.use_running_average, use_running_average
+    )
+    if use_running_average:
+        return next_fun(*args, **kwargs)
+    problem = _unsupported(module, x, kwargs.get("mask"))
+    if problem is not None:
+        path = "/".join(module.path) or type(module).__name__
+        raise ValueError(
+            f"BatchNorm {path}: {problem} is not supported by the fused BatchNorm "
+            "(bn_impl='fused'); use bn_impl='flax' for this model"
+        )
+    return _fused_call(module, jnp.asarray(x))
+
+
+@contextlib.contextmanager
+def fused_batchnorm() -> Iterator[None]:
+    """Inside this context every ``nn.BatchNorm`` call in training mode uses
+    ``batch_norm_train``. Interception happens while tracing: enter it inside the jitted
+    function (around ``model.apply``), not around a call to an already-compiled one."""
+    with nn.intercept_methods(_route_batchnorm):
+        yield
+
+
+def batchnorm_impl(name: str) -> contextlib.AbstractContextManager[None]:
+    """The context for ``config.bn_impl``: ``"flax"`` changes nothing, ``"fused"`` is
+    ``fused_batchnorm()``."""
+    if name == "flax":
+        return contextlib.nullcontext()
+    if name == "fused":
+        return fused_batchnorm()
+    raise ValueError(f"bn_impl must be one of {BN_IMPLS}, got {name!r}")
