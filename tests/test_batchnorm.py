@@ -178,6 +178,37 @@ def test_context_variants_and_errors():
         batchnorm_impl("cudnn")
 
 
+def test_inside_shard_map_per_device_statistics():
+    """Under shard_map (per-device statistics, as bn_stats="device" runs the step) the
+    replicated scale and bias get the same summed gradients as with Flax's BatchNorm."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    module = _bn(jnp.bfloat16)
+    x, variables, weights = _random_bn_inputs((2 * len(jax.devices()), 3, 3, 8), "bfloat16")
+
+    def grads(impl):
+        def per_device(params, x, w):
+            def loss(p):
+                with batchnorm_impl(impl):
+                    y, _ = module.apply({"params": p, "batch_stats": variables["batch_stats"]},
+                                        x, mutable=["batch_stats"])
+                return jnp.sum(y.astype(jnp.float32) * w)
+
+            return jax.grad(loss)(params)
+
+        f = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("data"), P("data")),
+                          out_specs=P())
+        x_sharded = jax.device_put(x, NamedSharding(mesh, P("data")))
+        return jax.jit(f)(variables["params"], x_sharded, weights)
+
+    ref, got = grads("flax"), grads("fused")
+    for k in ("scale", "bias"):
+        atol = 1e-5 * float(np.abs(ref[k]).max())
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=atol, err_msg=k)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_resnet_tiny_train_step_matches(dtype):
     """A whole model (ResNet_tiny cut to two stages: stem, basic blocks, projection

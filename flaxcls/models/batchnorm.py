@@ -136,7 +136,32 @@ def batch_norm_train(
     # One dtype for both (exact widening; autodiff casts each gradient back to its own dtype).
     param_dtype = jnp.promote_types(jnp.result_type(scale), jnp.result_type(bias))
     scale, bias = jnp.asarray(scale, param_dtype), jnp.asarray(bias, param_dtype)
+    x, scale, bias = _same_varying_axes(x, scale, bias)
     return _batch_norm(x, scale, bias, float(epsilon), out, stats)
+
+
+def _varying_axes(a: Array) -> frozenset:
+    """The manual mesh axes ``a`` varies over inside ``shard_map`` (empty outside). JAX has
+    exposed them on the abstract value as ``.vma`` and, in this version, ``.mat.varying``."""
+    aval = jax.typeof(a)
+    axes = getattr(aval, "vma", None)
+    if axes is None:
+        axes = getattr(getattr(aval, "mat", None), "varying", None)
+    return frozenset(axes or ())
+
+
+def _same_varying_axes(*arrays: Array) -> list[Array]:
+    """Inside ``shard_map``, x varies over the batch axis while scale and bias are replicated;
+    a custom_vjp's backward must return cotangents of its inputs' own type. Marking every input
+    as varying over the union of their manual axes (``pcast``) lets autodiff sum the
+    per-device scale and bias gradients over those axes, as it does for ``nn.BatchNorm``.
+    Outside ``shard_map`` there are no such axes and this changes nothing."""
+    axes = [_varying_axes(a) for a in arrays]
+    union = frozenset().union(*axes)
+    return [
+        lax.pcast(a, tuple(sorted(union - own, key=str)), to="varying") if union - own else a
+        for a, own in zip(arrays, axes)
+    ]
 
 
 def _unsupported(module: nn.BatchNorm, x: Array, mask: Any) -> str | None:
