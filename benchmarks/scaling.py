@@ -69,7 +69,8 @@ def _prod(shape) -> int:
     return n
 
 
-def compiled_step_hlo(model_name: str, image_size: int, per_device_batch: int) -> tuple[str, dict]:
+def compiled_step_hlo(model_name: str, image_size: int, per_device_batch: int,
+                      bn_stats: str = "global") -> tuple[str, dict]:
     """The train step's compiled HLO text on every visible device, from abstract inputs."""
     import jax
     import numpy as np
@@ -85,7 +86,7 @@ def compiled_step_hlo(model_name: str, image_size: int, per_device_batch: int) -
     size = image_size or cfg.input_size
     batch = per_device_batch * jax.device_count()
     c = default_config()
-    c.model, c.num_classes, c.batch_size = cfg.name, 10, batch
+    c.model, c.num_classes, c.batch_size, c.bn_stats = cfg.name, 10, batch, bn_stats
     mesh = parallel.make_mesh()
     model = flaxcls.create_model(cfg.name, num_classes=10)
     tx = optim.make_optimizer(c, 0.1)
@@ -101,7 +102,7 @@ def compiled_step_hlo(model_name: str, image_size: int, per_device_batch: int) -
     params = jax.tree.leaves(state.params)
     facts = {
         "model": cfg.name, "devices": jax.device_count(), "platform": jax.default_backend(),
-        "image_size": size, "batch": batch, "param_leaves": len(params),
+        "image_size": size, "batch": batch, "bn_stats": bn_stats, "param_leaves": len(params),
         "params": sum(_prod(p.shape) for p in params),
         "weight_elements": sum(_prod(p.shape) for p in params if len(p.shape) >= 2),
         "batchnorms": len(jax.tree.leaves(state.batch_stats)) // 2, "jax": jax.__version__,
@@ -164,6 +165,8 @@ def main(argv=None) -> None:
     h.add_argument("--model", default="ResNet_tiny")
     h.add_argument("--image-size", type=int, default=32)
     h.add_argument("--per-device-batch", type=int, default=2)
+    h.add_argument("--bn-stats", choices=("global", "device"), default="global",
+                   help="BatchNorm statistics over the global batch or per device")
     e = sub.add_parser("estimate", help="all-reduce time and efficiency on paper")
     e.add_argument("--model", default="ResNet50")
     e.add_argument("--step-ms", type=float, default=0.0,
@@ -184,7 +187,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     if args.cmd == "hlo":
-        text, facts = compiled_step_hlo(args.model, args.image_size, args.per_device_batch)
+        text, facts = compiled_step_hlo(args.model, args.image_size, args.per_device_batch,
+                                        args.bn_stats)
         print(json.dumps({**facts, **collective_summary(text)}), flush=True)
         return
 

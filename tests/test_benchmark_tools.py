@@ -101,6 +101,18 @@ def test_sharded_step_reduces_gradients_in_few_combined_all_reduces(tmp_path):
     assert r["all_reduce_ops"] <= 2 * r["batchnorms"]
 
 
+def test_per_device_batchnorm_compiles_to_one_all_reduce_per_step():
+    proc = _run([REPO / "benchmarks" / "scaling.py", "hlo", "--model", "ResNet_tiny",
+                 "--image-size", "32", "--per-device-batch", "2", "--bn-stats", "device"],
+                subprocess_env(8))
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["devices"] == 8 and r["bn_stats"] == "device"
+    # One all-reduce carries every weight gradient (and the statistics and metric sums).
+    assert r["all_reduce_ops"] == 1 and r["ops_with_weight_gradients"] == 1
+    assert r["weight_gradient_elements"] == r["weight_elements"]
+    assert r["all_reduce_bytes"] >= 4 * r["params"]
+
+
 def test_collective_summary_parses_tuple_and_single_all_reduces():
     hlo = ("  %ar.1 = (f32[16]{0}, f32[3,3,4,16]{3,2,1,0}) all-reduce(%a, %b), channel_id=1\n"
            "  %ar.2 = bf16[8,8]{1,0} all-reduce-start(%c), channel_id=2\n"

@@ -14,9 +14,9 @@ from flaxcls import parallel
 from flaxcls.config import ConfigError
 
 
-def _run_worker(devices: int, out) -> dict[str, np.ndarray]:
-    subprocess.run([sys.executable, str(REPO / "tests" / "sharded_step_worker.py"), str(out)],
-                   env=subprocess_env(devices), check=True, cwd=REPO, timeout=300)
+def _run_worker(devices: int, out, *args: str) -> dict[str, np.ndarray]:
+    subprocess.run([sys.executable, str(REPO / "tests" / "sharded_step_worker.py"), str(out),
+                    *args], env=subprocess_env(devices), check=True, cwd=REPO, timeout=300)
     return dict(np.load(out))
 
 
@@ -29,6 +29,51 @@ def test_sharded_step_matches_single_device(tmp_path):
     assert any("batch_stats" in k for k in keys) and any("params" in k for k in keys)
     for k in keys:
         np.testing.assert_allclose(one[k], eight[k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("bn_impl", ["flax", "fused"])
+def test_per_device_batchnorm_equals_per_slice_gradients_averaged(tmp_path, bn_impl):
+    """bn_stats="device" on 8 devices: each device's BatchNorm sees only its 2 examples, and the
+    step equals plain per-slice gradients and statistics averaged, then one update (the
+    reference always uses flax's BatchNorm, so bn_impl="fused" is checked against it too)."""
+    out = _run_worker(8, tmp_path / "device.npz", "ResNet_tiny", "device", bn_impl)
+    assert int(out["devices"]) == 8
+    np.testing.assert_allclose(out["losses"], out["ref_losses"], rtol=1e-5)
+    keys = [k for k in out if k.startswith(("params/", "batch_stats/"))]
+    assert any("batch_stats" in k for k in keys) and len(keys) > 20
+    for k in keys:
+        np.testing.assert_allclose(out[k], out[f"ref/{k}"], rtol=2e-4, atol=2e-5, err_msg=k)
+    if bn_impl == "flax":  # per-device statistics really differ from the global batch's
+        glob = _run_worker(8, tmp_path / "global.npz")
+        assert not np.allclose(glob["losses"][1:], out["losses"][1:], rtol=1e-4)
+
+
+def test_per_device_batchnorm_on_two_processes_equals_one_process(tmp_path):
+    """bn_stats="device" across 2 processes (1 device each, jax.distributed on loopback) gives
+    the numbers of 1 process with 2 devices: the shard_map step spans hosts unchanged."""
+    one = _run_worker(2, tmp_path / "one.npz", "ResNet_tiny", "device")
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "sharded_step_worker.py"),
+             str(tmp_path / f"p{i}.npz"), "ResNet_tiny", "device", "flax", f"127.0.0.1:{port}", "2",
+             str(i)],
+            cwd=REPO, env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    for i in range(2):
+        multi = dict(np.load(tmp_path / f"p{i}.npz"))
+        assert int(multi["devices"]) == 2
+        np.testing.assert_allclose(one["losses"], multi["losses"], rtol=1e-5)
+        keys = [k for k in one if k.startswith(("params/", "batch_stats/"))]
+        assert keys and keys == [k for k in multi if k.startswith(("params/", "batch_stats/"))]
+        for k in keys:
+            np.testing.assert_allclose(one[k], multi[k], rtol=2e-4, atol=2e-5, err_msg=k)
 
 
 def test_batch_not_divisible_names_the_field():

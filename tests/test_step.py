@@ -74,6 +74,14 @@ def test_float16_overflow_skips_the_step_and_halves_the_scale():
     assert float(state.loss_scale.scale) == 2.0**39
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
         np.testing.assert_array_equal(a, np.asarray(b))
+    # The optimizer's step counts advance with state.step (the lr schedule does not lag behind
+    # after a skipped step); its moments stay as they were.
+    counts, moments = [], []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state):
+        is_count = getattr(path[-1], "name", None) == "count"
+        (counts if is_count else moments).append(np.asarray(leaf))
+    assert counts and all(int(n) == int(state.step) == 1 for n in counts)
+    assert all(not np.any(m) for m in moments if m.ndim)  # momentum traces still zero
 
 
 def test_metrics_accumulate_on_device_without_reset():

@@ -6,6 +6,7 @@ reads metrics every ``log_every_steps``; state and accumulator are donated.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -15,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
-from flaxcls.parallel import batch_sharding, replicated
+from flaxcls.parallel import DATA_AXIS, batch_sharding, replicated
 from flaxcls.train import losses, optim
 from flaxcls.train.state import TrainState
 
@@ -51,7 +53,15 @@ def make_train_step(
     config: Any,
     mesh: Mesh,
 ) -> Callable[[TrainState, Metrics, dict[str, jax.Array]], tuple[TrainState, Metrics]]:
-    """Builds ``step(state, metrics, batch) -> (state, metrics)``, jitted over the mesh."""
+    """Builds ``step(state, metrics, batch) -> (state, metrics)``, jitted over the mesh.
+
+    ``config.bn_stats="global"``: the step is written for the whole global batch and XLA
+    partitions it, so BatchNorm statistics are over the global batch (one small all-reduce per
+    BatchNorm layer, forward and backward). ``"device"``: the forward/backward runs under
+    ``shard_map`` on each device's share of the batch, BatchNorm statistics are per device, and
+    the gradients, new BatchNorm statistics and metric sums of all devices are combined in one
+    all-reduce per step.
+    """
     num_classes = int(config.num_classes)
     smoothing = float(config.label_smoothing_epsilon) if config.use_label_smoothing else 0.0
     use_mixup, alpha = bool(config.use_mixup), float(config.mixup_alpha)
@@ -60,9 +70,11 @@ def make_train_step(
     # Models with auxiliary heads (GoogLeNet) name them and their loss weights.
     aux_weights = dict(getattr(model, "aux_loss_weights", None) or {})
     l2_in_loss = optim.l2_decay_mode(config) == "loss"
+    apply = _model_apply(model, config)
 
-    def step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array]):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    def forward_backward(params, batch_stats, loss_scale, key, batch):
+        """Gradients, new BatchNorm statistics and metric sums of one batch: the global batch,
+        or (bn_stats="device") one device's share of it."""
         mix_key, dropout_key = jax.random.split(key)
         images = normalize(batch["image"], mean, std, dtype)
         targets = losses.onehot(batch["label"], num_classes, smoothing)
@@ -70,8 +82,8 @@ def make_train_step(
             images, targets = losses.mixup(mix_key, images, targets, alpha)
 
         def loss_fn(params):
-            out, updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
+            out, updates = apply(
+                {"params": params, "batch_stats": batch_stats},
                 images,
                 train=True,
                 mutable=["batch_stats"],
@@ -86,10 +98,37 @@ def make_train_step(
                 loss = loss + weight * jnp.mean(losses.cross_entropy(aux, targets))
             # l2_decay_mode="loss": the L2 term joins the objective, not the reported loss.
             total = loss + optim.l2_penalty(params, config) if l2_in_loss else loss
-            scaled = total if state.loss_scale is None else state.loss_scale.scale_loss(total)
+            scaled = total if loss_scale is None else loss_scale.scale_loss(total)
             return scaled, (loss, logits, updates.get("batch_stats", {}))
 
-        grads, (loss, logits, new_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        grads, (loss, logits, new_stats) = jax.grad(loss_fn, has_aux=True)(params)
+        n = jnp.asarray(batch["label"].shape[0], jnp.float32)
+        top1, top5 = _topk_sums(logits, batch["label"], jnp.ones_like(logits[:, 0]))
+        sums = {"loss": loss * n, "top1": top1, "top5": top5, "count": n}
+        return grads, new_stats, sums
+
+    if config.get("bn_stats", "global") == "device":
+        n_dev = mesh.shape[DATA_AXIS]
+
+        def per_device(params, batch_stats, loss_scale, key, batch):
+            key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
+            grads, new_stats, sums = forward_backward(params, batch_stats, loss_scale, key, batch)
+            # The step's one all-reduce: one psum of every gradient, statistic and metric sum.
+            grads, new_stats, sums = jax.lax.psum((grads, new_stats, sums), DATA_AXIS)
+            mean_of = functools.partial(jax.tree.map, lambda x: x / n_dev)
+            return mean_of(grads), mean_of(new_stats), sums
+
+        # check_vma=False: gradients of the replicated parameters stay per device until the
+        # explicit psum above (JAX would otherwise insert one psum per parameter itself).
+        compute = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), P(), P(DATA_AXIS)),
+                                out_specs=P(), check_vma=False)
+    else:
+        compute = forward_backward
+
+    def step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array]):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        grads, new_stats, sums = compute(state.params, state.batch_stats, state.loss_scale, key,
+                                         batch)
         updates, new_opt = tx.update(grads if state.loss_scale is None else
                                      state.loss_scale.unscale(grads), state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
@@ -98,33 +137,47 @@ def make_train_step(
         )
         skipped = jnp.zeros((), jnp.float32)
         if state.loss_scale is not None:
-            # float16: a step whose gradients overflowed is dropped and the scale shrinks.
+            # float16: a step whose gradients overflowed is dropped and the scale shrinks. The
+            # optimizer's step counts still advance, so the lr schedule keeps following
+            # state.step; only parameters, statistics and optimizer moments stay as they were.
             finite = losses.all_finite(grads)
-            def keep(new, old):
-                return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+            def keep(new, old, counts_advance=False):
+                def pick(path, a, b):
+                    if counts_advance and getattr(path[-1], "name", None) == "count":
+                        return a
+                    return jnp.where(finite, a, b)
+
+                return jax.tree_util.tree_map_with_path(pick, new, old)
 
             new_state = new_state.replace(
                 params=keep(new_params, state.params),
                 batch_stats=keep(new_stats, state.batch_stats),
-                opt_state=keep(new_opt, state.opt_state),
+                opt_state=keep(new_opt, state.opt_state, counts_advance=True),
                 loss_scale=state.loss_scale.update(finite),
             )
             skipped = 1.0 - finite.astype(jnp.float32)
 
-        n = jnp.asarray(batch["label"].shape[0], jnp.float32)
-        top1, top5 = _topk_sums(logits, batch["label"], jnp.ones_like(logits[:, 0]))
-        metrics = {
-            "loss": metrics["loss"] + loss * n,
-            "top1": metrics["top1"] + top1,
-            "top5": metrics["top5"] + top5,
-            "count": metrics["count"] + n,
-            "skipped_steps": metrics["skipped_steps"] + skipped,
-        }
-        return new_state, metrics
+        new_metrics = {k: metrics[k] + sums[k] for k in ("loss", "top1", "top5", "count")}
+        new_metrics["skipped_steps"] = metrics["skipped_steps"] + skipped
+        return new_state, new_metrics
 
     rep, data = replicated(mesh), batch_sharding(mesh)
     return jax.jit(step, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
                    donate_argnums=(0, 1))
+
+
+def _model_apply(model: flax.linen.Module, config: Any) -> Callable[..., Any]:
+    """``model.apply``, with the fused-backward BatchNorm when ``config.bn_impl="fused"``."""
+    if config.get("bn_impl", "flax") != "fused":
+        return model.apply
+    from flaxcls.models.batchnorm import fused_batchnorm
+
+    def apply(*args, **kwargs):
+        with fused_batchnorm():
+            return model.apply(*args, **kwargs)
+
+    return apply
 
 
 def make_eval_step(
