@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One measurement session on a GPU machine (issue: throughput). Run from the repo root:
 #
-#     bash benchmarks/gpu_session.sh            # the GPU run, about 7 minutes
+#     bash benchmarks/gpu_session.sh            # the GPU run, about 7 minutes (BENCH_BUDGET_S)
 #     JAX_PLATFORMS=cpu bash benchmarks/gpu_session.sh --smoke   # the same steps, tiny, on CPU
 #
 # Everything lands in $OUT (default ./bench_out): results.jsonl (every JSON line),
@@ -35,7 +35,7 @@ TRAIN_CSV="$OUT/train_throughput.csv"
 INFER_CSV="$OUT/infer_latency.csv"
 
 if [ $SMOKE = 1 ]; then
-  R50=ResNet_tiny; VD=ResNet_tiny; MOBILE=MobileNetV2; R18=ResNet18
+  R50=ResNet18; VD=ResNet_tiny; MOBILE=MobileNetV2; R18=ResNet_tiny
   B=8; B2=16; IMG="--image-size 32"; BUDGET=${BENCH_BUDGET_S:-1500}
   CACHE=${BENCH_CACHE:-$SCRATCH/cache}
   TIMING="--steps 2 --warmup 1 --repeats 2"
@@ -75,25 +75,6 @@ run() {
   log "--- $name done in $(( $(date +%s) - t0 ))s (rc $rc)"
 }
 
-# best_batch: the faster of the two bf16 ResNet50 batch sizes measured so far.
-best_batch() {
-  "$PY" - "$JSONL" "$R50" "$B" <<'PYEOF'
-import json, sys
-path, model, default = sys.argv[1], sys.argv[2], sys.argv[3]
-best = (0.0, default)
-for line in open(path):
-    try:
-        r = json.loads(line)
-    except ValueError:
-        continue
-    if (r.get("framework") == "jax" and r.get("benchmark") == "train_step" and r.get("model") == model
-            and r.get("dtype") == "bfloat16" and r.get("l2_decay_mode") == "optimizer"
-            and not r.get("pad_input_channels") and "images_per_sec" in r):
-        best = max(best, (r["images_per_sec"], str(r["batch"])))
-print(best[1])
-PYEOF
-}
-
 : > "$LOG"
 touch "$JSONL"
 log "=== flaxcls GPU session $(date -u +%FT%TZ) smoke=$SMOKE budget=${BUDGET}s out=$OUT cache=$CACHE"
@@ -122,46 +103,47 @@ for name in ("torch", "torchvision"):
         print(name, "missing:", type(e).__name__)
 PYEOF
 
-# 1. Cold then warm first step (persistent compilation cache, two processes, one fresh dir).
-rm -rf "$SCRATCH/cc_cold"
-run train_cold 200 $TRAIN --setting "$R50:$B:bfloat16" $TIMING --compile-cache "$SCRATCH/cc_cold" --tag cold
-run train_warm 90 $TRAIN --setting "$R50:$B:bfloat16" --steps 2 --warmup 1 --repeats 1 \
-  --compile-cache "$SCRATCH/cc_cold" --tag warm
-# 2. Inference, BatchNorm folded, bf16: batch 1 latency and batch B throughput.
-run infer_jax 150 $INFER --models "$R50" --batch "1,$B" --dtype bfloat16 $ITIMING \
-  --markdown "$OUT/infer_table.md"
-# 3. Batch size and float16 (dynamic loss scale).
-run train_batch_fp16 200 $TRAIN --setting "$R50:$B2:bfloat16" --setting "$R50:$B:float16" \
-  $TIMING --compile-cache "$CACHE"
-# 4. The torchvision peer, train and inference (torch.compile, bf16 autocast, channels_last),
-#    and the other models at one batch each. The issue's reference table was measured on an
-#    H200, so there the peer runs after the models; on any other GPU it runs first.
+# Session 3 order: the new levers first (the baselines of session 2 are in results/), each
+# measured beside its baseline in the same process; then the rest of the issue's table.
+# 1. The hand-written BatchNorm backward (bn_impl=fused) against flax's, ResNet50 bf16.
+run lever_fused 200 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:plain:flax" \
+  --setting "$R50:$B:bfloat16:optimizer:0:plain:fused" $TIMING --compile-cache "$CACHE"
+# 2. Where the time goes with it, and where batch-1 inference time goes (device vs wall).
+run profile_fused 150 $PY $HERE/profile_step.py --model "$R50" --batch "$B" --dtype bfloat16 \
+  --bn-impl fused --top 15 $IMG
+run profile_infer_b1 120 $PY $HERE/profile_step.py --infer --model "$R50" --batch 1 \
+  --dtype bfloat16 --steps 20 --top 15 $IMG
+# 3. Everything that paid, together: fused + space-to-depth stem at the larger batches, fp16.
+run lever_combined 240 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:s2d:fused" \
+  --setting "$R50:$((2 * B2)):bfloat16:optimizer:0:s2d:fused" \
+  --setting "$R50:$B:float16:optimizer:0:s2d:fused" $TIMING --compile-cache "$CACHE"
+# 4. XLA flags (a flag this XLA does not know fails the step at once, nothing else).
+run lever_xla_cudnn 120 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:plain:fused" $TIMING \
+  --tag xla_cudnn "--xla-flags=${LEVER_XLA_FLAGS:---xla_gpu_cudnn_gemm_fusion_level=2}"
+run lever_infer_graphs 120 $INFER --models "$R50" --batch 1 --dtype bfloat16 $ITIMING \
+  --tag graphs "--xla-flags=${INFER_XLA_FLAGS:---xla_gpu_graph_min_graph_size=1}"
+# 5. The torchvision peer (torch.compile, bf16 autocast, channels_last) and the other models.
 torch_peer() {
   run torch_train 200 $TRAIN --peer-only --batch "$B" --dtype bfloat16 $TIMING
   run torch_infer 150 $INFER --peer-only --batch "1,$B" --dtype bfloat16 $ITIMING
 }
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
 if [[ "$GPU_NAME" != *H200* ]]; then torch_peer; fi
-run train_models 240 $TRAIN --setting "$VD:$B:bfloat16" --setting "$MOBILE:$B:bfloat16" \
-  --setting "$R18:$B:bfloat16" $TIMING --compile-cache "$CACHE"
+run train_models 300 $TRAIN --setting "$VD:$B:bfloat16:optimizer:0:plain:fused" \
+  --setting "$MOBILE:$B:bfloat16:optimizer:0:plain:fused" \
+  --setting "$R18:$B:bfloat16:optimizer:0:plain:fused" $TIMING --compile-cache "$CACHE"
+# 6. The rest of the issue's table, as in session 2 (skipped when the budget is spent).
+run infer_jax 150 $INFER --models "$R50" --batch "1,$B" --dtype bfloat16 $ITIMING \
+  --markdown "$OUT/infer_table.md"
+rm -rf "$SCRATCH/cc_cold"
+run train_cold 200 $TRAIN --setting "$R50:$B:bfloat16" $TIMING --compile-cache "$SCRATCH/cc_cold" --tag cold
+run train_warm 90 $TRAIN --setting "$R50:$B:bfloat16" --steps 2 --warmup 1 --repeats 1 \
+  --compile-cache "$SCRATCH/cc_cold" --tag warm
 if [[ "$GPU_NAME" == *H200* ]]; then torch_peer; fi
-# 5. Levers at the best bf16 batch: L2 term in the loss (ours is in the optimizer), the stem
-#    fed 4 channels, XLA flags; then bf16 at twice the larger batch.
-BEST=$(best_batch)
-log "best bf16 batch so far: $BEST"
-run lever_l2_loss 120 $TRAIN --setting "$R50:$BEST:bfloat16:loss" $TIMING --compile-cache "$CACHE"
-run lever_pad4 120 $TRAIN --setting "$R50:$BEST:bfloat16:optimizer:4" $TIMING --compile-cache "$CACHE"
-run lever_s2d 120 $TRAIN --setting "$R50:$BEST:bfloat16:optimizer:0:s2d" $TIMING --compile-cache "$CACHE"
 run infer_s2d 90 $INFER --models "$R50" --batch "1,$B" --dtype bfloat16 $ITIMING --stem-space-to-depth --tag s2d
-run lever_xla_flags 120 $TRAIN --setting "$R50:$BEST:bfloat16" $TIMING --tag xla_flags \
-  "--xla-flags=${LEVER_XLA_FLAGS:---xla_gpu_enable_latency_hiding_scheduler=true}"
-run train_batch_2x 150 $TRAIN --setting "$R50:$((2 * B2)):bfloat16" $TIMING --compile-cache "$CACHE"
 run infer_models 150 $INFER --models "$VD,$MOBILE,$R18" --batch "1,$B" --dtype bfloat16 $ITIMING
-# Batch-1 latency is launch-bound: let XLA put even short runs of kernels in one CUDA graph.
-run lever_infer_graphs 120 $INFER --models "$R50" --batch 1 --dtype bfloat16 $ITIMING \
-  --tag graphs "--xla-flags=${INFER_XLA_FLAGS:---xla_gpu_graph_min_graph_size=1}"
-run infer_unfolded 120 $INFER --models "$R50" --batch "1,$B" --dtype bfloat16 $ITIMING --no-fold \
-  --tag unfolded
+run train_batch_fp16 200 $TRAIN --setting "$R50:$B2:bfloat16" --setting "$R50:$B:float16" \
+  $TIMING --compile-cache "$CACHE"
 
 "$PY" "$HERE/summarize.py" "$JSONL" > "$OUT/summary.md" 2>> "$LOG"
 cat "$OUT/summary.md"

@@ -1,12 +1,17 @@
 """Where the train step's time goes: a device trace of a few steps, summarised per XLA op.
 
     python benchmarks/profile_step.py --model ResNet50 --batch 256 --dtype bfloat16
+    python benchmarks/profile_step.py --model ResNet50 --batch 256 --bn-impl fused
+    python benchmarks/profile_step.py --infer --model ResNet50 --batch 1   # folded inference
 
 Builds the trainer's own jitted step (as ``train_throughput.py`` does), runs it a few times
 under ``jax.profiler.trace`` and reads the trace back with ``jax.profiler.ProfileData`` (no
 TensorBoard, no TensorFlow). Prints one JSON line per op group (convolutions forward, the two
 convolution backward passes, fusions, copies, collectives ...) with its share of device time,
 then the slowest single ops. ``--keep DIR`` keeps the raw ``.xplane.pb`` for other viewers.
+``--infer`` traces the BatchNorm-folded forward of ``infer_latency.py`` instead, one blocked
+call at a time, so that at batch 1 the device time per call can be set against the wall time
+per call (the difference is launch and dispatch overhead).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def build_step(model_name: str, batch_size: int, dtype: str, image_size: int, **model_kw):
+def build_step(model_name: str, batch_size: int, dtype: str, image_size: int,
+               bn_impl: str = "flax", **model_kw):
     import jax
     import numpy as np
 
@@ -39,7 +45,7 @@ def build_step(model_name: str, batch_size: int, dtype: str, image_size: int, **
     cfg = flaxcls.get_model_cfg(model_name)
     size = image_size or cfg.input_size
     c = default_config()
-    c.model, c.dtype, c.batch_size = cfg.name, dtype, batch_size
+    c.model, c.dtype, c.batch_size, c.bn_impl = cfg.name, dtype, batch_size, bn_impl
     c.crop_size = c.resize_short_size = size
     mesh = parallel.make_mesh()
     model = flaxcls.create_model(cfg.name, num_classes=c.num_classes, dtype=dtype, **model_kw)
@@ -57,6 +63,22 @@ def build_step(model_name: str, batch_size: int, dtype: str, image_size: int, **
     state, metrics = step(state, metrics, batch)  # compile outside the trace
     jax.block_until_ready(state)
     return step, state, metrics, batch
+
+
+def build_infer(args):
+    """A no-argument callable running the folded forward of ``infer_latency.py`` once."""
+    import argparse as _argparse
+
+    import infer_latency
+    import jax
+    import numpy as np
+
+    ns = _argparse.Namespace(image_size=args.image_size, stem_space_to_depth=args.stem_space_to_depth,
+                             num_classes=1000, dtype=args.dtype, no_fold=False, param_dtype="")
+    _, size, forward, variables, _ = infer_latency.build_forward(args.model, ns)
+    x = jax.device_put(np.random.RandomState(0).normal(
+        size=(args.batch, size, size, 3)).astype(args.dtype))
+    return lambda: forward(variables, x)
 
 
 _GROUPS = [
@@ -110,22 +132,34 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--keep", default="", help="copy the .xplane.pb here")
     p.add_argument("--stem-space-to-depth", action="store_true")
+    p.add_argument("--bn-impl", default="flax", choices=["flax", "fused"])
+    p.add_argument("--infer", action="store_true",
+                   help="profile the BatchNorm-folded inference forward instead of a train step")
     args = p.parse_args()
 
     import jax
 
     kw = {"stem_space_to_depth": True} if args.stem_space_to_depth else {}
-    step, state, metrics, batch = build_step(args.model, args.batch, args.dtype,
-                                             args.image_size, **kw)
+    if args.infer:
+        run_once = build_infer(args)
+    else:
+        step, state, metrics, batch = build_step(args.model, args.batch, args.dtype,
+                                                 args.image_size, args.bn_impl, **kw)
+
+        def run_once():
+            nonlocal state, metrics
+            state, metrics = step(state, metrics, batch)
+            return state, metrics
     for _ in range(3):
-        state, metrics = step(state, metrics, batch)
-    jax.block_until_ready(state)
+        jax.block_until_ready(run_once())
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         with jax.profiler.trace(tmp):
             for _ in range(args.steps):
-                state, metrics = step(state, metrics, batch)
-            jax.block_until_ready((state, metrics))
+                out = run_once()
+                if args.infer:  # one call at a time, as a latency-bound server would
+                    jax.block_until_ready(out)
+            jax.block_until_ready(out)
         wall_ms = (time.perf_counter() - t0) * 1e3 / args.steps
         found = glob.glob(os.path.join(tmp, "**", "*.xplane.pb"), recursive=True)
         if not found:
@@ -137,10 +171,10 @@ def main() -> None:
                 dst.write(src.read())
         events, lines_seen = device_op_events(found[0])
 
-    base = {"benchmark": "profile", "model": args.model, "batch": args.batch,
-            "dtype": args.dtype, "device": jax.devices()[0].device_kind,
+    base = {"benchmark": "profile_infer" if args.infer else "profile", "model": args.model,
+            "batch": args.batch, "dtype": args.dtype, "device": jax.devices()[0].device_kind,
             "jax": jax.__version__, "steps": args.steps,
-            "stem_space_to_depth": args.stem_space_to_depth}
+            "stem_space_to_depth": args.stem_space_to_depth, "bn_impl": args.bn_impl}
     total = sum(d for _, d in events)
     if not events:
         print(json.dumps({**base, "error": "no op events", "lines": lines_seen[:40]}))

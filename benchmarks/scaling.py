@@ -16,7 +16,9 @@ GPU; 400 Gb/s InfiniBand, one NIC per GPU, 45 GB/s; 15 us for a small all-reduce
 node, 5 us per tree level across hosts), not measurements. Efficiency is stated twice: with the all-reduce exposed (after the
 backward pass) and with it overlapped with the backward pass (taken as 2/3 of the step).
 Global-batch BatchNorm adds small latency-bound all-reduces per step; their count comes from
-the compiled HLO (``hlo``) and is charged at the latency term only.
+the compiled HLO (``hlo``) and is charged at the latency term only. With per-device BatchNorm
+(``--bn-stats device``, ``config.bn_stats``) the step has one all-reduce, after the whole
+backward pass, so nothing overlaps it: both columns then give the exposed cost.
 """
 
 from __future__ import annotations
@@ -119,8 +121,11 @@ def ring_allreduce_s(nbytes: float, n: int, bandwidth: float, latency: float) ->
 
 def estimate(grad_bytes: float, step_s: float, small_allreduces: int, *, gpus_per_host: int = 8,
              nvlink_gbs: float = 400.0, nic_gbs: float = 45.0, node_latency_us: float = 15.0,
-             net_latency_us: float = 5.0, hosts=(1, 2, 4, 8, 16, 32)) -> list[dict[str, Any]]:
-    """All-reduce time and per-GPU efficiency for ``hosts`` x ``gpus_per_host`` GPUs."""
+             net_latency_us: float = 5.0, hosts=(1, 2, 4, 8, 16, 32),
+             can_overlap: bool = True) -> list[dict[str, Any]]:
+    """All-reduce time and per-GPU efficiency for ``hosts`` x ``gpus_per_host`` GPUs.
+    ``can_overlap=False``: the gradient all-reduce starts after the backward pass (one fused
+    all-reduce per step), so the "overlapped" efficiency equals the exposed one."""
     rows = []
     nv, nic = nvlink_gbs * 1e9, nic_gbs * 1e9
     a_node, a_net = node_latency_us * 1e-6, net_latency_us * 1e-6
@@ -133,7 +138,8 @@ def estimate(grad_bytes: float, step_s: float, small_allreduces: int, *, gpus_pe
         # A small all-reduce costs latency only: one in-node step, plus a tree across hosts.
         small = small_allreduces * (a_node + (2 * math.log2(h) * a_net if h > 1 else 0.0))
         exposed = grads + small
-        overlapped = max(0.0, grads - 2.0 / 3.0 * step_s) + small
+        hidden = 2.0 / 3.0 * step_s if can_overlap else 0.0
+        overlapped = max(0.0, grads - hidden) + small
         rows.append({
             "hosts": h, "gpus": h * g, "grad_allreduce_ms": round(grads * 1e3, 3),
             "batchnorm_allreduces_ms": round(small * 1e3, 3),
@@ -174,6 +180,9 @@ def main(argv=None) -> None:
     e.add_argument("--batch", type=int, default=0, help="per-GPU batch of that step")
     e.add_argument("--results", default="", help="read the step time from a results.jsonl")
     e.add_argument("--grad-bytes-per-param", type=int, default=4, help="4: float32 gradients")
+    e.add_argument("--bn-stats", choices=("global", "device"), default="global",
+                   help="device: per-device BatchNorm, no BatchNorm all-reduces and one "
+                        "gradient all-reduce after the backward pass (config.bn_stats)")
     e.add_argument("--batchnorm-allreduces", type=int, default=-1,
                    help="small all-reduces per step (-1: 2 per BatchNorm, statistics forward "
                         "and their gradients backward; the 8-device CPU compile of ResNet50 "
@@ -209,12 +218,16 @@ def main(argv=None) -> None:
     if step_s <= 0:
         p.error("estimate needs --step-ms (the measured step time) or --results")
     small = 2 * bns if args.batchnorm_allreduces < 0 else args.batchnorm_allreduces
+    if args.bn_stats == "device":
+        small = 0
     grad_bytes = params * args.grad_bytes_per_param
     rows = estimate(grad_bytes, step_s, small, nvlink_gbs=args.nvlink_gbs,
                     nic_gbs=args.nic_gbs, node_latency_us=args.node_latency_us,
-                    net_latency_us=args.net_latency_us)
+                    net_latency_us=args.net_latency_us,
+                    can_overlap=args.bn_stats == "global")
     head = {"model": args.model, "params": params, "grad_bytes": grad_bytes, "step_ms":
-            round(step_s * 1e3, 3), "per_gpu_batch": batch, "batchnorm_allreduces": small,
+            round(step_s * 1e3, 3), "per_gpu_batch": batch, "bn_stats": args.bn_stats,
+            "batchnorm_allreduces": small,
             "nvlink_gbs": args.nvlink_gbs, "nic_gbs": args.nic_gbs, "assumed": True}
     print(json.dumps(head))
     print("| hosts | GPUs | gradient all-reduce (ms) | BN all-reduces (ms) | efficiency, exposed "

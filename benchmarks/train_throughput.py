@@ -11,12 +11,14 @@ steps, then ``--repeats`` timed windows of ``--steps`` steps each, every window 
 ``block_until_ready``; reports the median window. Needs no TensorFlow and no data.
 
 Comma lists in ``--model``, ``--batch``, ``--dtype``, ``--l2-decay-mode``,
-``--pad-input-channels`` and ``--stem`` run every combination in one process. Levers:
+``--pad-input-channels``, ``--stem`` and ``--bn-impl`` run every combination in one process. Levers:
 ``--l2-decay-mode loss`` puts the L2 term in the loss (the Flax example's way) instead of the
 optimizer; ``--pad-input-channels 4`` feeds the stem 4 channels (the 4th all zero: same
 outputs); ``--stem s2d`` runs the ResNet stem's stride-2 conv on the space-to-depth image
 (``stem_space_to_depth``: same parameters, same outputs; ResNet family with a 'plain' or
-'deep' stem only); ``--xla-flags`` adds XLA flags. BatchNorm statistics are already one pass (Flax's
+'deep' stem only); ``--bn-impl fused`` trains with the hand-written BatchNorm backward
+(``config.bn_impl``, ``flaxcls.models.batchnorm``: same numbers, fewer saved bytes);
+``--xla-flags`` adds XLA flags. BatchNorm statistics are already one pass (Flax's
 ``use_fast_variance``) and the loop never syncs with the host. ``--torch-peer`` first
 measures torchvision's ResNet50 (torch.compile, bf16 autocast, channels_last, SGD momentum)
 at the same batch sizes in this process; ``--peer-only`` measures only that.
@@ -46,9 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stem", default="plain",
                    help="comma list: plain,s2d (s2d = the ResNet stem's stride-2 conv on the "
                         "space-to-depth image)")
+    p.add_argument("--bn-impl", default="flax",
+                   help="comma list: flax,fused (fused = BatchNorm with a hand-written backward)")
     p.add_argument("--setting", action="append", default=[],
-                   help="MODEL:BATCH[:DTYPE[:L2MODE[:PAD[:STEM]]]], repeatable; replaces the "
-                        "product of the lists above")
+                   help="MODEL:BATCH[:DTYPE[:L2MODE[:PAD[:STEM[:BN]]]]], repeatable; replaces "
+                        "the product of the lists above")
     p.add_argument("--image-size", type=int, default=0, help="0: the model's native size")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--steps", type=int, default=20, help="steps per timed window")
@@ -71,26 +75,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.l2_modes = _common.split_list(args.l2_decay_mode)
     args.pads = _common.split_list(args.pad_input_channels, int)
     args.stems = _common.split_list(args.stem)
+    args.bn_impls = _common.split_list(args.bn_impl)
     args.runs = []
     for text in args.setting:
         parts = text.split(":")
         bad_pad = len(parts) > 4 and not parts[4].isdigit()
-        if not 2 <= len(parts) <= 6 or not parts[1].isdigit() or bad_pad:
-            p.error(f"--setting {text!r}: expected MODEL:BATCH[:DTYPE[:L2MODE[:PAD[:STEM]]]]")
+        if not 2 <= len(parts) <= 7 or not parts[1].isdigit() or bad_pad:
+            p.error(f"--setting {text!r}: expected MODEL:BATCH[:DTYPE[:L2MODE[:PAD[:STEM[:BN]]]]]")
         defaults = [None, None, args.dtypes[0], args.l2_modes[0], str(args.pads[0]),
-                    args.stems[0]]
+                    args.stems[0], args.bn_impls[0]]
         parts += defaults[len(parts):]
-        args.runs.append((parts[0], int(parts[1]), parts[2], parts[3], int(parts[4]), parts[5]))
+        args.runs.append((parts[0], int(parts[1]), parts[2], parts[3], int(parts[4]), parts[5],
+                          parts[6]))
     if not args.runs:
         args.runs = list(itertools.product(
-            args.models, args.batches, args.dtypes, args.l2_modes, args.pads, args.stems))
-    # runs: (model, batch, dtype, l2_mode, pad, stem) in order; settings: the same without stem.
+            args.models, args.batches, args.dtypes, args.l2_modes, args.pads, args.stems,
+            args.bn_impls))
+    # runs: (model, batch, dtype, l2_mode, pad, stem, bn_impl) in order; settings: the first five.
     args.settings = [r[:5] for r in args.runs]
     args.batches = sorted({s[1] for s in args.runs})
     args.dtypes = sorted({s[2] for s in args.runs})
     args.l2_modes = sorted({s[3] for s in args.runs})
     args.pads = sorted({s[4] for s in args.runs})
     args.stems = sorted({s[5] for s in args.runs})
+    args.bn_impls = sorted({s[6] for s in args.runs})
     for d in args.dtypes:
         if d not in ("float32", "bfloat16", "float16"):
             p.error(f"--dtype {d!r}: must be float32, bfloat16 or float16")
@@ -103,6 +111,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for stem in args.stems:
         if stem not in ("plain", "s2d"):
             p.error(f"--stem {stem!r}: must be plain or s2d")
+    for impl in args.bn_impls:
+        if impl not in ("flax", "fused"):
+            p.error(f"--bn-impl {impl!r}: must be flax or fused")
     return args
 
 
@@ -145,7 +156,7 @@ def _cache_entries(directory: str) -> int:
 
 
 def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pad: int,
-            stem: str = "plain") -> dict:
+            stem: str = "plain", bn_impl: str = "flax") -> dict:
     import jax
     import numpy as np
 
@@ -161,7 +172,7 @@ def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pa
     c = default_config()
     c.model, c.num_classes, c.dtype, c.batch_size = cfg.name, args.num_classes, dtype, batch_size
     c.crop_size = c.resize_short_size = size
-    c.l2_decay_mode = l2_mode
+    c.l2_decay_mode, c.bn_impl = l2_mode, bn_impl
     mesh = parallel.make_mesh()
     parallel.check_batch_size(batch_size, mesh)
     overrides = {"stem_space_to_depth": True} if stem == "s2d" else {}
@@ -224,6 +235,7 @@ def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pa
         "l2_decay_mode": l2_mode,
         "pad_input_channels": pad,
         "stem_space_to_depth": stem == "s2d",
+        "bn_impl": bn_impl,
         "skipped_steps": skipped,
         "compile_cache": "on" if args.compile_cache else "off",
         "cache_entries_added": _cache_entries(args.compile_cache) - entries_before,
@@ -248,9 +260,9 @@ def main(argv=None) -> None:
 
         parallel.enable_compilation_cache(os.path.abspath(args.compile_cache))
     failed = 0
-    for model_name, batch_size, dtype, l2_mode, pad, stem in args.runs:
+    for model_name, batch_size, dtype, l2_mode, pad, stem, bn_impl in args.runs:
         try:
-            result = measure(args, model_name, batch_size, dtype, l2_mode, pad, stem)
+            result = measure(args, model_name, batch_size, dtype, l2_mode, pad, stem, bn_impl)
         except Exception as e:
             if type(e).__name__ in ("ConfigError", "KeyError") and "model" in str(e).lower():
                 raise
@@ -259,7 +271,7 @@ def main(argv=None) -> None:
             result = {"benchmark": "train_step", "framework": "jax", "model": model_name,
                       "batch": batch_size, "dtype": dtype, "l2_decay_mode": l2_mode,
                       "pad_input_channels": pad, "stem_space_to_depth": stem == "s2d",
-                      "error": f"{type(e).__name__}: {e}"[:300],
+                      "bn_impl": bn_impl, "error": f"{type(e).__name__}: {e}"[:300],
                       "tag": args.tag}
         _common.emit(result, args.csv)
     sys.exit(1 if failed else 0)

@@ -68,8 +68,14 @@ def test_train_setting_list_parses():
                              ("ResNet18", 256, "float16", "loss", 4)]
     assert train_throughput.parse_args(["--batch", "8,16"]).settings == [
         ("resnet50", 8, "bfloat16", "optimizer", 0), ("resnet50", 16, "bfloat16", "optimizer", 0)]
-    with pytest.raises(SystemExit):
-        train_throughput.parse_args(["--setting", "ResNet50"])
+    runs = train_throughput.parse_args(["--setting", "ResNet50:256:bfloat16:optimizer:0:s2d:fused",
+                                        "--setting", "ResNet50:256"]).runs
+    assert runs == [("ResNet50", 256, "bfloat16", "optimizer", 0, "s2d", "fused"),
+                    ("ResNet50", 256, "bfloat16", "optimizer", 0, "plain", "flax")]
+    for bad in (["--setting", "ResNet50"], ["--bn-impl", "cudnn"],
+                ["--setting", "ResNet50:256:bfloat16:optimizer:0:plain:fused:extra"]):
+        with pytest.raises(SystemExit):
+            train_throughput.parse_args(bad)
 
 
 def test_append_csv_keeps_old_rows_when_columns_grow(tmp_path):
@@ -132,6 +138,11 @@ def test_scaling_estimate_ring_cost_and_efficiency():
     eff = [r["efficiency_exposed"] for r in rows]
     assert all(0 < e < 1 for e in eff) and eff == sorted(eff, reverse=True)
     assert all(r["efficiency_overlapped"] >= r["efficiency_exposed"] for r in rows)
+    # Per-device BatchNorm: no small all-reduces, one gradient all-reduce nothing overlaps.
+    device = scaling.estimate(102e6, 0.036, 0, can_overlap=False)
+    assert all(r["batchnorm_allreduces_ms"] == 0 for r in device)
+    assert all(r["efficiency_overlapped"] == r["efficiency_exposed"] for r in device)
+    assert all(d["efficiency_exposed"] > r["efficiency_exposed"] for d, r in zip(device, rows))
 
 
 @pytest.mark.slow
