@@ -120,8 +120,10 @@ run lever_combined 240 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:s2d:fused"
 # 4. XLA flags (a flag this XLA does not know fails the step at once, nothing else).
 run lever_xla_cudnn 120 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:plain:fused" $TIMING \
   --tag xla_cudnn "--xla-flags=${LEVER_XLA_FLAGS:---xla_gpu_cudnn_gemm_fusion_level=2}"
+# Batch 1: cuDNN convolutions inside XLA's CUDA graphs too, so one graph covers the forward
+# (session 2: short graphs alone, --xla_gpu_graph_min_graph_size=1, gave 1.37 ms vs 1.48).
 run lever_infer_graphs 120 $INFER --models "$R50" --batch 1 --dtype bfloat16 $ITIMING \
-  --tag graphs "--xla-flags=${INFER_XLA_FLAGS:---xla_gpu_graph_min_graph_size=1}"
+  --tag graphs_cudnn "--xla-flags=${INFER_XLA_FLAGS:---xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN,CUSTOM_CALL --xla_gpu_graph_min_graph_size=1}"
 # 5. The torchvision peer (torch.compile, bf16 autocast, channels_last) and the other models.
 torch_peer() {
   run torch_train 200 $TRAIN --peer-only --batch "$B" --dtype bfloat16 $TIMING

@@ -107,7 +107,9 @@ def compiled_step_hlo(model_name: str, image_size: int, per_device_batch: int,
         "image_size": size, "batch": batch, "bn_stats": bn_stats, "param_leaves": len(params),
         "params": sum(_prod(p.shape) for p in params),
         "weight_elements": sum(_prod(p.shape) for p in params if len(p.shape) >= 2),
-        "batchnorms": len(jax.tree.leaves(state.batch_stats)) // 2, "jax": jax.__version__,
+        "batchnorms": len(jax.tree.leaves(state.batch_stats)) // 2,
+        "batch_stats_elements": sum(_prod(s.shape) for s in jax.tree.leaves(state.batch_stats)),
+        "jax": jax.__version__,
     }
     return text, facts
 
