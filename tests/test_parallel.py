@@ -52,20 +52,9 @@ def test_per_device_batchnorm_on_two_processes_equals_one_process(tmp_path):
     """bn_stats="device" across 2 processes (1 device each, jax.distributed on loopback) gives
     the numbers of 1 process with 2 devices: the shard_map step spans hosts unchanged."""
     one = _run_worker(2, tmp_path / "one.npz", "ResNet_tiny", "device")
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "sharded_step_worker.py"),
-             str(tmp_path / f"p{i}.npz"), "ResNet_tiny", "device", "flax", f"127.0.0.1:{port}", "2",
-             str(i)],
-            cwd=REPO, env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
+    _run_two_processes(lambda i, coordinator: [
+        str(REPO / "tests" / "sharded_step_worker.py"), str(tmp_path / f"p{i}.npz"),
+        "ResNet_tiny", "device", "flax", coordinator, "2", str(i)], timeout=300)
     for i in range(2):
         multi = dict(np.load(tmp_path / f"p{i}.npz"))
         assert int(multi["devices"]) == 2
@@ -92,6 +81,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run_two_processes(argv_of, timeout: int) -> list[str]:
+    """Starts ``python *argv_of(i, coordinator)`` for processes 0 and 1 (one CPU device each,
+    jax.distributed on loopback); returns their outputs after both succeeded."""
+    coordinator = f"127.0.0.1:{_free_port()}"
+    procs = [
+        subprocess.Popen([sys.executable, *argv_of(i, coordinator)], cwd=REPO,
+                         env=subprocess_env(1), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    return outs
+
+
 def test_two_processes_train_like_one(tmp_path, digits_dir):
     common = [
         "--config=configs/digits.py", f"--config.data_dir={digits_dir}",
@@ -103,20 +108,10 @@ def test_two_processes_train_like_one(tmp_path, digits_dir):
     run_launch([*common, f"--workdir={single}"], devices=2)
 
     multi = tmp_path / "multi"
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(REPO / "launch.py"), *common, f"--workdir={multi}",
-             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-             f"--process_id={i}"],
-            cwd=REPO, env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
+    outs = _run_two_processes(lambda i, coordinator: [
+        str(REPO / "launch.py"), *common, f"--workdir={multi}",
+        f"--coordinator_address={coordinator}", "--num_processes=2", f"--process_id={i}"],
+        timeout=600)
     assert "2 process(es)" in outs[0] or "'process_count': 2" in outs[0], outs[0][-2000:]
 
     a, b = checkpoint_params(single), checkpoint_params(multi)
