@@ -62,14 +62,15 @@ def model_name_from_file(path: Path) -> str:
     return FILE_ALIASES.get(stem, stem)
 
 
-def _parse_value(text: str, default: Any) -> Any:
-    if isinstance(default, str):
+def _parse_value(text: str, kind: type) -> Any:
+    """``text`` as a value of the field's type (a field left unset, None, still has one)."""
+    if kind is str:
         return text
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError) as e:
-        raise ValueError(f"--set: {text!r} is not a {type(default).__name__}") from e
-    return tuple(value) if isinstance(default, tuple) else value
+        raise ValueError(f"--set: {text!r} is not a {kind.__name__}") from e
+    return tuple(value) if kind is tuple else value
 
 
 def make_config(model: str, weights: Path, args: argparse.Namespace, num_classes: int):
@@ -88,7 +89,7 @@ def make_config(model: str, weights: Path, args: argparse.Namespace, num_classes
         field, text = item.split("=", 1)
         if field not in c:
             raise ValueError(f"--set {field}: no such config field")
-        setattr(c, field, _parse_value(text, c[field]))
+        setattr(c, field, _parse_value(text, c.get_type(field)))
     return c
 
 

@@ -79,7 +79,7 @@ def _prepare(args, tmp: str, stack: contextlib.ExitStack):
     from flaxcls.data import rewrite, sources
 
     c = default_config()
-    c.crop_size, c.resize_short_size = args.crop, max(args.crop, c.resize_short_size)
+    c.crop_size = args.crop  # resize_short_size (eval only) stays the model's
     c.reader_thread, c.random_seed = args.workers, 0
     settings = {"max_side": "", "side": "", "quality": ""}
     index_path = os.path.join(args.data, sources.RECORDS_INDEX)

@@ -6,7 +6,10 @@ Field names follow the 2019 PaddleCV ``train.py`` flags where they still make se
 
 from __future__ import annotations
 
+import numbers
+
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 LR_STRATEGIES = (
     "piecewise_decay",
@@ -63,9 +66,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.train_split = "train"
     c.eval_split = "val"
     c.total_images = 0  # 0: counted from the data set
-    c.image_shape = ()  # C, H, W as in the original flag; () = (3, crop_size, crop_size)
-    c.crop_size = 224
-    c.resize_short_size = 256
+    # Eval preprocessing (and the train crop): crop_size, resize_short_size, interpolation,
+    # image_mean and image_std start unset (None) and then take the model's ModelCfg values
+    # (flaxcls.preprocessing.resolve_preprocessing); a value set here, in a recipe or with
+    # --config.crop_size=... is used as set. None cannot be typed on the command line.
+    c.image_shape = ()  # C, H, W as in the original flag; when set, H is the crop_size
+    c.crop_size = placeholder(int)  # train: random-resized crop; eval: centre crop
+    c.resize_short_size = placeholder(int)  # eval: the shorter side is resized to this first
     c.lower_scale = 0.08
     c.lower_ratio = 3.0 / 4.0
     c.upper_ratio = 4.0 / 3.0
@@ -77,9 +84,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.contrast = 0.4
     c.saturation = 0.4
     c.hue = 0.0
-    c.interpolation = "bilinear"
-    c.image_mean = (0.485, 0.456, 0.406)
-    c.image_std = (0.229, 0.224, 0.225)
+    c.interpolation = placeholder(str)  # a name (INTERPOLATIONS) or a cv2 code "0"-"4"
+    c.image_mean = placeholder(tuple)  # RGB on the 0-1 scale, e.g. (0.485, 0.456, 0.406)
+    c.image_std = placeholder(tuple)
     c.reader_thread = 0  # tf.data parallelism; 0 = autotune
     c.reader_buf_size = 8192  # shuffle buffer (examples)
     c.cache_eval = False
@@ -162,18 +169,7 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
     need(c.lr >= 0, "lr", "must be >= 0")
     need(0 < c.lower_scale <= 1, "lower_scale", "must be in (0, 1]")
     need(0 < c.lower_ratio <= c.upper_ratio, "lower_ratio", "must be > 0 and <= upper_ratio")
-    need(c.crop_size >= 1, "crop_size", "must be >= 1")
-    need(c.resize_short_size >= c.crop_size, "resize_short_size", "must be >= crop_size")
-    if len(c.image_shape):
-        need(len(c.image_shape) == 3 and int(c.image_shape[0]) == 3, "image_shape",
-             "must be (3, H, W): images are decoded as RGB")
-        need(int(c.image_shape[1]) == c.crop_size == int(c.image_shape[2]), "image_shape",
-             f"H and W must equal crop_size={c.crop_size} (or leave image_shape empty)")
-    need(len(c.image_mean) == 3, "image_mean", "needs 3 values (RGB)")
-    need(len(c.image_std) == 3 and all(s > 0 for s in c.image_std), "image_std",
-         "needs 3 positive values (RGB)")
-    need(interpolation_name(c.interpolation) in INTERPOLATIONS, "interpolation",
-         f"must be one of {INTERPOLATIONS} or a cv2 code {sorted(CV2_INTERPOLATIONS)}")
+    validate_preprocessing(c)
     need(all(b > a for a, b in zip(c.step_epochs, c.step_epochs[1:])), "step_epochs",
          "must be increasing")
     need(c.mixup_alpha > 0 or not c.use_mixup, "mixup_alpha", "must be > 0 with use_mixup")
@@ -184,6 +180,56 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
     need(c.warm_up_epochs >= 0, "warm_up_epochs", "must be >= 0")
     need(c.warm_up_epochs > 0 or not split_lr_strategy(c.lr_strategy)[1], "warm_up_epochs",
          f"must be > 0 with lr_strategy={c.lr_strategy!r}")
+
+
+def validate_preprocessing(c: ml_collections.ConfigDict) -> None:
+    """Checks the preprocessing fields that are set; unset (None) ones are the model's and pass.
+
+    Run by `validate` and, before it fills anything, by `resolve_preprocessing`. Raises
+    ConfigError naming the field.
+    """
+
+    def need(cond: bool, field: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"config.{field}={getattr(c, field, None)!r}: {msg}")
+
+    crop, short = getattr(c, "crop_size", None), getattr(c, "resize_short_size", None)
+    for field, value in (("crop_size", crop), ("resize_short_size", short)):
+        need(value is None or (_is_int(value) and value >= 1), field,
+             "must be a whole number >= 1 (or left unset: the model's)")
+    if crop is not None and short is not None:
+        need(short >= crop, "resize_short_size", f"must be >= crop_size={crop}")
+    shape = [_whole(v) for v in getattr(c, "image_shape", None) or ()]
+    if shape:
+        need(len(shape) == 3 and shape[0] == 3, "image_shape",
+             "must be (3, H, W): images are decoded as RGB")
+        need(shape[1] is not None and shape[1] == shape[2] and shape[1] >= 1, "image_shape",
+             "H and W must be equal and >= 1 (H is the crop_size; or leave image_shape empty)")
+    interpolation = getattr(c, "interpolation", None)
+    need(interpolation is None or interpolation_name(interpolation) in INTERPOLATIONS,
+         "interpolation",
+         f"must be one of {INTERPOLATIONS} or a cv2 code {sorted(CV2_INTERPOLATIONS)}")
+    mean, std = getattr(c, "image_mean", None), getattr(c, "image_std", None)
+    need(mean is None or _rgb(mean), "image_mean", "needs 3 numbers (RGB, 0-1 scale)")
+    need(std is None or (_rgb(std) and all(v > 0 for v in std)), "image_std",
+         "needs 3 positive numbers (RGB, 0-1 scale)")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _whole(value) -> int | None:
+    """An image_shape entry as an int (the original flag's "3,224,224" strings included)."""
+    try:
+        return int(value) if float(value) == int(value) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _rgb(value) -> bool:
+    return (isinstance(value, (tuple, list)) and len(value) == 3
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value))
 
 
 def split_lr_strategy(name: str) -> tuple[str, bool]:

@@ -1,8 +1,10 @@
-"""Which eval preprocessing a run uses: the model's ModelCfg, unless the config overrides a field.
+"""Which eval preprocessing a run uses: the config's value for each field that is set, the
+model's ModelCfg value for each field left unset (None).
 
-Eval, infer and export all call `resolve_preprocessing`, and all three then go through the one
-eval transform (`flaxcls.data.ops.eval_transform`) and the one normalisation
-(`flaxcls.train.step.normalize`). No tensorflow here: export needs only these numbers.
+Train, eval, infer and export all call `resolve_preprocessing` before reading these fields;
+eval, infer and export then go through the one eval transform (`flaxcls.data.ops.eval_transform`)
+and the one normalisation (`flaxcls.train.step.normalize`). No tensorflow here: export needs
+only these numbers.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from flaxcls.config import default_config, interpolation_name
+from flaxcls.config import interpolation_name, validate_preprocessing
 from flaxcls.registry import get_model_cfg
 
 log = logging.getLogger("flaxcls")
@@ -42,42 +44,56 @@ class EvalPreprocessing:
                 "std": list(self.std)}
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
-        return [float(x) for x in a] == [float(x) for x in b]
-    return a == b
+def is_resolved(config, fields: tuple[str, ...] = tuple(_FIELDS)) -> bool:
+    """True when none of ``fields`` (all five by default) is left unset; any object with these
+    attributes will do."""
+    return all(getattr(config, field, None) is not None for field in fields)
+
+
+def preprocessing_of(config) -> EvalPreprocessing:
+    """The preprocessing `config` asks for, as `resolve_preprocessing` would fill it, without
+    changing the config (for code that may get a config nobody resolved, like the step)."""
+    return _resolve(config)[0]
 
 
 def resolve_preprocessing(config) -> EvalPreprocessing:
     """Fills config.crop_size, resize_short_size, interpolation, image_mean and image_std in place.
 
-    A field still at its `default_config()` value takes the model's ModelCfg value; a field the
-    user (or the recipe) changed is kept. `image_shape` (the original flag), when set, fixes
-    crop_size. Idempotent. Returns the values as an EvalPreprocessing.
+    A field left unset (None) takes the model's ModelCfg value; a field that is set (by the
+    user or the recipe) is kept, whatever its value. `image_shape` (the original flag), when
+    set, fixes crop_size. A resize_short_size left to the model but smaller than the crop (a
+    larger crop was asked for) is raised to the crop. Set values are checked first
+    (`validate_preprocessing`: ConfigError naming the field). Idempotent. Returns the values.
     """
+    prep, values, sources = _resolve(config)
+    for field, value in values.items():
+        setattr(config, field, value)
+    log.debug("preprocessing for %s: %s (from %s)", config.model, prep, sources)
+    return prep
+
+
+def _resolve(config) -> tuple[EvalPreprocessing, dict[str, Any], dict[str, str]]:
+    validate_preprocessing(config)
     cfg = get_model_cfg(config.model)
-    defaults = default_config()
-    sources = {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for field, model_field in _FIELDS.items():
-        value = getattr(config, field)
-        if _same(value, getattr(defaults, field)):
-            model_value = getattr(cfg, model_field)
-            setattr(config, field, tuple(model_value) if isinstance(model_value, tuple)
-                    else model_value)
-            sources[field] = "model"
+        value = getattr(config, field, None)
+        if value is None:
+            value, sources[field] = getattr(cfg, model_field), "model"
         else:
             sources[field] = "config"
-    if len(config.image_shape):
-        config.crop_size = int(config.image_shape[1])
+        values[field] = tuple(value) if isinstance(value, (tuple, list)) else value
+    if len(getattr(config, "image_shape", None) or ()):
+        values["crop_size"] = int(config.image_shape[1])
         sources["crop_size"] = "config.image_shape"
-    if config.resize_short_size < config.crop_size and sources["resize_short_size"] == "model":
+    if sources["resize_short_size"] == "model" and values["resize_short_size"] < values["crop_size"]:
         # a crop larger than the model's resize was asked for: resize to the crop
         # (a resize the user set smaller than the crop is left for validate() to name)
-        config.resize_short_size = config.crop_size
+        values["resize_short_size"] = values["crop_size"]
     prep = EvalPreprocessing(
-        crop_size=int(config.crop_size), resize_short_size=int(config.resize_short_size),
-        interpolation=interpolation_name(config.interpolation),
-        mean=tuple(float(v) for v in config.image_mean),
-        std=tuple(float(v) for v in config.image_std))
-    log.debug("preprocessing for %s: %s (from %s)", cfg.name, prep, sources)
-    return prep
+        crop_size=int(values["crop_size"]), resize_short_size=int(values["resize_short_size"]),
+        interpolation=interpolation_name(values["interpolation"]),
+        mean=tuple(float(v) for v in values["image_mean"]),
+        std=tuple(float(v) for v in values["image_std"]))
+    return prep, values, sources

@@ -16,6 +16,7 @@ import numpy as np
 import flaxcls
 from flaxcls import parallel
 from flaxcls.config import default_config
+from flaxcls.preprocessing import resolve_preprocessing
 from flaxcls.train import optim
 from flaxcls.train.state import create_train_state
 from flaxcls.train.step import TRAIN_METRICS, fetch_metrics, make_train_step, zeros_metrics
@@ -30,6 +31,7 @@ def main(out_path: str, model_name: str = "ResNet_tiny", bn_stats: str = "global
     c.model, c.num_classes, c.crop_size, c.resize_short_size = model_name, 10, 32, 32
     c.batch_size, c.lr, c.use_label_smoothing, c.bn_stats = 16, 0.05, True, bn_stats
     c.bn_impl = bn_impl
+    resolve_preprocessing(c)  # image_mean/image_std: the model's, for the reference step
     mesh = parallel.make_mesh()
     model = flaxcls.create_model(c.model, num_classes=c.num_classes)
     schedule = optim.make_schedule(c, 10, c.batch_size)

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import ml_collections
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 import flaxcls
-from flaxcls.config import default_config, validate
+from flaxcls.config import ConfigError, default_config, validate
+from flaxcls.preprocessing import resolve_preprocessing
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name != "__init__.py")
@@ -68,6 +71,61 @@ def test_model_resolves_and_input_size(config_file):
     except ValueError:
         pytest.skip(f"model {c.model!r} ({config_file.name}) is not registered yet")
     assert cfg.name == c.model, f"use the original name {cfg.name!r}, not {c.model!r}"
-    assert c.crop_size == cfg.input_size, (
-        f"{config_file.name}: crop_size={c.crop_size} but {cfg.name} takes {cfg.input_size}"
+    crop = resolve_preprocessing(c).crop_size  # a recipe may leave it to the model
+    assert crop == cfg.input_size, (
+        f"{config_file.name}: crop_size={crop} but {cfg.name} takes {cfg.input_size}"
     )
+
+
+def _parse_like_launch(recipe: str, *overrides: str) -> ml_collections.ConfigDict:
+    """configs/<recipe>.py with --config.<field>=... overrides, parsed as launch.py parses them."""
+    argv = ["launch.py", f"--config={CONFIG_DIR / recipe}.py", *overrides]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=fv, lock_config=True, sys_argv=argv)
+    fv(argv)
+    return fv.config
+
+
+def test_preprocessing_fields_start_unset_and_parse_from_the_command_line():
+    c = _parse_like_launch("resnet50_vd")
+    assert [c[k] for k in ("crop_size", "resize_short_size", "interpolation", "image_mean",
+                           "image_std")] == [None] * 5
+    c = _parse_like_launch("resnet50_vd", "--config.crop_size=224", "--config.resize_short_size=256",
+                           "--config.interpolation=bicubic", "--config.image_mean=(0.5,0.5,0.5)",
+                           "--config.image_std=(0.25, 0.25, 0.25)")
+    assert (c.crop_size, c.resize_short_size, c.interpolation) == (224, 256, "bicubic")
+    assert (c.image_mean, c.image_std) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    validate(c, need_data=False)
+
+
+def test_a_value_set_on_the_command_line_is_used_even_when_it_was_the_old_default():
+    """The old trap: 224 and bilinear were the defaults, so setting them was ignored."""
+    c = _parse_like_launch("inception_v4", "--config.crop_size=224")  # the recipe has 299
+    prep = resolve_preprocessing(c)
+    assert (prep.crop_size, prep.resize_short_size) == (224, 320)
+    # fields nobody set follow the model, whatever the recipe's starting point was
+    c = _parse_like_launch("resnet50_vd", "--config.model=InceptionV4")
+    prep = resolve_preprocessing(c)
+    assert (prep.crop_size, prep.resize_short_size) == (299, 320)
+    assert (c.crop_size, c.resize_short_size) == (299, 320)  # filled in place for train and eval
+    c = _parse_like_launch("resnet50_vd", "--config.model=InceptionV4",
+                           "--config.resize_short_size=256")
+    assert resolve_preprocessing(c).resize_short_size == 256
+    with pytest.raises(ConfigError, match=r"config.resize_short_size=256: must be >= crop_size=299"):
+        validate(c, need_data=False)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("--config.crop_size=0", "crop_size"),
+    ("--config.interpolation=cubic", "interpolation"),
+    ("--config.image_mean=(0.5,0.5)", "image_mean"),
+    ("--config.image_std=(0.2,0.2,0)", "image_std"),
+    ("--config.image_std=(a,b,c)", "image_std"),
+    ("--config.image_shape=(3,224,200)", "image_shape"),
+])
+def test_a_bad_preprocessing_value_names_its_field(override, field):
+    c = _parse_like_launch("resnet50_vd", override)
+    with pytest.raises(ConfigError, match=rf"^config\.{field}="):
+        validate(c, need_data=False)
+    with pytest.raises(ConfigError, match=rf"^config\.{field}="):
+        resolve_preprocessing(c)  # checks what is set before filling anything

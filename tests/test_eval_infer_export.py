@@ -245,8 +245,8 @@ def test_same_jpeg_same_answer_in_eval_infer_and_export(tmp_path, ckpt_dir, expo
     (data / "train_list.txt").write_text(f"img/x.jpg {label}\n")
     (data / "val_list.txt").write_text(f"img/x.jpg {label}\n")
     ev = evaluate_only(_config(data, model="ResNet_tiny", pretrained_model=str(ckpt_dir),
-                               crop_size=224, resize_short_size=256, batch_size=8,
-                               test_batch_size=8), str(tmp_path / "eval"))
+                               crop_size=None, resize_short_size=None, batch_size=8,
+                               test_batch_size=8), str(tmp_path / "eval"))  # unset: the model's
     assert ev["num_examples"] == 1 and ev["top1"] == 0.0 and ev["top5"] == 1.0
     assert ev["loss"] == pytest.approx(-np.log(probs[label]), abs=2e-5)
 
@@ -261,7 +261,10 @@ def test_same_jpeg_same_answer_in_eval_infer_and_export(tmp_path, ckpt_dir, expo
     np.testing.assert_array_equal(batch["image"][0], crop)
 
 
-def test_preprocessing_follows_the_model_unless_the_config_overrides():
+def test_preprocessing_follows_the_model_unless_the_config_overrides(monkeypatch):
+    import dataclasses
+
+    from flaxcls import preprocessing
     from flaxcls.config import default_config
     from flaxcls.infer import class_labels
     from flaxcls.preprocessing import resolve_preprocessing
@@ -282,6 +285,28 @@ def test_preprocessing_follows_the_model_unless_the_config_overrides():
     c.model, c.image_shape = "ResNet_tiny", (3, 48, 48)
     prep = resolve_preprocessing(c)
     assert (prep.crop_size, prep.resize_short_size) == (48, 48)
+
+    # A value the user sets is used even when it equals what the default used to be
+    # (crop 224, bilinear, ImageNet mean/std); fields left unset follow the model.
+    c = default_config()
+    c.model, c.crop_size = "InceptionV4", 224
+    assert (resolve_preprocessing(c).crop_size, c.resize_short_size) == (224, 320)
+    real = preprocessing.get_model_cfg
+
+    def bicubic_and_grey(name):
+        return dataclasses.replace(real(name), interpolation="bicubic", mean=(0.5,) * 3,
+                                   std=(0.5,) * 3)
+
+    monkeypatch.setattr(preprocessing, "get_model_cfg", bicubic_and_grey)
+    c = default_config()
+    c.model, c.interpolation, c.image_std = "ResNet_tiny", "bilinear", (0.229, 0.224, 0.225)
+    prep = resolve_preprocessing(c)
+    assert (prep.interpolation, prep.mean, prep.std) == (
+        "bilinear", (0.5, 0.5, 0.5), (0.229, 0.224, 0.225))
+    c = default_config()
+    c.model = "ResNet_tiny"
+    assert resolve_preprocessing(c).interpolation == "bicubic" == c.interpolation
+    monkeypatch.undo()
 
     c = default_config()  # a 1000-class model without a data set: ImageNet's names
     assert class_labels(c)[:2] == ["tench", "goldfish"] and len(class_labels(c)) == 1000

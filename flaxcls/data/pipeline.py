@@ -11,6 +11,7 @@ through a seeded shuffle buffer, again a pure function of the config, the proces
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import math
@@ -28,6 +29,7 @@ from flaxcls.data.sources import (
     TfdsSource,
     resolve_source,
 )
+from flaxcls.preprocessing import is_resolved, resolve_preprocessing
 
 tf = ops.tf
 log = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ def train_iterator(config, *, global_batch_size: int, start_step: int = 0,
 
     Batch k of this stream is global step start_step + k; skipped steps are never decoded.
     """
+    config = _with_preprocessing(config)
     src = resolve_source(config)
     lb = _local_batch(global_batch_size, process_index, process_count)
     num_train = len(src.train) if isinstance(src, FileSource) else src.num_train
@@ -159,6 +162,7 @@ def eval_iterator(config, *, global_batch_size: int, process_index: int = 0,
 
     Every process yields ceil(num_eval / global_batch_size) batches; padding has mask False.
     """
+    config = _with_preprocessing(config)
     src = resolve_source(config)
     lb = _local_batch(global_batch_size, process_index, process_count)
     if (src.eval is None) if isinstance(src, (FileSource, RecordSource)) \
@@ -189,6 +193,18 @@ def eval_iterator(config, *, global_batch_size: int, process_index: int = 0,
     if key is not None:
         stream = _caching(stream, key, src)
     return BatchIterator(stream, describe, train=False, explain=explain)
+
+
+def _with_preprocessing(config, fields: tuple[str, ...] = ("crop_size", "resize_short_size",
+                                                           "interpolation")):
+    """`config` itself when the preprocessing fields the pipeline reads are set (a run resolves
+    them first); else a copy with the unset ones filled from the model's ModelCfg, as a run
+    would."""
+    if is_resolved(config, fields):
+        return config
+    config = copy.deepcopy(config)
+    resolve_preprocessing(config)
+    return config
 
 
 def _caching(stream: Iterator[dict[str, np.ndarray]], key: tuple, src):
@@ -456,6 +472,7 @@ def eval_transform_fn(config) -> Callable:
     """``(encoded bytes, seed) -> uint8 [crop, crop, 3]``: the one eval transform (resize the
     short side, centre crop) that eval, infer and export all use, from the config's resolved
     preprocessing (`flaxcls.preprocessing.resolve_preprocessing`)."""
+    config = _with_preprocessing(config)
     crop, short = int(config.crop_size), int(config.resize_short_size)
     method = ops.resize_method(config.interpolation)
     return lambda data, seed: ops.eval_transform(data, crop_size=crop, resize_short_size=short,

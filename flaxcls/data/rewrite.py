@@ -8,9 +8,9 @@ a single class-folder tree, a flat folder of `<class>_<anything>.<ext>` files, a
 default, the shorter one optionally) exceeds --max-side is scaled down (antialiased) and
 re-encoded at --quality; an image that already fits and is a JPEG is stored byte for byte. The
 eval split has its own bound, by default the shorter side at 256 (--eval-side, --eval-max-side):
-the eval transform resizes the shorter side to resize_short_size (256) anyway, so evaluation
-sees the same geometry as from the original files. The train split is shuffled once (--seed)
-before sharding so every shard mixes the classes. DIR
+the eval transform resizes the shorter side to resize_short_size (the model's, 256 for most
+models) anyway, so evaluation sees the same geometry as from the original files. The train
+split is shuffled once (--seed) before sharding so every shard mixes the classes. DIR
 receives `<split>-NNNNN-of-NNNNN.tfrecord` files of (image, label, index) and, written last,
 records.json (classes, per-class counts, shard sizes, the settings). Train from it with
 `--config.data_source=records --config.data_dir=DIR`.

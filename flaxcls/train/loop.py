@@ -17,7 +17,7 @@ import flaxcls
 from flaxcls import parallel
 from flaxcls.checkpoint import Checkpointer, CheckpointError, read_variables
 from flaxcls.config import ConfigError, validate
-from flaxcls.preprocessing import resolve_preprocessing
+from flaxcls.preprocessing import preprocessing_of, resolve_preprocessing
 from flaxcls.train import losses, optim
 from flaxcls.train.state import TrainState, create_train_state
 from flaxcls.train.step import (
@@ -69,7 +69,7 @@ class _StopFlag:
 
 
 def _setup(config: ml_collections.ConfigDict, workdir: str):
-    resolve_preprocessing(config)  # fields left at their defaults follow the model's ModelCfg
+    resolve_preprocessing(config)  # fields left unset follow the model's ModelCfg
     validate(config)
     from flaxcls import data
 
@@ -351,7 +351,7 @@ def _load_pretrained(path: str, state: TrainState, config) -> TrainState:
 def head_variable_names(config) -> set[str]:
     """'params/...' names of the tensors whose shape follows num_classes: the classifier head
     (ModelCfg.classifier) and any auxiliary heads. Found by comparing two abstract inits."""
-    n, size = int(config.num_classes), int(config.crop_size)
+    n, size = int(config.num_classes), preprocessing_of(config).crop_size
 
     def shapes(classes: int) -> dict[str, tuple]:
         model = flaxcls.create_model(config.model, num_classes=classes)
@@ -455,7 +455,7 @@ def inference_variables(config, workdir: str, mesh) -> tuple[Any, dict[str, Any]
                 "--config.pretrained_model at a checkpoint or a converted release")
         step = max(steps)
         path = os.path.join(root, str(step))
-    size = int(config.crop_size)
+    size = preprocessing_of(config).crop_size
     rep = parallel.replicated(mesh)
     x = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
