@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
@@ -114,8 +115,11 @@ def make_train_step(
         def per_device(params, batch_stats, loss_scale, key, batch):
             key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
             grads, new_stats, sums = forward_backward(params, batch_stats, loss_scale, key, batch)
-            # The step's one all-reduce: one psum of every gradient, statistic and metric sum.
-            grads, new_stats, sums = jax.lax.psum((grads, new_stats, sums), DATA_AXIS)
+            # The step's one all-reduce: every gradient, statistic and metric sum in one flat
+            # float32 buffer. (A psum of the tree would be one all-reduce with hundreds of
+            # operands, which XLA may split again at its combiner's operand-count limit.)
+            flat, unflatten = ravel_pytree((grads, new_stats, sums))
+            grads, new_stats, sums = unflatten(jax.lax.psum(flat, DATA_AXIS))
             mean_of = functools.partial(jax.tree.map, lambda x: x / n_dev)
             return mean_of(grads), mean_of(new_stats), sums
 
