@@ -21,8 +21,7 @@ def get_config():
     c.num_classes = 1000
     c.num_epochs = 200
     c.batch_size = 256
-    c.crop_size = 256
-    c.resize_short_size = 256
+    # crop 256, resize 256: the model's own (ModelCfg), so --config.model=... brings its own
     c.lr_strategy = "cosine_decay"
     c.lr = 0.1
     c.lr_base_batch_size = 256

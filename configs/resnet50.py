@@ -27,8 +27,7 @@ def get_config():
     c.lr_base_batch_size = 256
     c.l2_decay = 1e-4
     c.momentum_rate = 0.9
-    c.crop_size = 224
-    c.resize_short_size = 256
+    # crop 224, resize 256: the model's own (ModelCfg), so --config.model=... brings its own
     c.log_every_steps = 100
     c.checkpoint_every_steps = 2000
     return c

@@ -20,8 +20,7 @@ def get_config():
     c.num_classes = 1000
     c.num_epochs = 120
     c.batch_size = 256
-    c.crop_size = 299
-    c.resize_short_size = 320
+    # crop 299, resize 320: the model's own (ModelCfg), so --config.model=... brings its own
     c.lr_strategy = "cosine_decay"
     c.lr = 0.045
     c.lr_base_batch_size = 256

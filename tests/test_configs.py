@@ -104,7 +104,11 @@ def test_a_value_set_on_the_command_line_is_used_even_when_it_was_the_old_defaul
     prep = resolve_preprocessing(c)
     assert (prep.crop_size, prep.resize_short_size) == (224, 320)
     # fields nobody set follow the model, whatever the recipe's starting point was
-    c = _parse_like_launch("resnet50_vd", "--config.model=InceptionV4")
+    for recipe in ("resnet50_vd", "resnet50", "xception41"):  # no recipe pins its model's crop
+        c = _parse_like_launch(recipe, "--config.model=InceptionV4")
+        prep = resolve_preprocessing(c)
+        assert (prep.crop_size, prep.resize_short_size) == (299, 320), recipe
+    c = _parse_like_launch("darknet53", "--config.model=InceptionV4")
     prep = resolve_preprocessing(c)
     assert (prep.crop_size, prep.resize_short_size) == (299, 320)
     assert (c.crop_size, c.resize_short_size) == (299, 320)  # filled in place for train and eval
