@@ -157,3 +157,28 @@ def test_compile_cache_makes_the_restart_warm(tmp_path):
     cold, warm = out
     assert cold["cache_entries_added"] >= 1 and warm["cache_entries_added"] == 0
     assert warm["compile_s"] < cold["compile_s"]
+
+
+def test_summary_tells_levers_apart_and_reads_profiles():
+    import summarize
+
+    base = {"benchmark": "train_step", "framework": "jax", "model": "ResNet50", "batch": 256,
+            "dtype": "bfloat16", "images_per_sec": 7000.0, "step_ms": 36.6}
+    rows = [
+        {**base, "bn_impl": "flax"},
+        {**base, "bn_impl": "fused", "stem_space_to_depth": True, "images_per_sec": 7500.0},
+        {"benchmark": "train_step", "framework": "torch", "model": "torchvision_resnet50",
+         "batch": 256, "dtype": "bfloat16", "images_per_sec": 6000.0, "step_ms": 42.7},
+        {"benchmark": "profile", "model": "ResNet50", "batch": 256, "dtype": "bfloat16",
+         "bn_impl": "fused", "device_op_ms_per_step": 30.0, "wall_ms_per_step_traced": 31.0,
+         "op_events": 900},
+        {"benchmark": "profile", "model": "ResNet50", "batch": 256, "dtype": "bfloat16",
+         "bn_impl": "fused", "group": "conv forward", "ms_per_step": 6.0, "share": 0.2,
+         "ops_per_step": 53},
+    ]
+    text = summarize.summarize(rows)
+    lines = [ln for ln in text.splitlines() if ln.startswith("| jax | ResNet50")]
+    assert "| flax |" in lines[0] and "1.17x" in lines[0]
+    assert "| s2d | fused |" in lines[1] and "1.25x" in lines[1]
+    assert "## Profile: ResNet50 train step, batch 256, bfloat16, BN fused" in text
+    assert "| conv forward | 6.0 | 20.0% | 53 |" in text
