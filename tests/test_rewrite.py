@@ -238,3 +238,26 @@ def test_reencode_passes_small_jpegs_through():
     assert data == buf.getvalue() and not resized
     data, resized = rewrite.reencode(buf.getvalue(), max_side=6, side="longer", quality=90)
     assert resized and tuple(tf.image.extract_jpeg_shape(data).numpy()) == (5, 6, 3)
+
+
+def test_model_sizes_the_bounds_and_small_records_are_warned_about(src, records, tmp_path, caplog):
+    out = tmp_path / "inception"
+    assert rewrite.main(["--src", str(src), "--out", str(out), "--model", "InceptionV4",
+                         "--shards", "2", "--workers", "2"]) == 0
+    settings = json.loads((out / "records.json").read_text())["settings"]
+    assert (settings["max_side"], settings["eval_max_side"]) == (320, 320)
+    assert rewrite.main(["--src", str(src), "--out", str(tmp_path / "x"), "--model", "NoSuch"]) == 2
+
+    # The fixture's records bound train images at 40 px (longer) and eval at 25 px (shorter).
+    source = pipeline.resolve_source(_cfg(records))
+    assert pipeline.warn_if_records_are_too_small(source, _cfg(records), train=True) is None
+    assert pipeline.warn_if_records_are_too_small(source, _cfg(records), train=False) is None
+    big = _cfg(records, crop_size=64, resize_short_size=72)
+    with caplog.at_level("WARNING"):
+        train_msg = pipeline.warn_if_records_are_too_small(source, big, train=True)
+        eval_msg = pipeline.warn_if_records_are_too_small(source, big, train=False)
+    assert "longer side at most 40 px, below config.crop_size=64" in train_msg
+    assert "--max-side 64" in train_msg
+    assert "shorter side at most 25 px, below config.resize_short_size=72" in eval_msg
+    assert "--eval-max-side 72" in eval_msg
+    assert train_msg in caplog.text and eval_msg in caplog.text

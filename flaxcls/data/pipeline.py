@@ -116,6 +116,26 @@ def _file_reason(split) -> Callable[[int], str]:
 # ----------------------------------------------------------------------------- public entry points
 
 
+def warn_if_records_are_too_small(src: RecordSource, config, *, train: bool) -> str | None:
+    """Logs (and returns) a warning when `flaxcls.data.rewrite` bounded a split's images below
+    what the run resizes them to: every train crop upscaled (bound under crop_size), or eval
+    images upscaled before the centre crop (shorter side under resize_short_size)."""
+    settings = src.settings
+    key, side_key, need, field = (
+        ("max_side", "side", int(config.crop_size), "crop_size") if train else
+        ("eval_max_side", "eval_side", int(config.resize_short_size), "resize_short_size"))
+    bound, side = settings.get(key), settings.get(side_key, "longer" if train else "shorter")
+    if not bound or int(bound) >= need:
+        return None
+    split = "train" if train else "eval"
+    message = (f"{src.data_dir}: the {split} images were rewritten with their {side} side at "
+               f"most {bound} px, below config.{field}={need} for {config.model}, so they are "
+               f"upscaled; rewrite with --{'eval-' if not train else ''}max-side {need} "
+               f"(or `--model {config.model}`) to keep the original detail")
+    log.warning("%s", message)
+    return message
+
+
 def train_iterator(config, *, global_batch_size: int, start_step: int = 0,
                    process_index: int = 0, process_count: int = 1) -> BatchIterator:
     """Infinite stream of {"image": uint8 [B, crop, crop, 3], "label": int32 [B]}, B = global/P.
@@ -143,6 +163,7 @@ def train_iterator(config, *, global_batch_size: int, start_step: int = 0,
         return BatchIterator(ds.as_numpy_iterator(), _file_namer(src.train), train=True,
                              explain=_file_reason(src.train))
     if isinstance(src, RecordSource):
+        warn_if_records_are_too_small(src, config, train=True)
         batches = _record_train_batches(src, config, shard, steps_per_epoch, start_epoch, skip)
         ds = _decode_batches(batches, transform, lb, config, train=True, read_files=False)
         return BatchIterator(_naming_corrupt_shards(ds.as_numpy_iterator(), src.train.files),
@@ -175,6 +196,7 @@ def eval_iterator(config, *, global_batch_size: int, process_index: int = 0,
         batches = _padded_eval_batches(src, num_eval, shard)
         describe, explain = _file_namer(src.eval), _file_reason(src.eval)
     elif isinstance(src, RecordSource):
+        warn_if_records_are_too_small(src, config, train=False)
         batches = _record_eval_batches(src, num_eval, shard)
         describe, explain = src.eval.locate, None
     else:

@@ -9,7 +9,8 @@ default, the shorter one optionally) exceeds --max-side is scaled down (antialia
 re-encoded at --quality; an image that already fits and is a JPEG is stored byte for byte. The
 eval split has its own bound, by default the shorter side at 256 (--eval-side, --eval-max-side):
 the eval transform resizes the shorter side to resize_short_size (the model's, 256 for most
-models) anyway, so evaluation sees the same geometry as from the original files. The train
+models) anyway, so evaluation sees the same geometry as from the original files;
+`--model NAME` sets both bounds to that model's resize size (320 for the Inception family). The train
 split is shuffled once (--seed) before sharding so every shard mixes the classes. DIR
 receives `<split>-NNNNN-of-NNNNN.tfrecord` files of (image, label, index) and, written last,
 records.json (classes, per-class counts, shard sizes, the settings). Train from it with
@@ -302,9 +303,15 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--src", required=True, help="data folder, list file, or .tar of either")
     p.add_argument("--out", required=True, help="an empty or new folder")
-    p.add_argument("--max-side", type=int, default=256, help="bound on the --side side, pixels")
+    p.add_argument("--model", default="",
+                   help="size the bounds for this model: --max-side and --eval-max-side "
+                        "default to its resize_short_size (256 for most models, 320 for the "
+                        "Inception/Xception family) instead of 256")
+    p.add_argument("--max-side", type=int, default=None,
+                   help="bound on the --side side, pixels (default 256, or see --model)")
     p.add_argument("--side", choices=SIDES, default="longer", help="which side --max-side bounds")
-    p.add_argument("--eval-max-side", type=int, default=256, help="bound for the eval split")
+    p.add_argument("--eval-max-side", type=int, default=None,
+                   help="bound for the eval split (default 256, or see --model)")
     p.add_argument("--eval-side", choices=SIDES, default="shorter",
                    help="which side --eval-max-side bounds")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")
@@ -314,6 +321,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="threads; 0: every CPU")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    bound = 256
+    if args.model:
+        from flaxcls.registry import get_model_cfg
+
+        try:
+            bound = int(get_model_cfg(args.model).resize_short_size)
+        except (KeyError, ValueError) as e:
+            print(f"error: --model {args.model!r}: {e}", file=sys.stderr)
+            return 2
+    args.max_side = bound if args.max_side is None else args.max_side
+    args.eval_max_side = bound if args.eval_max_side is None else args.eval_max_side
     try:
         with open_images(args.src, args.num_classes) as images:
             index = write_records(images, args.out, max_side=args.max_side, side=args.side,
