@@ -20,9 +20,10 @@ def _run_worker(devices: int, out, *args: str) -> dict[str, np.ndarray]:
     return dict(np.load(out))
 
 
-def test_sharded_step_matches_single_device(tmp_path):
-    one = _run_worker(1, tmp_path / "one.npz")
-    eight = _run_worker(8, tmp_path / "eight.npz")
+@pytest.mark.parametrize("bn_impl", ["flax", "fused"])
+def test_sharded_step_matches_single_device(tmp_path, bn_impl):
+    one = _run_worker(1, tmp_path / "one.npz", "ResNet_tiny", "global", bn_impl)
+    eight = _run_worker(8, tmp_path / "eight.npz", "ResNet_tiny", "global", bn_impl)
     assert int(one["devices"]) == 1 and int(eight["devices"]) == 8
     np.testing.assert_allclose(one["losses"], eight["losses"], rtol=1e-5)
     keys = [k for k in one if k not in ("losses", "devices")]
