@@ -137,3 +137,47 @@ def test_auxiliary_heads_are_trained():
     assert len(aux) == 6, sorted(before)
     for name in aux:
         assert not np.allclose(before[name]["kernel"], np.asarray(state.params[name]["kernel"]))
+
+
+@pytest.mark.parametrize("dtype, bn_stats", [("float32", "global"), ("float16", "device")])
+def test_frozen_backbone_gets_no_backward_pass(dtype, bn_stats):
+    """freeze_backbone: only the head is differentiated. The backbone stays bit-equal, its
+    BatchNorm statistics still follow the data, and the compiled step has no backward
+    convolutions."""
+    c, mesh, model, _, state = _setup(dtype, freeze_backbone=True, bn_stats=bn_stats)
+    head = {optim.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]
+            if optim.path_name(p).startswith("head/")}
+    assert head == {"head/kernel", "head/bias"}
+    tx = optim.make_optimizer(c, optim.make_schedule(c, 10, c.batch_size), head)
+    scale = losses.DynamicScale.create(c.loss_scale) if dtype == "float16" else None
+    state = create_train_state(model, tx, image_size=SIZE, seed=0, mesh=mesh, loss_scale=scale)
+    metrics = zeros_metrics(TRAIN_METRICS, mesh)
+
+    def conv_count(step) -> int:
+        return step.lower(state, metrics, _batch(mesh)).compile().as_text().count(" convolution(")
+
+    frozen_step = make_train_step(model, tx, c, mesh, head)
+    full_step = make_train_step(model, tx, c, mesh)
+    n_convs = sum(1 for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]
+                  if optim.path_name(p).endswith("kernel") and not optim.path_name(p).startswith("head"))
+    assert conv_count(frozen_step) <= n_convs
+    # Without `head` the step differentiates everything; XLA drops the unused backbone
+    # gradients by itself in float32 with global BN, but not when fp16's finite check or the
+    # per-device psum reads them.
+    assert (conv_count(full_step) > n_convs) == (dtype == "float16" or bn_stats == "device")
+
+    def flat(tree):
+        return {optim.path_name(p): np.asarray(v)
+                for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    params0, stats0 = flat(state.params), flat(state.batch_stats)
+    for i in range(2):
+        state, metrics = frozen_step(state, metrics, _batch(mesh, i))
+    assert np.isfinite(fetch_metrics(metrics)["loss"]) and int(state.step) == 2
+    params2, stats2 = flat(state.params), flat(state.batch_stats)
+    for name, value in params0.items():
+        if name in head:
+            assert not np.allclose(value, params2[name]), name
+        else:
+            np.testing.assert_array_equal(value, params2[name], err_msg=name)
+    assert all(not np.allclose(stats0[k], stats2[k]) for k in stats0)

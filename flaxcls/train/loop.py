@@ -247,7 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         total_steps,
     )
 
-    train_step = make_train_step(model, tx, config, mesh)
+    train_step = make_train_step(model, tx, config, mesh, head)
     metrics = zeros_metrics(TRAIN_METRICS, mesh)
     host_iter = data.train_iterator(
         config,

@@ -189,7 +189,7 @@ def make_optimizer(
 
     def labels(params: Any) -> Any:
         return jax.tree_util.tree_map_with_path(
-            lambda path, _: "head" if _path_name(path) in head else "backbone", params)
+            lambda path, _: "head" if path_name(path) in head else "backbone", params)
 
     def per_group(learning_rate: jax.Array | float) -> optax.GradientTransformation:
         backbone = optax.set_to_zero() if freeze else momentum_l2(learning_rate * mult)
@@ -199,7 +199,8 @@ def make_optimizer(
     return optax.inject_hyperparams(per_group)(learning_rate=schedule)
 
 
-def _path_name(path: Any) -> str:
+def path_name(path: Any) -> str:
+    """A parameter's '/'-joined path inside params (the names ``head`` uses)."""
     return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 

@@ -54,8 +54,14 @@ def make_train_step(
     tx: optax.GradientTransformation,
     config: Any,
     mesh: Mesh,
+    head: set[str] | None = None,
 ) -> Callable[[TrainState, Metrics, dict[str, jax.Array]], tuple[TrainState, Metrics]]:
     """Builds ``step(state, metrics, batch) -> (state, metrics)``, jitted over the mesh.
+
+    With ``config.freeze_backbone`` and ``head`` (the classifier's parameter paths, as given
+    to ``optim.make_optimizer``) only the head is differentiated: no backward pass runs
+    through the frozen backbone, and its gradients are zeros that are never computed or
+    reduced.
 
     ``config.bn_stats="global"``: the step is written for the whole global batch and XLA
     partitions it, so BatchNorm statistics are over the global batch (one small all-reduce per
@@ -73,6 +79,7 @@ def make_train_step(
     aux_weights = dict(getattr(model, "aux_loss_weights", None) or {})
     l2_in_loss = optim.l2_decay_mode(config) == "loss"
     apply = _model_apply(model, config)
+    frozen = head if head is not None and config.get("freeze_backbone", False) else None
 
     def forward_backward(params, batch_stats, loss_scale, key, batch):
         """Gradients, new BatchNorm statistics and metric sums of one batch: the global batch,
@@ -103,7 +110,9 @@ def make_train_step(
             scaled = total if loss_scale is None else loss_scale.scale_loss(total)
             return scaled, (loss, logits, updates.get("batch_stats", {}))
 
-        grads, (loss, logits, new_stats) = jax.grad(loss_fn, has_aux=True)(params)
+        trainable, rebuild = _trainable_part(params, frozen)
+        grads, (loss, logits, new_stats) = jax.grad(
+            lambda part: loss_fn(rebuild(part)), has_aux=True)(trainable)
         n = jnp.asarray(batch["label"].shape[0], jnp.float32)
         top1, top5 = _topk_sums(logits, batch["label"], jnp.ones_like(logits[:, 0]))
         sums = {"loss": loss * n, "top1": top1, "top5": top5, "count": n}
@@ -134,6 +143,7 @@ def make_train_step(
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         grads, new_stats, sums = compute(state.params, state.batch_stats, state.loss_scale, key,
                                          batch)
+        grads = _with_frozen_zeros(grads, state.params, frozen)
         updates, new_opt = tx.update(grads if state.loss_scale is None else
                                      state.loss_scale.unscale(grads), state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
@@ -170,6 +180,34 @@ def make_train_step(
     rep, data = replicated(mesh), batch_sharding(mesh)
     return jax.jit(step, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
                    donate_argnums=(0, 1))
+
+
+def _trainable_part(params: Any, head: set[str] | None) -> tuple[Any, Callable[[Any], Any]]:
+    """(what to differentiate, part -> full params). Everything, unless a frozen backbone
+    leaves only the ``head`` leaves (a list, in tree order)."""
+    if head is None:
+        return params, lambda part: part
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keep = [i for i, (path, _) in enumerate(leaves) if optim.path_name(path) in head]
+    values = [v for _, v in leaves]
+
+    def rebuild(part):
+        full = list(values)
+        for i, v in zip(keep, part):
+            full[i] = v
+        return jax.tree_util.tree_unflatten(treedef, full)
+
+    return [values[i] for i in keep], rebuild
+
+
+def _with_frozen_zeros(grads: Any, params: Any, head: set[str] | None) -> Any:
+    """The full gradient tree: the head's gradients, zeros for the frozen backbone."""
+    if head is None:
+        return grads
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    part = iter(grads)
+    return jax.tree_util.tree_unflatten(treedef, [
+        next(part) if optim.path_name(path) in head else jnp.zeros_like(v) for path, v in leaves])
 
 
 def _model_apply(model: flax.linen.Module, config: Any) -> Callable[..., Any]:
