@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 from flax import traverse_util
-from model_checks import count, train_step_checks
+from model_checks import count, random_variables, train_step_checks
 
 import flaxcls
 from flaxcls.convert import paddle_name_map, paddle_to_flax
@@ -112,20 +112,6 @@ def abstract_features(name: str, size: int = 224) -> dict[str, tuple[int, ...]]:
         lambda v, x: model.apply(v, x, return_features=True), abstract_variables(name, size), x
     )
     return {k: tuple(v.shape) for k, v in feats.items()}
-
-
-def random_variables(name: str, size: int, seed: int = 0, **kwargs) -> dict:
-    """He-normal kernels, identity BN, from numpy (no compile of Flax's threefry init)."""
-    rng = np.random.RandomState(seed)
-
-    def make(path, leaf):
-        kind = path[-1].key
-        if kind == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-        return np.full(leaf.shape, 1.0 if kind in ("scale", "var") else 0.0, np.float32)
-
-    return jax.tree_util.tree_map_with_path(make, abstract_variables(name, size, **kwargs))
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -310,7 +296,7 @@ def test_num_classes_override_and_bfloat16():
     name = "MobileNetV1_x0_25"
     model = flaxcls.create_model(name, num_classes=7, dtype="bfloat16")
     assert model.dtype == jnp.bfloat16
-    variables = random_variables(name, 64, num_classes=7, dtype=jnp.bfloat16)
+    variables = random_variables(model, 64)
     assert all(leaf.dtype == np.float32 for leaf in jax.tree_util.tree_leaves(variables))
     assert variables["params"]["head"]["kernel"].shape == (256, 7)
     x = np.random.RandomState(2).standard_normal((2, 64, 64, 3)).astype(np.float32)
