@@ -116,6 +116,9 @@ def _file_reason(split) -> Callable[[int], str]:
 # ----------------------------------------------------------------------------- public entry points
 
 
+_warned: set[str] = set()
+
+
 def warn_if_records_are_too_small(src: RecordSource, config, *, train: bool) -> str | None:
     """Logs (and returns) a warning when `flaxcls.data.rewrite` bounded a split's images below
     what the run resizes them to: every train crop upscaled (bound under crop_size), or eval
@@ -127,12 +130,14 @@ def warn_if_records_are_too_small(src: RecordSource, config, *, train: bool) -> 
     bound, side = settings.get(key), settings.get(side_key, "longer" if train else "shorter")
     if not bound or int(bound) >= need:
         return None
-    split = "train" if train else "eval"
+    split, flag = ("train", "--max-side") if train else ("eval", "--eval-max-side")
     message = (f"{src.data_dir}: the {split} images were rewritten with their {side} side at "
                f"most {bound} px, below config.{field}={need} for {config.model}, so they are "
-               f"upscaled; rewrite with --{'eval-' if not train else ''}max-side {need} "
-               f"(or `--model {config.model}`) to keep the original detail")
-    log.warning("%s", message)
+               f"upscaled; rewrite with {flag} {need} (or `--model {config.model}`) to keep "
+               f"the original detail")
+    if message not in _warned:  # once per run, not at every evaluation
+        _warned.add(message)
+        log.warning("%s", message)
     return message
 
 

@@ -73,7 +73,8 @@ def make_train_step(
     num_classes = int(config.num_classes)
     smoothing = float(config.label_smoothing_epsilon) if config.use_label_smoothing else 0.0
     use_mixup, alpha = bool(config.use_mixup), float(config.mixup_alpha)
-    mean, std = _normalization(config)
+    prep = preprocessing_of(config)  # the model's mean/std where the config leaves them unset
+    mean, std = prep.mean, prep.std
     dtype = jnp.dtype(config.dtype)
     # Models with auxiliary heads (GoogLeNet) name them and their loss weights.
     aux_weights = dict(getattr(model, "aux_loss_weights", None) or {})
@@ -223,18 +224,13 @@ def _model_apply(model: flax.linen.Module, config: Any) -> Callable[..., Any]:
     return apply
 
 
-def _normalization(config: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The config's image_mean/image_std, or the model's where unset (a config nobody resolved)."""
-    prep = preprocessing_of(config)
-    return prep.mean, prep.std
-
-
 def make_eval_step(
     model: flax.linen.Module, config: Any, mesh: Mesh
 ) -> Callable[[dict[str, Any], Metrics, dict[str, jax.Array]], Metrics]:
     """Builds ``step(variables, metrics, batch) -> metrics``; padded examples (mask 0) count nowhere."""
     num_classes = int(config.num_classes)
-    mean, std = _normalization(config)
+    prep = preprocessing_of(config)  # the model's mean/std where the config leaves them unset
+    mean, std = prep.mean, prep.std
     dtype = jnp.dtype(config.dtype)
 
     def step(variables: dict[str, Any], metrics: Metrics, batch: dict[str, jax.Array]) -> Metrics:
