@@ -212,13 +212,15 @@ def _with_frozen_zeros(grads: Any, params: Any, head: set[str] | None) -> Any:
 
 
 def _model_apply(model: flax.linen.Module, config: Any) -> Callable[..., Any]:
-    """``model.apply``, with the fused-backward BatchNorm when ``config.bn_impl="fused"``."""
-    if config.get("bn_impl", "flax") != "fused":
+    """``model.apply``, with the fused-backward BatchNorm when ``config.bn_impl="fused"``
+    (entered while the step is traced)."""
+    impl = config.get("bn_impl", "flax")
+    if impl == "flax":
         return model.apply
-    from flaxcls.models.batchnorm import fused_batchnorm
+    from flaxcls.models.batchnorm import batchnorm_impl
 
     def apply(*args, **kwargs):
-        with fused_batchnorm():
+        with batchnorm_impl(impl):
             return model.apply(*args, **kwargs)
 
     return apply
