@@ -5,7 +5,9 @@
 #     JAX_PLATFORMS=cpu bash benchmarks/gpu_session.sh --smoke   # the same steps, tiny, on CPU
 #
 # Everything lands in $OUT (default ./bench_out): results.jsonl (every JSON line),
-# train_throughput.csv, infer_latency.csv, infer_table.md, summary.md and session.log; one
+# train_throughput.csv, infer_latency.csv, infer_table.md, summary.md, session.log and
+# profiles.tar.gz (optimized HLO and per-op device times of each profiled program, for study
+# on a machine without a GPU: `python benchmarks/gpu_hlo.py report`); one
 # NAME.out / NAME.err per step go to BENCH_SCRATCH (default $OUT/steps). Steps run in priority order, each under its own `timeout`,
 # and a step that would start after BENCH_BUDGET_S seconds (default 390) is skipped.
 # ONLY="step names" or SKIP="step names" select steps (e.g. for a second attempt).
@@ -109,10 +111,11 @@ PYEOF
 run lever_fused 200 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:plain:flax" \
   --setting "$R50:$B:bfloat16:optimizer:0:plain:fused" $TIMING --compile-cache "$CACHE"
 # 2. Where the time goes with it, and where batch-1 inference time goes (device vs wall).
+PROFILES="$SCRATCH/profiles"
 run profile_fused 150 $PY $HERE/profile_step.py --model "$R50" --batch "$B" --dtype bfloat16 \
-  --bn-impl fused --top 15 $IMG
+  --bn-impl fused --top 15 --dump "$PROFILES" $IMG
 run profile_infer_b1 120 $PY $HERE/profile_step.py --infer --model "$R50" --batch 1 \
-  --dtype bfloat16 --steps 20 --top 15 $IMG
+  --dtype bfloat16 --steps 20 --top 15 --dump "$PROFILES" $IMG
 # 3. Everything that paid, together: fused + space-to-depth stem at the larger batches, fp16.
 run lever_combined 300 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:s2d:fused" \
   --setting "$R50:$((2 * B2)):bfloat16:optimizer:0:s2d:fused" \
@@ -125,6 +128,12 @@ run lever_xla_cudnn 120 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:plain:fus
 # (session 2: short graphs alone, --xla_gpu_graph_min_graph_size=1, gave 1.37 ms vs 1.48).
 run lever_infer_graphs 120 $INFER --models "$R50" --batch 1 --dtype bfloat16 $ITIMING \
   --tag graphs_cudnn "--xla-flags=${INFER_XLA_FLAGS:---xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN,CUSTOM_CALL --xla_gpu_graph_min_graph_size=1}"
+# fp16 beside bf16 at batch 1 and 256: whether cuDNN fuses bias+ReLU(+residual) into the
+# convolutions for one dtype and not the other shows up here as kernel-count-bound latency.
+run lever_infer_fp16 120 $INFER --models "$R50" --batch "1,$B" --dtype float16 $ITIMING --tag fp16
+# The flax-BatchNorm step's HLO and op times, beside the fused one's above.
+run profile_flax 150 $PY $HERE/profile_step.py --model "$R50" --batch "$B" --dtype bfloat16 \
+  --bn-impl flax --top 15 --dump "$PROFILES" $IMG
 # 5. The torchvision peer (torch.compile, bf16 autocast, channels_last) and the other models.
 torch_peer() {
   run torch_train 200 $TRAIN --peer-only --batch "$B" --dtype bfloat16 $TIMING
@@ -148,6 +157,9 @@ run infer_models 150 $INFER --models "$VD,$MOBILE,$R18" --batch "1,$B" --dtype b
 run train_batch_fp16 200 $TRAIN --setting "$R50:$B2:bfloat16" --setting "$R50:$B:float16" \
   $TIMING --compile-cache "$CACHE"
 
+if [ -d "$PROFILES" ]; then
+  tar -czf "$OUT/profiles.tar.gz" -C "$SCRATCH" profiles && log "profiles: $(ls "$PROFILES" | tr '\n' ' ')"
+fi
 "$PY" "$HERE/summarize.py" "$JSONL" > "$OUT/summary.md" 2>> "$LOG"
 cat "$OUT/summary.md"
 [ -f "$OUT/infer_table.md" ] && cat "$OUT/infer_table.md"

@@ -12,6 +12,10 @@ then the slowest single ops. ``--keep DIR`` keeps the raw ``.xplane.pb`` for oth
 ``--infer`` traces the BatchNorm-folded forward of ``infer_latency.py`` instead, one blocked
 call at a time, so that at batch 1 the device time per call can be set against the wall time
 per call (the difference is launch and dispatch overhead).
+``--dump DIR`` writes, for offline study on any machine, ``LABEL.hlo.txt`` (the optimized HLO
+of the profiled program, as compiled on this device) and ``LABEL.ops.json`` (every op's name,
+group, event count and total device time in the trace), which ``gpu_hlo.py report --ops``
+joins by instruction name.
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ def build_step(model_name: str, batch_size: int, dtype: str, image_size: int,
 
 
 def build_infer(args):
-    """A no-argument callable running the folded forward of ``infer_latency.py`` once."""
+    """(a no-argument callable running the folded forward of ``infer_latency.py`` once,
+    a no-argument callable returning that forward's optimized HLO text)."""
     import argparse as _argparse
 
     import infer_latency
@@ -78,13 +83,14 @@ def build_infer(args):
     _, size, forward, variables, _ = infer_latency.build_forward(args.model, ns)
     x = jax.device_put(np.random.RandomState(0).normal(
         size=(args.batch, size, size, 3)).astype(args.dtype))
-    return lambda: forward(variables, x)
+    return (lambda: forward(variables, x)), (lambda: forward.lower(variables, x).compile().as_text())
 
 
 _GROUPS = [
     ("conv backward filter", re.compile(r"bw-filter|backward.?filter|wgrad", re.IGNORECASE)),
     ("conv backward input", re.compile(r"bw-input|backward.?input|dgrad", re.IGNORECASE)),
-    ("conv forward", re.compile(r"cudnn-conv|conv|fprop", re.IGNORECASE)),
+    # "conv" but not "convert" (XLA names dtype-conversion fusions "..._convert_fusion").
+    ("conv forward", re.compile(r"cudnn-conv|conv(?!ert)|fprop", re.IGNORECASE)),
     ("gemm", re.compile(r"gemm|cublas|dot", re.IGNORECASE)),
     ("all-reduce / collectives", re.compile(r"all-reduce|nccl|collective|all-gather", re.IGNORECASE)),
     ("reduction fusions (BN statistics)", re.compile(r"reduce", re.IGNORECASE)),
@@ -131,6 +137,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="steps inside the trace")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--keep", default="", help="copy the .xplane.pb here")
+    p.add_argument("--dump", default="",
+                   help="write LABEL.hlo.txt (optimized HLO) and LABEL.ops.json (per-op times) here")
     p.add_argument("--stem-space-to-depth", action="store_true")
     p.add_argument("--bn-impl", default="flax", choices=["flax", "fused"])
     p.add_argument("--infer", action="store_true",
@@ -141,10 +149,13 @@ def main() -> None:
 
     kw = {"stem_space_to_depth": True} if args.stem_space_to_depth else {}
     if args.infer:
-        run_once = build_infer(args)
+        run_once, hlo_text = build_infer(args)
     else:
         step, state, metrics, batch = build_step(args.model, args.batch, args.dtype,
                                                  args.image_size, args.bn_impl, **kw)
+
+        def hlo_text():
+            return step.lower(state, metrics, batch).compile().as_text()
 
         def run_once():
             nonlocal state, metrics
@@ -197,6 +208,26 @@ def main() -> None:
         print(json.dumps({**base, "op": name, "group": group_of(name),
                           "ms_per_step": round(d / 1e6 / args.steps, 4),
                           "share": round(d / total, 4)}))
+    if args.dump:
+        events_by_name = collections.Counter(name for name, _ in events)
+        label = dump_label(args)
+        os.makedirs(args.dump, exist_ok=True)
+        with open(os.path.join(args.dump, label + ".ops.json"), "w") as f:
+            json.dump({**base, "wall_ms_per_step_traced": round(wall_ms, 3), "ops": [
+                {"name": name, "group": group_of(name), "events": events_by_name[name],
+                 "ns_per_step": round(d / args.steps)}
+                for name, d in by_name.most_common()]}, f, indent=0)
+        with open(os.path.join(args.dump, label + ".hlo.txt"), "w") as f:
+            f.write(hlo_text())
+        print(json.dumps({**base, "dumped": label, "ops": len(by_name)}))
+
+
+def dump_label(args) -> str:
+    """File stem for ``--dump``: model, batch, dtype, BN implementation or 'infer', stem."""
+    parts = [args.model, str(args.batch), args.dtype, "infer" if args.infer else args.bn_impl]
+    if args.stem_space_to_depth:
+        parts.append("s2d")
+    return "_".join(parts)
 
 
 if __name__ == "__main__":

@@ -182,3 +182,29 @@ def test_summary_tells_levers_apart_and_reads_profiles():
     assert "| s2d | fused |" in lines[1] and "1.25x" in lines[1]
     assert "## Profile: ResNet50 train step, batch 256, bfloat16, BN fused" in text
     assert "| conv forward | 6.0 | 20.0% | 53 |" in text
+
+
+def test_profile_groups_name_gpu_and_cpu_ops_and_keep_converts_out_of_convolutions():
+    import argparse
+
+    import profile_step
+
+    expect = {
+        "cudnn-conv.12": "conv forward",
+        "cudnn-conv-bias-activation.3": "conv forward",
+        "cudnn-conv-bw-filter.4": "conv backward filter",
+        "cudnn-conv-bw-input.7": "conv backward input",
+        "convolution-base-dilated.1": "conv forward",
+        "loop_convert_fusion.3": "other fusions (BN apply, ReLU, optimizer ...)",
+        "wrapped_convert.12": "other",
+        "input_reduce_fusion.40": "reduction fusions (BN statistics)",
+        "cublas-gemm.2": "gemm",
+        "all-reduce-start.1": "all-reduce / collectives",
+        "copy.9": "copies / transposes",
+    }
+    assert {name: profile_step.group_of(name) for name in expect} == expect
+    ns = argparse.Namespace(model="ResNet50", batch=256, dtype="bfloat16", infer=False,
+                            bn_impl="fused", stem_space_to_depth=True)
+    assert profile_step.dump_label(ns) == "ResNet50_256_bfloat16_fused_s2d"
+    ns.infer, ns.batch, ns.stem_space_to_depth = True, 1, False
+    assert profile_step.dump_label(ns) == "ResNet50_1_bfloat16_infer"

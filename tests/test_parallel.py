@@ -32,7 +32,9 @@ def test_sharded_step_matches_single_device(tmp_path, bn_impl):
         np.testing.assert_allclose(one[k], eight[k], rtol=2e-4, atol=2e-5, err_msg=k)
 
 
-@pytest.mark.parametrize("bn_impl", ["flax", "fused"])
+# The fused variant (about a minute of CPU) is in the slow set: the fused BatchNorm under
+# shard_map is covered by tests/test_batchnorm.py and the 8-device global-BN check.
+@pytest.mark.parametrize("bn_impl", ["flax", pytest.param("fused", marks=pytest.mark.slow)])
 def test_per_device_batchnorm_equals_per_slice_gradients_averaged(tmp_path, bn_impl):
     """bn_stats="device" on 8 devices: each device's BatchNorm sees only its 2 examples, and the
     step equals plain per-slice gradients and statistics averaged, then one update (the
