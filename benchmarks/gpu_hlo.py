@@ -182,22 +182,22 @@ def abstract_step(model_name: str, batch_size: int, dtype: str, image_size: int,
 
 
 def abstract_infer(args, devices: list):
-    """(jitted folded forward, abstract variables, abstract images) of
-    ``infer_latency.build_forward``; its initialisation and folding run on the host CPU."""
+    """The folded forward of ``infer_latency.build_call`` compiled for the first of ``devices``
+    (weights in the compiler's layouts, or the default ones with ``--weights-layout default``);
+    its initialisation and folding run on the host CPU. Returns the compiled executable."""
     import infer_latency
-    import jax
-    import jax.numpy as jnp
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from flaxcls.layouts import CompiledForward
 
     ns = argparse.Namespace(image_size=args.image_size, stem_space_to_depth=args.stem_space_to_depth,
                             num_classes=1000, dtype=args.dtype, no_fold=False, param_dtype="")
     _, size, forward, variables, _ = infer_latency.build_forward(args.model, ns)
     rep = NamedSharding(Mesh(np.asarray(devices[:1]), ("data",)), PartitionSpec())
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
-                            variables)
-    x = jax.ShapeDtypeStruct((args.batch, size, size, 3), jnp.dtype(args.dtype), sharding=rep)
-    return forward, abstract, x
+    call = CompiledForward(forward, variables, weights_sharding=rep,
+                           auto_layout=args.weights_layout == "compiler")
+    return call.compiled((args.batch, size, size, 3), args.dtype)
 
 
 def cmd_compile(args) -> None:
@@ -214,15 +214,16 @@ def cmd_compile(args) -> None:
     devices, versions = gpu_topology(args.gpu, args.devices)
     kw = {"stem_space_to_depth": True} if args.stem_space_to_depth else {}
     t0 = time.perf_counter()
-    if args.infer:
-        fn, *fn_args = abstract_infer(args, devices)
+    if args.infer:  # traced, lowered and compiled in one go
+        lower_s, t0 = 0.0, time.perf_counter()
+        text = abstract_infer(args, devices).as_text()
     else:
         fn, *fn_args = abstract_step(args.model, args.batch, args.dtype, args.image_size,
                                      args.bn_impl, devices, **kw)
-    lowered = fn.lower(*fn_args)
-    lower_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    text = lowered.compile().as_text()
+        lowered = fn.lower(*fn_args)
+        lower_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        text = lowered.compile().as_text()
     compile_s = time.perf_counter() - t0
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -232,6 +233,7 @@ def cmd_compile(args) -> None:
         "benchmark": "gpu_hlo_compile", "out": os.path.basename(args.out),
         "program": "infer" if args.infer else "train_step", "model": args.model,
         "batch": args.batch, "dtype": args.dtype, "bn_impl": None if args.infer else args.bn_impl,
+        "weights_layout": args.weights_layout if args.infer else None,
         "stem_space_to_depth": args.stem_space_to_depth, "gpu": args.gpu,
         "device_kind": devices[0].device_kind, "devices": args.devices, **versions,
         "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -631,6 +633,9 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--stem-space-to-depth", action="store_true")
     c.add_argument("--infer", action="store_true",
                    help="the BatchNorm-folded forward of infer_latency.py instead of a train step")
+    c.add_argument("--weights-layout", default="compiler", choices=["compiler", "default"],
+                   help="--infer: weights in the compiler's layouts (as infer_latency.py) or the "
+                        "default ones (plain jit: one transpose per convolution kernel per call)")
     c.add_argument("--xla-flags", default="", help="appended to $XLA_FLAGS")
     r = sub.add_parser("report", help="bytes per kernel of an optimized GPU HLO text")
     r.add_argument("hlo")

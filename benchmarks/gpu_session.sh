@@ -105,7 +105,7 @@ for name in ("torch", "torchvision"):
         print(name, "missing:", type(e).__name__)
 PYEOF
 
-# Session 3 order: the new levers first (the baselines of session 2 are in results/), each
+# Order: the new levers first (the baselines of session 2 are in results/), each
 # measured beside its baseline in the same process; then the rest of the table.
 # 1. The hand-written BatchNorm backward (bn_impl=fused) against flax's, ResNet50 bf16.
 run lever_fused 200 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:plain:flax" \
@@ -116,6 +116,11 @@ run profile_fused 150 $PY $HERE/profile_step.py --model "$R50" --batch "$B" --dt
   --bn-impl fused --top 15 --dump "$PROFILES" $IMG
 run profile_infer_b1 120 $PY $HERE/profile_step.py --infer --model "$R50" --batch 1 \
   --dtype bfloat16 --steps 20 --top 15 --dump "$PROFILES" $IMG
+# Inference weights placed once in the compiler's layouts (now the default of infer_latency.py)
+# against the plain jit program that re-lays-out every convolution kernel on every call
+# (compiled for an H100 without a GPU, ResNet50 batch 1: 58 kernels instead of 111).
+run lever_infer_layout 150 $INFER --models "$R50" --batch "1,$B" --dtype bfloat16 $ITIMING \
+  --weights-layout compiler,default --tag layout
 # 3. Everything that paid, together: fused + space-to-depth stem at the larger batches, fp16.
 run lever_combined 300 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:s2d:fused" \
   --setting "$R50:$((2 * B2)):bfloat16:optimizer:0:s2d:fused" \

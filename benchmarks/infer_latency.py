@@ -9,6 +9,10 @@ compute only (decode and resize are the input pipeline's). Parameters are folded
 on the host, then cast to the compute dtype once (``--param-dtype``). Batch 1: the median of
 ``--latency-iters`` calls, each ended by ``block_until_ready`` (the latency a single request
 sees). Larger batches: the median of ``--repeats`` windows of ``--iters`` calls.
+The weights are placed on device once, in the layouts the compiler chose for them
+(``flaxcls.layouts.CompiledForward``: on a GPU, convolution kernels as cuDNN's OHWI, so the
+program has no per-call weight transposes); ``--weights-layout default,compiler`` measures
+the plain ``jax.jit`` program (weights in the default HWIO layout) beside it.
 ``--torch-peer`` times torchvision's ResNet50 (torch.compile, bf16 autocast, channels_last) at
 the same batch sizes first, in this process. ``--stem-space-to-depth`` builds ResNet-family
 models with ``stem_space_to_depth`` (the stem's stride-2 conv on the space-to-depth image;
@@ -38,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-fold", action="store_true", help="keep BatchNorm (for comparison)")
     p.add_argument("--stem-space-to-depth", action="store_true",
                    help="ResNet family: the stem's stride-2 conv on the space-to-depth image")
+    p.add_argument("--weights-layout", default="compiler",
+                   help="comma list: 'compiler' (weights placed once in the compiler's layouts) "
+                        "and/or 'default' (plain jit, weights in the default layouts)")
     p.add_argument("--iters", type=int, default=20, help="calls per throughput window")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--latency-iters", type=int, default=200)
@@ -52,13 +59,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.model_list = _common.split_list(args.models)
     args.batches = _common.split_list(args.batch, int)
+    args.layouts = _common.split_list(args.weights_layout)
+    if not args.layouts or set(args.layouts) - {"compiler", "default"}:
+        p.error(f"--weights-layout {args.weights_layout!r}: use 'compiler' and/or 'default'")
     if not args.batches or min(args.batches) < 1:
         p.error(f"--batch {args.batch!r}: needs batch sizes >= 1")
     return args
 
 
 def build_forward(name: str, args):
-    """(cfg, jitted forward, variables, number of folded BatchNorms) for one model."""
+    """(cfg, image size, jitted forward(variables, x), variables, number of folded BatchNorms)
+    for one model."""
     import jax
     import jax.numpy as jnp
 
@@ -85,33 +96,45 @@ def build_forward(name: str, args):
     return cfg, size, jax.jit(apply), variables, folded_count
 
 
-def measure(args, name: str) -> list[dict]:
+def build_call(name: str, args, layout: str = "compiler"):
+    """(cfg, image size, call, number of folded BatchNorms): ``call(x)`` runs the folded forward
+    with its weights bound, placed in the compiler's layouts (``layout="compiler"``) or in the
+    default ones (the plain ``jax.jit`` program); ``call.compiled(shape, dtype)`` is the
+    executable."""
+    from flaxcls.layouts import CompiledForward
+
+    cfg, size, forward, variables, folded_count = build_forward(name, args)
+    call = CompiledForward(forward, variables, auto_layout=layout == "compiler")
+    return cfg, size, call, folded_count
+
+
+def measure(args, name: str, layout: str = "compiler") -> list[dict]:
     import jax
     import numpy as np
 
-    cfg, size, forward, variables, folded_count = build_forward(name, args)
+    cfg, size, call, folded_count = build_call(name, args, layout)
     info = _common.run_info()
     results = []
     for batch in args.batches:
         rng = np.random.RandomState(0)
         x = jax.device_put(rng.normal(size=(batch, size, size, 3)).astype(args.dtype))
         t0 = time.perf_counter()
-        jax.block_until_ready(forward(variables, x))
+        jax.block_until_ready(call(x))
         first_s = time.perf_counter() - t0
         for _ in range(5):
-            out = forward(variables, x)
+            out = call(x)
         jax.block_until_ready(out)
         times = []
         if batch == 1:
             for _ in range(args.latency_iters):
                 t0 = time.perf_counter()
-                jax.block_until_ready(forward(variables, x))
+                jax.block_until_ready(call(x))
                 times.append(time.perf_counter() - t0)
         else:
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 for _ in range(args.iters):
-                    out = forward(variables, x)
+                    out = call(x)
                 jax.block_until_ready(out)
                 times.append((time.perf_counter() - t0) / args.iters)
         t = float(np.median(times))
@@ -120,7 +143,7 @@ def measure(args, name: str) -> list[dict]:
             "image_size": size, "dtype": args.dtype,
             "param_dtype": args.param_dtype or args.dtype, "folded_bn": not args.no_fold,
             "folded_batchnorms": folded_count,
-            "stem_space_to_depth": args.stem_space_to_depth,
+            "stem_space_to_depth": args.stem_space_to_depth, "weights_layout": layout,
             "latency_ms": round(t * 1e3, 4), "images_per_sec": round(batch / t, 1),
             "latency_ms_min": round(min(times) * 1e3, 4), "first_call_s": round(first_s, 2),
             "repeats": len(times), "top1": cfg.top1, "top5": cfg.top5, "tag": args.tag, **info,
@@ -138,10 +161,10 @@ def markdown_table(results: list[dict]) -> str:
         if "error" in r:
             continue
         key = (r["model"], r.get("framework", "jax"), r["dtype"],
-               bool(r.get("stem_space_to_depth")))
+               bool(r.get("stem_space_to_depth")), r.get("weights_layout", ""))
         rows.setdefault(key, {})[r["batch"]] = r
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (model, framework, dtype, s2d), by_batch in rows.items():
+    for (model, framework, dtype, s2d, layout), by_batch in rows.items():
         any_r = next(iter(by_batch.values()))
 
         def pct(v):
@@ -149,6 +172,7 @@ def markdown_table(results: list[dict]) -> str:
 
         label = model if framework == "jax" else f"{model} ({framework})"
         label += " (space-to-depth stem)" if s2d else ""
+        label += " (weights in default layout)" if layout == "default" else ""
         cells = [label, pct(any_r.get("top1")), pct(any_r.get("top5")), dtype,
                  f"{by_batch[1]['latency_ms']:.3f}" if 1 in by_batch else "-"]
         cells += [f"{by_batch[b]['images_per_sec']:,.0f}" if b in by_batch else "-" for b in big]
@@ -182,9 +206,9 @@ def main(argv=None) -> None:
         torch_peer.release()
     failed = 0
     if not args.peer_only:
-        for name in args.model_list:
+        for name, layout in ((n, lay) for n in args.model_list for lay in args.layouts):
             try:
-                rows = measure(args, name)
+                rows = measure(args, name, layout)
             except Exception as e:  # noqa: BLE001 - report and go on with the next model
                 traceback.print_exc()
                 failed += 1

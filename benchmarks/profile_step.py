@@ -80,10 +80,10 @@ def build_infer(args):
 
     ns = _argparse.Namespace(image_size=args.image_size, stem_space_to_depth=args.stem_space_to_depth,
                              num_classes=1000, dtype=args.dtype, no_fold=False, param_dtype="")
-    _, size, forward, variables, _ = infer_latency.build_forward(args.model, ns)
+    _, size, call, _ = infer_latency.build_call(args.model, ns, args.weights_layout)
     x = jax.device_put(np.random.RandomState(0).normal(
         size=(args.batch, size, size, 3)).astype(args.dtype))
-    return (lambda: forward(variables, x)), (lambda: forward.lower(variables, x).compile().as_text())
+    return (lambda: call(x)), (lambda: call.compiled(x.shape, x.dtype).as_text())
 
 
 _GROUPS = [
@@ -141,6 +141,8 @@ def main() -> None:
                    help="write LABEL.hlo.txt (optimized HLO) and LABEL.ops.json (per-op times) here")
     p.add_argument("--stem-space-to-depth", action="store_true")
     p.add_argument("--bn-impl", default="flax", choices=["flax", "fused"])
+    p.add_argument("--weights-layout", default="compiler", choices=["compiler", "default"],
+                   help="--infer: weights in the compiler's layouts (as infer_latency.py) or not")
     p.add_argument("--infer", action="store_true",
                    help="profile the BatchNorm-folded inference forward instead of a train step")
     args = p.parse_args()
@@ -186,6 +188,8 @@ def main() -> None:
             "batch": args.batch, "dtype": args.dtype, "device": jax.devices()[0].device_kind,
             "jax": jax.__version__, "steps": args.steps,
             "stem_space_to_depth": args.stem_space_to_depth, "bn_impl": args.bn_impl}
+    if args.infer:
+        base["weights_layout"] = args.weights_layout
     total = sum(d for _, d in events)
     if not events:
         print(json.dumps({**base, "error": "no op events", "lines": lines_seen[:40]}))
@@ -225,6 +229,8 @@ def main() -> None:
 def dump_label(args) -> str:
     """File stem for ``--dump``: model, batch, dtype, BN implementation or 'infer', stem."""
     parts = [args.model, str(args.batch), args.dtype, "infer" if args.infer else args.bn_impl]
+    if args.infer and getattr(args, "weights_layout", "compiler") == "default":
+        parts.append("default_layout")
     if args.stem_space_to_depth:
         parts.append("s2d")
     return "_".join(parts)

@@ -80,19 +80,20 @@ def summarize(rows: list[dict]) -> str:
     infer = [r for r in rows if r.get("benchmark") == "inference"]
     if infer:
         out += ["## Inference", "",
-                ("| framework | model | batch | dtype | folded BN | stem | ms per call | min ms "
-                 "| img/s | tag | vs torch |"),
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                ("| framework | model | batch | dtype | folded BN | stem | weights layout "
+                 "| ms per call | min ms | img/s | tag | vs torch |"),
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in infer:
             if "error" in r:
-                out.append(f"| {r.get('framework')} | {r.get('model')} | | | | | "
+                out.append(f"| {r.get('framework')} | {r.get('model')} | | | | | | "
                            f"error: {r['error'][:80]} | | | | |")
                 continue
             peer = _peer(rows, "inference", r["batch"])
             ratio = (f"{r['images_per_sec'] / peer['images_per_sec']:.2f}x"
                      if peer and r.get("framework") == "jax" else "")
             out.append(f"| {r.get('framework')} | {r['model']} | {r['batch']} | {r['dtype']} | "
-                       f"{r.get('folded_bn')} | {_stem(r)} | {r['latency_ms']:.3f} | "
+                       f"{r.get('folded_bn')} | {_stem(r)} | {r.get('weights_layout', '')} | "
+                       f"{r['latency_ms']:.3f} | "
                        f"{r.get('latency_ms_min', '')} | {r['images_per_sec']:,.0f} | "
                        f"{r.get('tag', '')} | {ratio} |")
         out.append("")

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxcls.layouts import CompiledForward
 from flaxcls.preprocessing import EvalPreprocessing
 
 log = logging.getLogger("flaxcls")
@@ -189,18 +190,19 @@ def _to_png(data: bytes) -> bytes:
 # ----------------------------------------------------------------------------- the forward
 
 
-def make_predict(model, variables: Any, prep: EvalPreprocessing, dtype: Any = jnp.float32, *,
-                 features: bool = False) -> Callable[[jax.Array], jax.Array]:
-    """images NHWC -> probabilities [N, classes] (or pooled features [N, C] with ``features``).
+def make_predict_fn(model, prep: EvalPreprocessing, dtype: Any = jnp.float32, *,
+                    features: bool = False) -> Callable[[Any, jax.Array], jax.Array]:
+    """(variables, images NHWC) -> probabilities [N, classes] (or pooled features [N, C] with
+    ``features``).
 
     uint8 images are normalised like the eval step ((x/255 - mean) / std); float images are
-    taken as already normalised. Not jitted: callers jit or export it.
+    taken as already normalised. Not jitted: callers jit, compile or export it.
     """
     from flaxcls.train.step import normalize
 
     compute = jnp.dtype(dtype)
 
-    def predict(images: jax.Array) -> jax.Array:
+    def predict(variables: Any, images: jax.Array) -> jax.Array:
         if images.dtype == jnp.uint8:
             x = normalize(images, prep.mean, prep.std, compute)
         else:
@@ -212,6 +214,14 @@ def make_predict(model, variables: Any, prep: EvalPreprocessing, dtype: Any = jn
         return jax.nn.softmax(logits, axis=-1)
 
     return predict
+
+
+def make_predict(model, variables: Any, prep: EvalPreprocessing, dtype: Any = jnp.float32, *,
+                 features: bool = False) -> Callable[[jax.Array], jax.Array]:
+    """images NHWC -> probabilities: ``make_predict_fn`` with ``variables`` bound (export bakes
+    them into the artifact this way)."""
+    fn = make_predict_fn(model, prep, dtype, features=features)
+    return lambda images: fn(variables, images)
 
 
 # ----------------------------------------------------------------------------- --mode=infer
@@ -234,9 +244,12 @@ def run_infer(config, workdir: str) -> list[dict[str, Any]]:
     k = min(int(config.topk), int(config.num_classes))
     n_dev = mesh.devices.size
     batch = max(n_dev, -(-int(config.test_batch_size) // n_dev) * n_dev)
-    forward = jax.jit(make_predict(model, variables, prep, config.dtype,
-                                   features=bool(config.features)),
-                      in_shardings=parallel.batch_sharding(mesh))
+    # The weights stay on device in the layouts the compiler picks for them (on a GPU, no
+    # per-batch re-layout of every convolution kernel); see flaxcls.layouts.
+    images_sharding = parallel.batch_sharding(mesh)
+    forward = CompiledForward(
+        make_predict_fn(model, prep, config.dtype, features=bool(config.features)), variables,
+        weights_sharding=parallel.replicated(mesh), input_sharding=images_sharding)
     log.info("infer: %d input(s) from %s with %s (%s); preprocessing %s", len(paths),
              config.infer_path, config.model, source["checkpoint"], prep.to_json())
 
@@ -252,7 +265,8 @@ def run_infer(config, workdir: str) -> list[dict[str, Any]]:
         images = np.zeros((batch, prep.crop_size, prep.crop_size, 3), np.uint8)
         for i, (_, img) in enumerate(pending):
             images[i] = img
-        out = np.asarray(jax.device_get(forward(images)))[:len(pending)]
+        out = np.asarray(jax.device_get(forward(jax.device_put(images, images_sharding))))
+        out = out[:len(pending)]
         for (path, _), row in zip(pending, out):
             if config.features:
                 feature_rows.append(row)

@@ -36,16 +36,20 @@ def test_infer_latency_prints_json_csv_and_table_without_tensorflow(tmp_path):
     csv_path, md = tmp_path / "infer.csv", tmp_path / "table.md"
     proc = _run([REPO / "benchmarks" / "infer_latency.py", "--models", "resnet_tiny",
                  "--batch", "1,4", "--iters", "2", "--repeats", "2", "--latency-iters", "3",
+                 "--weights-layout", "compiler,default",
                  "--csv", csv_path, "--markdown", md], _no_tf_env(tmp_path))
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert [(r["model"], r["batch"]) for r in rows] == [("ResNet_tiny", 1), ("ResNet_tiny", 4)]
+    assert [(r["model"], r["batch"], r["weights_layout"]) for r in rows] == [
+        ("ResNet_tiny", 1, "compiler"), ("ResNet_tiny", 4, "compiler"),
+        ("ResNet_tiny", 1, "default"), ("ResNet_tiny", 4, "default")]
     for r in rows:
         assert r["folded_bn"] is True and r["folded_batchnorms"] == 13
         assert r["latency_ms"] > 0 and r["images_per_sec"] > 0 and r["dtype"] == "bfloat16"
         assert {"device", "jax", "flax", "date"} <= set(r)
-    assert len(list(csv.DictReader(csv_path.open()))) == 2
+    assert len(list(csv.DictReader(csv_path.open()))) == 4
     table = md.read_text()
     assert "| ResNet_tiny |" in table and "batch 4 (img/s)" in table
+    assert "| ResNet_tiny (weights in default layout) |" in table
 
 
 def test_torch_peer_skips_cleanly_without_torch_or_cuda(tmp_path):
