@@ -143,7 +143,9 @@ def measure(args, name: str, layout: str = "compiler") -> list[dict]:
             "image_size": size, "dtype": args.dtype,
             "param_dtype": args.param_dtype or args.dtype, "folded_bn": not args.no_fold,
             "folded_batchnorms": folded_count,
-            "stem_space_to_depth": args.stem_space_to_depth, "weights_layout": layout,
+            "stem_space_to_depth": args.stem_space_to_depth,
+            # what ran: "compiler" falls back to "default" where the runtime cannot comply
+            "weights_layout": "compiler" if call.auto_layout else "default",
             "latency_ms": round(t * 1e3, 4), "images_per_sec": round(batch / t, 1),
             "latency_ms_min": round(min(times) * 1e3, 4), "first_call_s": round(first_s, 2),
             "repeats": len(times), "top1": cfg.top1, "top5": cfg.top5, "tag": args.tag, **info,

@@ -99,7 +99,19 @@ class CompiledForward:
 
     def __call__(self, x: Any) -> Any:
         compiled = self.compiled(x.shape, x.dtype)
-        return compiled(self.weights_for(compiled), x)
+        try:
+            weights = self.weights_for(compiled)
+        except Exception as e:  # a runtime that cannot place these layouts
+            if not self.auto_layout:
+                raise
+            log.info("CompiledForward: the weights could not be placed in the compiler's "
+                     "layouts (%s: %s); using the default layouts", type(e).__name__, str(e)[:200])
+            with self._lock:
+                self.auto_layout = False
+                self._compiled.clear()
+            compiled = self.compiled(x.shape, x.dtype)
+            weights = self.weights_for(compiled)
+        return compiled(weights, x)
 
     def kernel_layouts(self) -> dict[str, str]:
         """Path -> major-to-minor order of every placed 4-D weight whose layout is not the

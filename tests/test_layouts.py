@@ -89,3 +89,21 @@ def test_falls_back_to_default_layouts_when_the_backend_cannot_choose(folded_tin
     np.testing.assert_array_equal(np.asarray(forward(images)),
                                   np.asarray(jax.jit(folded.apply)(host_vars, images)))
     assert forward.auto_layout is False
+
+
+def test_falls_back_when_the_weights_cannot_be_placed(folded_tiny, monkeypatch):
+    folded, host_vars, images = folded_tiny
+    forward = CompiledForward(folded.apply, host_vars)
+    real_put = jax.device_put
+    calls = []
+
+    def put_once_refused(x, device=None, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("layout not supported by this runtime")
+        return real_put(x, device, **kw)
+
+    monkeypatch.setattr(jax, "device_put", put_once_refused)
+    np.testing.assert_array_equal(np.asarray(forward(images)),
+                                  np.asarray(jax.jit(folded.apply)(host_vars, images)))
+    assert forward.auto_layout is False and len(calls) == 2
