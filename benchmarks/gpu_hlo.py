@@ -349,6 +349,7 @@ def _matching(text: str, start: int) -> int:
 
 _HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-$]+)\s.*\{\s*$")
 _NAME = re.compile(r"%?([\w.\-$]+)\s*=\s*")
+_COMMENT = re.compile(r"/\*.*?\*/")
 
 
 def parse_instruction(line: str) -> Instr | None:
@@ -371,6 +372,7 @@ def parse_instruction(line: str) -> Instr | None:
     operands, operand_types = [], {}
     if opcode not in ("constant", "parameter", "iota"):
         for piece in _split_top(operand_text):
+            piece = _COMMENT.sub("", piece)  # XLA marks every fifth operand /*index=N*/
             om = re.search(r"%([\w.\-$]+)\s*$", piece)
             if not om:
                 continue

@@ -254,3 +254,18 @@ def test_target_configs_are_h100_and_h200():
     same = [ln for ln in h100.splitlines() if ln.split(":")[0].strip() not in strip]
     assert same == [ln for ln in gpu_hlo.target_config("h200").splitlines()
                     if ln.split(":")[0].strip() not in strip]
+
+
+def test_operand_index_comments_are_not_types():
+    """XLA:GPU writes /*index=5*/ before every fifth operand of a long operand list; that is
+    not an inline type, and the operand's bytes come from its definition."""
+    ins = gpu_hlo.parse_instruction(
+        "%f = bf16[8,16]{1,0} fusion(%a, %b, %c, %d, %e, /*index=5*/%g, %h), kind=kLoop, "
+        "calls=%fused")
+    assert ins.operands == ["a", "b", "c", "d", "e", "g", "h"]
+    assert ins.operand_types == {}
+    typed = gpu_hlo.parse_instruction(
+        "%f = f32[2]{0} fusion(f32[2]{0} %a, f32[2]{0} %b, f32[2]{0} %c, f32[2]{0} %d, "
+        "f32[2]{0} %e, /*index=5*/f32[4]{0} %g), kind=kLoop, calls=%fused")
+    assert typed.operand_types["g"] == "f32[4]{0}"
+    assert gpu_hlo.shape_bytes(typed.operand_types["g"]) == 16
