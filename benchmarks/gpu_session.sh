@@ -37,7 +37,7 @@ TRAIN_CSV="$OUT/train_throughput.csv"
 INFER_CSV="$OUT/infer_latency.csv"
 
 if [ $SMOKE = 1 ]; then
-  R50=ResNet18; VD=ResNet_tiny; MOBILE=MobileNetV2; R18=ResNet_tiny
+  R50=ResNet18; VD=ResNet18_vd; MOBILE=MobileNetV2; R18=ResNet18
   B=8; B2=16; IMG="--image-size 32"; BUDGET=${BENCH_BUDGET_S:-1500}
   CACHE=${BENCH_CACHE:-$SCRATCH/cache}
   TIMING="--steps 2 --warmup 1 --repeats 2"
@@ -110,10 +110,12 @@ PYEOF
 # 1. The hand-written BatchNorm backward (bn_impl=fused) against flax's, ResNet50 bf16.
 run lever_fused 200 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:plain:flax" \
   --setting "$R50:$B:bfloat16:optimizer:0:plain:fused" $TIMING --compile-cache "$CACHE"
-# 2. Where the time goes with it, and where batch-1 inference time goes (device vs wall).
+# 2. Where the time goes, and where batch-1 inference time goes (device vs wall).
 PROFILES="$SCRATCH/profiles"
-run profile_fused 150 $PY $HERE/profile_step.py --model "$R50" --batch "$B" --dtype bfloat16 \
-  --bn-impl fused --top 15 --dump "$PROFILES" $IMG
+# The default step (flax BatchNorm): per-kernel device times and the optimized HLO, for
+# `gpu_hlo.py report --ops` (achieved bandwidth per kernel) on any machine afterwards.
+run profile_flax 150 $PY $HERE/profile_step.py --model "$R50" --batch "$B" --dtype bfloat16 \
+  --bn-impl flax --top 15 --dump "$PROFILES" $IMG
 run profile_infer_b1 120 $PY $HERE/profile_step.py --infer --model "$R50" --batch 1 \
   --dtype bfloat16 --steps 20 --top 15 --dump "$PROFILES" $IMG
 # Inference weights placed once in the compiler's layouts (now the default of infer_latency.py)
@@ -121,14 +123,22 @@ run profile_infer_b1 120 $PY $HERE/profile_step.py --infer --model "$R50" --batc
 # (compiled for an H100 without a GPU, ResNet50 batch 1: 58 kernels instead of 111).
 run lever_infer_layout 150 $INFER --models "$R50" --batch "1,$B" --dtype bfloat16 $ITIMING \
   --weights-layout compiler,default --tag layout
-# 3. Everything that paid, together: fused + space-to-depth stem at the larger batches, fp16.
-run lever_combined 300 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:s2d:fused" \
-  --setting "$R50:$((2 * B2)):bfloat16:optimizer:0:s2d:fused" \
-  --setting "$R50:$B:float16:optimizer:0:s2d:fused" \
-  --setting "$R50:$((2 * B2)):float16:optimizer:0:s2d:fused" $TIMING --compile-cache "$CACHE"
+# 3. Everything that paid, together: space-to-depth stem at the larger batches, bf16 and fp16.
+# BatchNorm stays flax's here: compiled for an H200 without a GPU (gpu_hlo.py), the fused
+# BatchNorm's step moves more bytes (102.5 GB vs 100.0 GB at batch 256), since XLA then
+# writes the ReLU-masked gradient as a tensor of its own; lever_fused above settles it.
+run lever_combined 300 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:s2d:flax" \
+  --setting "$R50:$((2 * B2)):bfloat16:optimizer:0:s2d:flax" \
+  --setting "$R50:$B:float16:optimizer:0:s2d:flax" \
+  --setting "$R50:$((2 * B2)):float16:optimizer:0:s2d:flax" $TIMING --compile-cache "$CACHE"
 # 4. XLA flags (a flag this XLA does not know fails the step at once, nothing else).
-run lever_xla_cudnn 120 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:plain:fused" $TIMING \
+run lever_xla_cudnn 120 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:plain:flax" $TIMING \
   --tag xla_cudnn "--xla-flags=${LEVER_XLA_FLAGS:---xla_gpu_cudnn_gemm_fusion_level=2}"
+# The train step is about 1,080 kernels (gpu_hlo.py), 315 of them tiny second stages of the
+# BatchNorm reductions: CUDA graphs that also take in the cuDNN convolutions, so the launches
+# of a whole step go out as a few graphs.
+run lever_train_graphs 120 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:plain:flax" $TIMING \
+  --tag graphs_cudnn "--xla-flags=${TRAIN_GRAPH_FLAGS:---xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN,CUSTOM_CALL --xla_gpu_graph_min_graph_size=1}"
 # Batch 1: cuDNN convolutions inside XLA's CUDA graphs too, so one graph covers the forward
 # (session 2: short graphs alone, --xla_gpu_graph_min_graph_size=1, gave 1.37 ms vs 1.48).
 run lever_infer_graphs 120 $INFER --models "$R50" --batch 1 --dtype bfloat16 $ITIMING \
@@ -136,9 +146,9 @@ run lever_infer_graphs 120 $INFER --models "$R50" --batch 1 --dtype bfloat16 $IT
 # fp16 beside bf16 at batch 1 and 256: whether cuDNN fuses bias+ReLU(+residual) into the
 # convolutions for one dtype and not the other shows up here as kernel-count-bound latency.
 run lever_infer_fp16 120 $INFER --models "$R50" --batch "1,$B" --dtype float16 $ITIMING --tag fp16
-# The flax-BatchNorm step's HLO and op times, beside the fused one's above.
-run profile_flax 150 $PY $HERE/profile_step.py --model "$R50" --batch "$B" --dtype bfloat16 \
-  --bn-impl flax --top 15 --dump "$PROFILES" $IMG
+# The fused BatchNorm's step: HLO and op times beside the flax one's.
+run profile_fused 150 $PY $HERE/profile_step.py --model "$R50" --batch "$B" --dtype bfloat16 \
+  --bn-impl fused --top 15 --dump "$PROFILES" $IMG
 # 5. The torchvision peer (torch.compile, bf16 autocast, channels_last) and the other models.
 torch_peer() {
   run torch_train 200 $TRAIN --peer-only --batch "$B" --dtype bfloat16 $TIMING
@@ -146,9 +156,9 @@ torch_peer() {
 }
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
 if [[ "$GPU_NAME" != *H200* ]]; then torch_peer; fi
-run train_models 300 $TRAIN --setting "$VD:$B:bfloat16:optimizer:0:plain:fused" \
-  --setting "$MOBILE:$B:bfloat16:optimizer:0:plain:fused" \
-  --setting "$R18:$B:bfloat16:optimizer:0:plain:fused" $TIMING --compile-cache "$CACHE"
+run train_models 300 $TRAIN --setting "$VD:$B:bfloat16:optimizer:0:s2d:flax" \
+  --setting "$MOBILE:$B:bfloat16:optimizer:0:plain:flax" \
+  --setting "$R18:$B:bfloat16:optimizer:0:s2d:flax" $TIMING --compile-cache "$CACHE"
 # 6. The rest of the table, as in session 2 (skipped when the budget is spent).
 run infer_jax 150 $INFER --models "$R50" --batch "1,$B" --dtype bfloat16 $ITIMING \
   --markdown "$OUT/infer_table.md"
