@@ -127,6 +127,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.topk = 5
     c.label_path = ""  # readable class names, one per line in class-index order
     c.features = False  # infer writes pooled features instead of top-k classes
+    # infer/export: each BatchNorm that follows a convolution is folded into it (the original's
+    # inference "fuse" options; same outputs up to float rounding, one op per layer fewer)
+    c.fold_bn = True
     c.export_input = "uint8"  # or "float32": already normalised ((x/255 - mean) / std)
     c.export_savedmodel = False  # also a TensorFlow SavedModel (jax2tf) for TF Serving
     return c

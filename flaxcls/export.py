@@ -69,7 +69,7 @@ def export_model(config, workdir: str) -> str:
     import flaxcls
     from flaxcls import parallel
     from flaxcls.config import validate
-    from flaxcls.infer import class_labels, make_predict
+    from flaxcls.infer import class_labels, make_predict, serving_model
     from flaxcls.preprocessing import resolve_preprocessing
     from flaxcls.train.loop import inference_variables
 
@@ -78,6 +78,7 @@ def export_model(config, workdir: str) -> str:
     mesh = parallel.make_mesh(jax.local_devices()[:1])
     model, variables, source = inference_variables(config, workdir, mesh)
     host_vars = jax.tree.map(np.asarray, jax.device_get(variables))  # baked in as constants
+    model, host_vars = serving_model(model, host_vars, prep, bool(config.get("fold_bn", True)))
     predict = make_predict(model, host_vars, prep, config.dtype)
     dtype = jnp.uint8 if config.export_input == "uint8" else jnp.float32
     (batch,) = jax.export.symbolic_shape("batch")
@@ -88,6 +89,7 @@ def export_model(config, workdir: str) -> str:
     meta = {
         "format": FORMAT,
         "model": cfg.name,
+        "batchnorm_folded": bool(config.get("fold_bn", True)),
         "num_classes": int(config.num_classes),
         "input_size": prep.crop_size,
         "input_dtype": np.dtype(dtype).name,

@@ -216,6 +216,29 @@ def make_predict_fn(model, prep: EvalPreprocessing, dtype: Any = jnp.float32, *,
     return predict
 
 
+def serving_model(model, variables: Any, prep: EvalPreprocessing, fold: bool = True
+                  ) -> tuple[Any, Any]:
+    """(model, variables) for infer and export: with ``fold`` every BatchNorm that follows a
+    convolution is folded into it (``flaxcls.models.fold``; float64 on the host, then the
+    parameters' dtype), else the model as trained. Either result has ``.apply(variables, x,
+    train=False, ...)``; folded variables come back as host arrays."""
+    if not fold:
+        return model, variables
+    from flaxcls.models.fold import fold_batchnorm
+
+    host = jax.tree.map(np.asarray, jax.device_get(variables))
+    folded = fold_batchnorm(model, host, (1, prep.crop_size, prep.crop_size, 3))
+    log.info("BatchNorm folded into the convolution before it: %d of %d layer(s)",
+             len(folded.pairs), _count_batchnorms(host))
+    return folded, jax.tree.map(np.asarray, folded.variables)
+
+
+def _count_batchnorms(variables: Any) -> int:
+    """Modules with running statistics (``batch_stats/.../mean``)."""
+    flat = jax.tree_util.tree_flatten_with_path(variables.get("batch_stats", {}))[0]
+    return sum(1 for path, _ in flat if jax.tree_util.keystr(path[-1:]) == "['mean']")
+
+
 def make_predict(model, variables: Any, prep: EvalPreprocessing, dtype: Any = jnp.float32, *,
                  features: bool = False) -> Callable[[jax.Array], jax.Array]:
     """images NHWC -> probabilities: ``make_predict_fn`` with ``variables`` bound (export bakes
@@ -240,6 +263,7 @@ def run_infer(config, workdir: str) -> list[dict[str, Any]]:
     paths = collect_inputs(config.infer_path, config.data_dir)
     mesh = parallel.make_mesh(jax.local_devices())  # every process may infer on its own
     model, variables, source = inference_variables(config, workdir, mesh)
+    model, variables = serving_model(model, variables, prep, bool(config.get("fold_bn", True)))
     labels = [] if config.features else class_labels(config)
     k = min(int(config.topk), int(config.num_classes))
     n_dev = mesh.devices.size

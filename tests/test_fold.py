@@ -91,3 +91,36 @@ def test_only_batchnorms_after_a_conv_fold():
     assert set(folded.variables["params"]) == {"bn_in", "conv"}
     np.testing.assert_allclose(np.asarray(folded.apply(folded.variables, x)),
                                np.asarray(model.apply(variables, x)), rtol=1e-5, atol=1e-5)
+
+
+def test_serving_model_folds_for_infer_and_export(caplog):
+    """infer/export's serving_model: folded (host arrays, fewer BatchNorms, same probabilities
+    up to rounding, features too) or, with fold=False, the model as it is."""
+    import logging
+
+    from flaxcls.infer import make_predict, serving_model
+    from flaxcls.preprocessing import EvalPreprocessing
+
+    model = flaxcls.create_model("ResNet_tiny", num_classes=10)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    variables = jax.tree.map(
+        lambda a: a + 0.05 * jax.random.normal(jax.random.key(3), a.shape, a.dtype), variables)
+    prep = EvalPreprocessing(crop_size=32, resize_short_size=32, interpolation="bilinear",
+                             mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    with caplog.at_level(logging.INFO, logger="flaxcls"):
+        folded, folded_vars = serving_model(model, variables, prep)
+    assert "13 of 13 layer(s)" in caplog.text
+    assert all(isinstance(a, np.ndarray) for a in jax.tree.leaves(folded_vars))
+    assert "batch_stats" not in folded_vars
+    same, same_vars = serving_model(model, variables, prep, fold=False)
+    assert same is model and same_vars is variables
+    images = np.random.RandomState(0).randint(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    want = make_predict(model, variables, prep)(images)
+    got = make_predict(folded, folded_vars, prep)(images)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    feats = make_predict(folded, folded_vars, prep, features=True)(images)
+    np.testing.assert_allclose(np.asarray(feats),
+                               np.asarray(make_predict(model, variables, prep, features=True)(images)),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="inference mode only"):
+        folded.apply(folded_vars, jnp.zeros((1, 32, 32, 3)), train=True)

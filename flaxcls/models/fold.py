@@ -152,6 +152,8 @@ class FoldedModel:
     variables: Any = None
 
     def apply(self, variables: dict[str, Any], x: jax.Array, **kwargs: Any) -> Any:
+        if kwargs.pop("train", False):
+            raise ValueError("a BatchNorm-folded model runs in inference mode only (train=False)")
         norms = {p.norm for p in self.pairs}
         biased = {p.conv for p in self.pairs if not p.conv_has_bias}
 
