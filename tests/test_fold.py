@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+from model_checks import random_variables
 
 import flaxcls
 from flaxcls.models.fold import find_conv_bn_pairs, fold_batchnorm
@@ -102,9 +103,7 @@ def test_serving_model_folds_for_infer_and_export(caplog):
     from flaxcls.preprocessing import EvalPreprocessing
 
     model = flaxcls.create_model("ResNet_tiny", num_classes=10)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-    variables = jax.tree.map(
-        lambda a: a + 0.05 * jax.random.normal(jax.random.key(3), a.shape, a.dtype), variables)
+    variables = random_variables(model, 32, random_bn=True)  # non-trivial statistics
     prep = EvalPreprocessing(crop_size=32, resize_short_size=32, interpolation="bilinear",
                              mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     with caplog.at_level(logging.INFO, logger="flaxcls"):
@@ -115,12 +114,9 @@ def test_serving_model_folds_for_infer_and_export(caplog):
     same, same_vars = serving_model(model, variables, prep, fold=False)
     assert same is model and same_vars is variables
     images = np.random.RandomState(0).randint(0, 256, (3, 32, 32, 3)).astype(np.uint8)
-    want = make_predict(model, variables, prep)(images)
-    got = make_predict(folded, folded_vars, prep)(images)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
-    feats = make_predict(folded, folded_vars, prep, features=True)(images)
-    np.testing.assert_allclose(np.asarray(feats),
-                               np.asarray(make_predict(model, variables, prep, features=True)(images)),
-                               rtol=1e-5, atol=1e-5)
+    for features in (False, True):  # probabilities, then pooled features
+        want = jax.jit(make_predict(model, variables, prep, features=features))(images)
+        got = jax.jit(make_predict(folded, folded_vars, prep, features=features))(images)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="inference mode only"):
         folded.apply(folded_vars, jnp.zeros((1, 32, 32, 3)), train=True)

@@ -7,10 +7,10 @@ OHWI) is reproduced by pinning the kernels' layout to what XLA:GPU picks
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental.layout import Format, Layout
+from model_checks import random_variables
 
 import flaxcls
 from flaxcls import layouts
@@ -21,9 +21,7 @@ from flaxcls.models.fold import fold_batchnorm
 @pytest.fixture(scope="module")
 def folded_tiny():
     model = flaxcls.create_model("ResNet_tiny", num_classes=10, dtype="float32")
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-    variables = jax.tree.map(  # non-trivial statistics, so folding changes every kernel
-        lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape, a.dtype), variables)
+    variables = random_variables(model, 32, random_bn=True)  # non-trivial statistics
     folded = fold_batchnorm(model, variables, (1, 32, 32, 3))
     images = np.random.RandomState(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
     return folded, jax.tree.map(np.asarray, folded.variables), images
