@@ -181,6 +181,22 @@ def abstract_step(model_name: str, batch_size: int, dtype: str, image_size: int,
     return make_train_step(model, tx, c, mesh), state, metrics, batch
 
 
+def with_auto_state_layouts(step, state, metrics, batch):
+    """The same step jitted with ``Layout.AUTO`` for the train state and metrics, in and out
+    (donated as before): what the step would compile to if the trainer kept its state in the
+    layouts the compiler picks (convolution kernels as OHWI on a GPU). An experiment; the
+    trainer passes its state in the default layouts."""
+    import jax
+    from jax.experimental.layout import Format, Layout
+
+    def auto(tree):
+        return jax.tree.map(lambda a: Format(Layout.AUTO, a.sharding), tree)
+
+    return jax.jit(step.__wrapped__, in_shardings=(auto(state), auto(metrics),
+                                                    batch["image"].sharding),
+                   out_shardings=(auto(state), auto(metrics)), donate_argnums=(0, 1))
+
+
 def abstract_infer(args, devices: list):
     """The folded forward of ``infer_latency.build_call`` compiled for the first of ``devices``
     (weights in the compiler's layouts, or the default ones with ``--weights-layout default``);
@@ -220,6 +236,8 @@ def cmd_compile(args) -> None:
     else:
         fn, *fn_args = abstract_step(args.model, args.batch, args.dtype, args.image_size,
                                      args.bn_impl, devices, **kw)
+        if args.state_layout == "compiler":
+            fn = with_auto_state_layouts(fn, *fn_args)
         lowered = fn.lower(*fn_args)
         lower_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -234,6 +252,7 @@ def cmd_compile(args) -> None:
         "program": "infer" if args.infer else "train_step", "model": args.model,
         "batch": args.batch, "dtype": args.dtype, "bn_impl": None if args.infer else args.bn_impl,
         "weights_layout": args.weights_layout if args.infer else None,
+        "state_layout": None if args.infer else args.state_layout,
         "stem_space_to_depth": args.stem_space_to_depth, "gpu": args.gpu,
         "device_kind": devices[0].device_kind, "devices": args.devices, **versions,
         "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -632,6 +651,9 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     c.add_argument("--image-size", type=int, default=0)
     c.add_argument("--bn-impl", default="flax", choices=["flax", "fused"])
+    c.add_argument("--state-layout", default="default", choices=["default", "compiler"],
+                   help="train step: the state in the default layouts (as the trainer runs) or "
+                        "in the layouts the compiler picks (an experiment)")
     c.add_argument("--stem-space-to-depth", action="store_true")
     c.add_argument("--infer", action="store_true",
                    help="the BatchNorm-folded forward of infer_latency.py instead of a train step")
