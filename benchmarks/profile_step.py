@@ -63,15 +63,16 @@ def build_step(model_name: str, batch_size: int, dtype: str, image_size: int,
         mesh,
     )
     metrics = zeros_metrics(TRAIN_METRICS, mesh)
-    step = make_train_step(model, tx, c, mesh)
-    state, metrics = step(state, metrics, batch)  # compile outside the trace
+    # Compiled once, outside the trace; the trace runs this executable and --dump writes its
+    # HLO, so the dumped instruction names are the profiled ones.
+    step = make_train_step(model, tx, c, mesh).lower(state, metrics, batch).compile()
+    state, metrics = step(state, metrics, batch)
     jax.block_until_ready(state)
     return step, state, metrics, batch
 
 
 def build_infer(args):
-    """(a no-argument callable running the folded forward of ``infer_latency.py`` once,
-    a no-argument callable returning that forward's optimized HLO text)."""
+    """(``CompiledForward`` of the folded forward of ``infer_latency.py``, an input batch)."""
     import argparse as _argparse
 
     import infer_latency
@@ -83,7 +84,7 @@ def build_infer(args):
     _, size, call, _ = infer_latency.build_call(args.model, ns, args.weights_layout)
     x = jax.device_put(np.random.RandomState(0).normal(
         size=(args.batch, size, size, 3)).astype(args.dtype))
-    return (lambda: call(x)), (lambda: call.compiled(x.shape, x.dtype).as_text())
+    return call, x
 
 
 _GROUPS = [
@@ -151,13 +152,19 @@ def main() -> None:
 
     kw = {"stem_space_to_depth": True} if args.stem_space_to_depth else {}
     if args.infer:
-        run_once, hlo_text = build_infer(args)
+        call, x = build_infer(args)
+
+        def run_once():
+            return call(x)
+
+        def hlo_text():
+            return call.compiled(x.shape, x.dtype).as_text()
     else:
         step, state, metrics, batch = build_step(args.model, args.batch, args.dtype,
                                                  args.image_size, args.bn_impl, **kw)
 
         def hlo_text():
-            return step.lower(state, metrics, batch).compile().as_text()
+            return step.as_text()
 
         def run_once():
             nonlocal state, metrics
@@ -188,8 +195,8 @@ def main() -> None:
             "batch": args.batch, "dtype": args.dtype, "device": jax.devices()[0].device_kind,
             "jax": jax.__version__, "steps": args.steps,
             "stem_space_to_depth": args.stem_space_to_depth, "bn_impl": args.bn_impl}
-    if args.infer:
-        base["weights_layout"] = args.weights_layout
+    if args.infer:  # the layout that ran (CompiledForward falls back to the default one)
+        base["weights_layout"] = "compiler" if call.auto_layout else "default"
     total = sum(d for _, d in events)
     if not events:
         print(json.dumps({**base, "error": "no op events", "lines": lines_seen[:40]}))
@@ -229,7 +236,7 @@ def main() -> None:
 def dump_label(args) -> str:
     """File stem for ``--dump``: model, batch, dtype, BN implementation or 'infer', stem."""
     parts = [args.model, str(args.batch), args.dtype, "infer" if args.infer else args.bn_impl]
-    if args.infer and getattr(args, "weights_layout", "compiler") == "default":
+    if args.infer and args.weights_layout == "default":
         parts.append("default_layout")
     if args.stem_space_to_depth:
         parts.append("s2d")

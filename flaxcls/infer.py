@@ -226,11 +226,10 @@ def serving_model(model, variables: Any, prep: EvalPreprocessing, fold: bool = T
         return model, variables
     from flaxcls.models.fold import fold_batchnorm
 
-    host = jax.tree.map(np.asarray, jax.device_get(variables))
-    folded = fold_batchnorm(model, host, (1, prep.crop_size, prep.crop_size, 3))
+    folded = fold_batchnorm(model, variables, (1, prep.crop_size, prep.crop_size, 3))
     log.info("BatchNorm folded into the convolution before it: %d of %d layer(s)",
-             len(folded.pairs), _count_batchnorms(host))
-    return folded, jax.tree.map(np.asarray, folded.variables)
+             len(folded.pairs), _count_batchnorms(variables))
+    return folded, folded.variables
 
 
 def _count_batchnorms(variables: Any) -> int:

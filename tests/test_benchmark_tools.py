@@ -208,7 +208,9 @@ def test_profile_groups_name_gpu_and_cpu_ops_and_keep_converts_out_of_convolutio
     }
     assert {name: profile_step.group_of(name) for name in expect} == expect
     ns = argparse.Namespace(model="ResNet50", batch=256, dtype="bfloat16", infer=False,
-                            bn_impl="fused", stem_space_to_depth=True)
+                            bn_impl="fused", stem_space_to_depth=True, weights_layout="compiler")
     assert profile_step.dump_label(ns) == "ResNet50_256_bfloat16_fused_s2d"
     ns.infer, ns.batch, ns.stem_space_to_depth = True, 1, False
     assert profile_step.dump_label(ns) == "ResNet50_1_bfloat16_infer"
+    ns.weights_layout = "default"
+    assert profile_step.dump_label(ns) == "ResNet50_1_bfloat16_infer_default_layout"

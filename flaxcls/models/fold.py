@@ -176,9 +176,9 @@ def fold_batchnorm(
     model: nn.Module, variables: dict[str, Any], input_shape: tuple[int, ...] | None = None
 ) -> FoldedModel:
     """Finds the conv-BatchNorm pairs of ``model`` and folds them; the result holds the folded
-    variables (``.variables``) and applies them (``.apply``). ``input_shape`` defaults to a
-    1x224x224x3 image (any size the model accepts gives the same pairs)."""
+    variables (``.variables``, host numpy arrays: the caller places them) and applies them
+    (``.apply``). ``input_shape`` defaults to a 1x224x224x3 image (any size the model accepts
+    gives the same pairs)."""
     shape = tuple(input_shape or (1, 224, 224, 3))
     pairs = tuple(find_conv_bn_pairs(model, variables, shape))
-    folded = fold_variables(variables, list(pairs))
-    return FoldedModel(model, pairs, jax.tree.map(jnp.asarray, folded))
+    return FoldedModel(model, pairs, fold_variables(variables, list(pairs)))
