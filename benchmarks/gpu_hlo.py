@@ -154,23 +154,15 @@ def abstract_step(model_name: str, batch_size: int, dtype: str, image_size: int,
     them, on a mesh over ``devices``, from shapes only."""
     import jax
     import jax.numpy as jnp
+    import profile_step
 
-    import flaxcls
     from flaxcls import parallel
-    from flaxcls.config import default_config
-    from flaxcls.train import losses, optim
     from flaxcls.train.state import abstract_train_state, create_train_state
     from flaxcls.train.step import TRAIN_METRICS, make_train_step
 
-    cfg = flaxcls.get_model_cfg(model_name)
-    size = image_size or cfg.input_size
-    c = default_config()
-    c.model, c.dtype, c.batch_size, c.bn_impl = cfg.name, dtype, batch_size, bn_impl
-    c.crop_size = c.resize_short_size = size
+    c, model, tx, scale, size = profile_step.step_parts(model_name, batch_size, dtype,
+                                                        image_size, bn_impl, **model_kw)
     mesh = parallel.make_mesh(devices)
-    model = flaxcls.create_model(cfg.name, num_classes=c.num_classes, dtype=dtype, **model_kw)
-    tx = optim.make_optimizer(c, optim.make_schedule(c, 1000, batch_size))
-    scale = losses.DynamicScale.create(c.loss_scale) if dtype == "float16" else None
     state = abstract_train_state(
         lambda: create_train_state(model, tx, image_size=size, seed=0, mesh=mesh,
                                    loss_scale=scale), mesh)

@@ -34,27 +34,37 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def build_step(model_name: str, batch_size: int, dtype: str, image_size: int,
-               bn_impl: str = "flax", **model_kw):
-    import jax
-    import numpy as np
-
+def step_parts(model_name: str, batch_size: int, dtype: str, image_size: int, bn_impl: str,
+               **model_kw):
+    """(config, model, optimizer, loss scale or None, image size) of the trainer's step for a
+    synthetic benchmark; ``gpu_hlo.py`` builds its deviceless step from the same parts."""
     import flaxcls
-    from flaxcls import parallel
     from flaxcls.config import default_config
     from flaxcls.train import losses, optim
-    from flaxcls.train.state import create_train_state
-    from flaxcls.train.step import TRAIN_METRICS, make_train_step, zeros_metrics
 
     cfg = flaxcls.get_model_cfg(model_name)
     size = image_size or cfg.input_size
     c = default_config()
     c.model, c.dtype, c.batch_size, c.bn_impl = cfg.name, dtype, batch_size, bn_impl
     c.crop_size = c.resize_short_size = size
-    mesh = parallel.make_mesh()
     model = flaxcls.create_model(cfg.name, num_classes=c.num_classes, dtype=dtype, **model_kw)
     tx = optim.make_optimizer(c, optim.make_schedule(c, 1000, batch_size))
     scale = losses.DynamicScale.create(c.loss_scale) if dtype == "float16" else None
+    return c, model, tx, scale, size
+
+
+def build_step(model_name: str, batch_size: int, dtype: str, image_size: int,
+               bn_impl: str = "flax", **model_kw):
+    import jax
+    import numpy as np
+
+    from flaxcls import parallel
+    from flaxcls.train.state import create_train_state
+    from flaxcls.train.step import TRAIN_METRICS, make_train_step, zeros_metrics
+
+    c, model, tx, scale, size = step_parts(model_name, batch_size, dtype, image_size, bn_impl,
+                                           **model_kw)
+    mesh = parallel.make_mesh()
     state = create_train_state(model, tx, image_size=size, seed=0, mesh=mesh, loss_scale=scale)
     rng = np.random.RandomState(0)
     batch = parallel.host_to_global(
