@@ -130,6 +130,69 @@ def test_backward_through_batch_statistics(constant_channels):
         np.testing.assert_allclose(g_p[k], ref_p[k], rtol=1e-5, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_op_with_relu_and_residual_matches_flax(dtype, with_residual):
+    """``relu([residual +] BN(x))`` as one op (what BatchNorm.norm_act uses inside the fused
+    context) against Flax's BatchNorm, the add and nn.relu: output and statistics bit-equal,
+    gradients of x, scale, bias and the residual within the tolerances of the plain op."""
+    module = _bn(jnp.dtype(dtype))
+    x, variables, weights = _random_bn_inputs((4, 5, 6, 16), dtype)
+    residual = (jnp.asarray(np.random.RandomState(7).standard_normal(x.shape), dtype)
+                if with_residual else None)
+
+    def run(fused):
+        def loss(params, x, r):
+            if fused:
+                y, mean, var = batch_norm_train(x, params["scale"], params["bias"], residual=r,
+                                                relu=True, epsilon=1e-5, dtype=jnp.dtype(dtype))
+            else:
+                y, updates = module.apply({"params": params,
+                                           "batch_stats": variables["batch_stats"]},
+                                          x, mutable=["batch_stats"])
+                y = nn.relu(y if r is None else r + y)
+            return jnp.sum(y.astype(jnp.float32) * weights), y
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
+            variables["params"], x, residual)
+
+    (ref_v, ref_y), (ref_p, ref_x, ref_r) = run(False)
+    (v, y), (g_p, g_x, g_r) = run(True)
+    assert y.dtype == ref_y.dtype
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(ref_y, np.float32))
+    np.testing.assert_allclose(float(v), float(ref_v), rtol=1e-6)  # same y, another sum order
+    assert bool((np.asarray(y, np.float32) == 0).any())  # the ReLU's mask matters here
+    if with_residual:  # the ReLU's masked gradient, exactly
+        np.testing.assert_array_equal(np.asarray(g_r, np.float32), np.asarray(ref_r, np.float32))
+    else:
+        assert g_r is None and ref_r is None
+    eps = EPS[dtype]
+    g_x, ref_x = np.asarray(g_x, np.float32), np.asarray(ref_x, np.float32)
+    np.testing.assert_allclose(g_x, ref_x, rtol=eps, atol=2 * eps * float(np.abs(ref_x).max()))
+    for k in ("scale", "bias"):
+        np.testing.assert_allclose(g_p[k], ref_p[k], rtol=1e-5,
+                                   atol=1e-5 * float(np.abs(ref_p[k]).max()), err_msg=k)
+
+
+def test_op_with_relu_keeps_no_mask():
+    """The fused BatchNorm+ReLU keeps x (and the residual) for its backward, nothing else of
+    their size: the ReLU's mask is recomputed."""
+    x = jnp.asarray(np.random.RandomState(3).standard_normal((8, 4, 4, 32)), jnp.bfloat16)
+    r = jnp.asarray(np.random.RandomState(4).standard_normal((8, 4, 4, 32)), jnp.bfloat16)
+    scale, bias = jnp.ones(32, jnp.float32), jnp.zeros(32, jnp.float32)
+    for residual in (None, r):
+        _, backward = jax.vjp(lambda x, residual=residual: batch_norm_train(
+            x, scale, bias, residual=residual, relu=True, dtype=jnp.bfloat16)[0], x)
+        big = [leaf for leaf in jax.tree.leaves(backward) if leaf.size > 32]
+        assert [(b.shape, b.dtype) for b in big] == [(x.shape, jnp.bfloat16)] * (
+            1 if residual is None else 2)
+    with pytest.raises(ValueError, match="residual must have the shape"):
+        batch_norm_train(x, scale, bias, residual=r[:4], relu=True)
+    with pytest.raises(ValueError, match="residual must have the output dtype"):
+        batch_norm_train(x, scale, bias, residual=r.astype(jnp.float32), relu=True,
+                         dtype=jnp.bfloat16)
+
+
 def test_op_direct_call_and_vjp_residuals():
     """The bare op: flax-compatible output dtype default, and the backward keeps x in its own
     dtype plus per-channel vectors only (no float32 copy of the activation)."""
@@ -270,3 +333,39 @@ def test_residual_benchmark_fused_saves_less(capsys):
     f32 = [r["residual_bytes_by_dtype"].get("float32", 0) for r in lines]
     assert f32[1] < 0.1 * f32[0], f32
     assert 0 < fused_r["stablehlo_reduce_ops"] < flax_r["stablehlo_reduce_ops"]
+
+
+def test_resnet_blocks_fuse_their_relus(monkeypatch):
+    """Inside the fused context a ResNet's BatchNorms that feed a ReLU (stem, bn1, the block's
+    last one with the shortcut added) run as the BatchNorm+ReLU op; the projection shortcut's
+    BatchNorm, which feeds no ReLU, as the plain one; SE blocks keep their last BatchNorm
+    plain (the SE sits between it and the add)."""
+    import flaxcls.models.batchnorm as bn_module
+
+    calls = []
+    real = bn_module._fused_call
+
+    def spy(module, x, residual=None, relu=False):
+        calls.append((module.name, relu, residual is not None))
+        return real(module, x, residual, relu)
+
+    monkeypatch.setattr(bn_module, "_fused_call", spy)
+
+    def traced(name, **kw):
+        calls.clear()
+        model = flaxcls.create_model(name, num_classes=10, **kw)
+        variables = jax.eval_shape(functools.partial(model.init, train=True), jax.random.key(0),
+                                   jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+        with fused_batchnorm():
+            jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                                    rngs={"dropout": jax.random.key(1)}),
+                           variables, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+        return sorted(calls)
+
+    got = traced("ResNet_tiny", stage_sizes=(1, 1), widths=(16, 32))
+    assert [c for c in got if c[1]] and all(
+        relu == (not name.startswith("shortcut")) for name, relu, _ in got), got
+    assert {(name, residual) for name, relu, residual in got if relu} >= {("bn2", True)}
+    got = traced("SE_ResNeXt50_32x4d", stage_sizes=(1, 1, 1, 1))
+    assert ("bn3", False, False) in got and ("bn3", True, True) not in got
+    assert ("bn1", True, False) in got and ("bn2", True, False) in got

@@ -334,6 +334,50 @@ def test_pools_follow_paddle(size, window, stride, pad, ceil_mode):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def _jax_max_pool(x, window, stride, pad, ceil_mode):
+    """JAX's own differentiable max pool (its gradient is a select_and_scatter)."""
+    (wh, ww), (sh, sw), (ph, pw) = layers._pair(window), layers._pair(stride), layers._pair(pad)
+    _, pads_h = layers._pool_geometry(x.shape[1], wh, sh, ph, ceil_mode)
+    _, pads_w = layers._pool_geometry(x.shape[2], ww, sw, pw, ceil_mode)
+    return jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1, wh, ww, 1), (1, sh, sw, 1), ((0, 0), pads_h, pads_w, (0, 0))
+    )
+
+
+@pytest.mark.parametrize(
+    "size,window,stride,pad,ceil_mode",
+    [(7, 2, 2, 0, True), (8, 2, 2, 0, False), (7, 3, 2, 1, False), (6, 3, 1, 1, False),
+     (9, 3, 2, 1, True), (5, 3, 2, 0, False), (10, 3, 2, 0, True)],
+)
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_gradient_equals_jax_select_and_scatter(size, window, stride, pad, ceil_mode, ties):
+    rng = np.random.RandomState(1)
+    x = rng.standard_normal((2, size, size + 1, 3)).astype(np.float32)
+    if ties:  # like a ReLU output: windows full of equal zeros and ones
+        x = np.maximum(np.round(x), 0.0)
+    x = jnp.asarray(x)
+    out = layers.max_pool(x, window, stride, pad, ceil_mode)
+    np.testing.assert_array_equal(out, _jax_max_pool(x, window, stride, pad, ceil_mode))
+    g = jnp.asarray(rng.randint(-3, 4, size=out.shape).astype(np.float32))
+    ours = jax.grad(lambda v: jnp.sum(layers.max_pool(v, window, stride, pad, ceil_mode) * g))(x)
+    want = jax.grad(lambda v: jnp.sum(_jax_max_pool(v, window, stride, pad, ceil_mode) * g))(x)
+    np.testing.assert_array_equal(ours, want)
+
+
+def test_max_pool_gradient_has_no_scatter_and_keeps_dtype():
+    x = jnp.asarray(np.random.RandomState(2).standard_normal((2, 12, 12, 4)), jnp.bfloat16)
+
+    def loss(v):
+        return jnp.sum(layers.max_pool(v, 3, 2, padding=1).astype(jnp.float32) ** 2)
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(x))
+    assert "select_and_scatter" not in jaxpr and "scatter" not in jaxpr
+    ours = jax.grad(loss)(x)
+    assert ours.dtype == jnp.bfloat16
+    want = jax.grad(lambda v: jnp.sum(_jax_max_pool(v, 3, 2, 1, False).astype(jnp.float32) ** 2))(x)
+    np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(want, np.float32))
+
+
 def test_avg_down_pool_last_cell_is_the_single_valid_value():
     x = jnp.arange(49, dtype=jnp.float32).reshape(1, 7, 7, 1)
     y = layers.avg_pool(x, 2, 2, ceil_mode=True, exclusive=True)

@@ -24,8 +24,10 @@ subclasses that override ``__call__`` run Flax's own code.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import dataclasses
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -36,6 +38,9 @@ from jax import lax
 
 Array = jax.Array
 BN_IMPLS = ("flax", "fused")
+# Set while fused_batchnorm() is active: BatchNorm.norm_act then fuses its ReLU too.
+_FUSED: contextvars.ContextVar[bool] = contextvars.ContextVar("flaxcls_fused_batchnorm",
+                                                               default=False)
 
 
 def _reduction_axes(x: Array) -> tuple[int, ...]:
@@ -46,8 +51,15 @@ def _per_channel(v: Array, ndim: int) -> Array:
     return v.reshape((1,) * (ndim - 1) + (-1,))
 
 
-def _forward(x, scale, bias, epsilon, dtype, stats_dtype):
-    """y, mean, var and what the backward needs. The order of operations is nn.BatchNorm's."""
+def _normalised(xs, mean, mul, bias, dtype, ndim):
+    """nn.BatchNorm's output from float32 ``xs``: same operations, same order."""
+    y = (xs - _per_channel(mean, ndim)) * _per_channel(mul, ndim)
+    return (y + _per_channel(bias, ndim)).astype(dtype)
+
+
+def _forward(x, scale, bias, residual, relu, epsilon, dtype, stats_dtype):
+    """(out, mean, var) and what the backward needs; ``out = relu?(residual? + BN(x))``, with
+    the operations of nn.BatchNorm, then the model's ``shortcut + y`` and ``nn.relu``."""
     axes = _reduction_axes(x)
     xs = x.astype(stats_dtype)
     mean = xs.mean(axes)
@@ -55,26 +67,40 @@ def _forward(x, scale, bias, epsilon, dtype, stats_dtype):
     raw_var = mean_sq - lax.square(mean)
     var = jnp.maximum(0.0, raw_var)
     inv = lax.rsqrt(var + epsilon)
-    mul = inv * scale.astype(stats_dtype)
-    y = (xs - _per_channel(mean, x.ndim)) * _per_channel(mul, x.ndim)
-    y = (y + _per_channel(bias.astype(stats_dtype), x.ndim)).astype(dtype)
+    scale_s, bias_s = scale.astype(stats_dtype), bias.astype(stats_dtype)
+    y = _normalised(xs, mean, inv * scale_s, bias_s, dtype, x.ndim)
+    if residual is not None:
+        y = residual + y
+    if relu:
+        y = jax.nn.relu(y)
     # d max(0, v) / dv as JAX defines it: 1 above zero, 1/2 at a tie, 0 below.
     gate = (raw_var > 0).astype(stats_dtype) + 0.5 * (raw_var == 0).astype(stats_dtype)
-    return (y, mean, var), (x, mean, inv, scale, gate)
+    return (y, mean, var), (x, mean, inv, scale, bias, gate, residual)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _batch_norm(x, scale, bias, epsilon, dtype, stats_dtype):
-    return _forward(x, scale, bias, epsilon, dtype, stats_dtype)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _batch_norm(x, scale, bias, residual, relu, epsilon, dtype, stats_dtype):
+    return _forward(x, scale, bias, residual, relu, epsilon, dtype, stats_dtype)[0]
 
 
-def _batch_norm_fwd(x, scale, bias, epsilon, dtype, stats_dtype):
-    return _forward(x, scale, bias, epsilon, dtype, stats_dtype)
+def _batch_norm_fwd(x, scale, bias, residual, relu, epsilon, dtype, stats_dtype):
+    return _forward(x, scale, bias, residual, relu, epsilon, dtype, stats_dtype)
 
 
-def _batch_norm_bwd(epsilon, dtype, stats_dtype, residuals, cotangents):
-    del epsilon, dtype  # inv already holds rsqrt(var + epsilon)
-    x, mean, inv, scale, gate = residuals
+def _batch_norm_bwd(relu, epsilon, dtype, stats_dtype, residuals, cotangents):
+    """Two per-channel sums over the batch, then one elementwise pass for dx.
+
+    With ``relu`` the ReLU's mask is recomputed from ``x`` (and the residual) instead of being
+    kept, and nothing of the size of ``x`` is written but dx (and, with a residual, the
+    residual's gradient). Two details keep XLA from writing more (checked on the optimized
+    XLA:GPU program, ``benchmarks/gpu_hlo.py``): the two sums are the real and imaginary part of
+    one complex sum, so they are one reduce and the masked gradient feeding it is not written
+    out for a second one; and the dx pass states the same mask as ``select(pre <= 0, 0, dy)``
+    rather than ``select(pre > 0, dy, 0)``, so XLA does not share one mask tensor between the
+    two passes.
+    """
+    del epsilon  # inv already holds rsqrt(var + epsilon)
+    x, mean, inv, scale, bias, gate, residual = residuals
     g_y, g_mean, g_var = cotangents
     axes, ndim = _reduction_axes(x), x.ndim
     count = 1
@@ -82,11 +108,29 @@ def _batch_norm_bwd(epsilon, dtype, stats_dtype, residuals, cotangents):
         count *= x.shape[a]
     scale_s = scale.astype(stats_dtype)
     mul = inv * scale_s
-    g_ys = g_y.astype(stats_dtype)
-    centred = x.astype(stats_dtype) - _per_channel(mean, ndim)
-    # The only two reductions over the batch.
-    sum_g = g_ys.sum(axes)
-    sum_g_centred = (g_ys * centred).sum(axes)
+    xs = x.astype(stats_dtype)
+    centred = xs - _per_channel(mean, ndim)
+    g_residual = None
+    if relu:
+        def pre_activation():
+            pre = _normalised(xs, mean, mul, bias.astype(stats_dtype), dtype, ndim)
+            return pre if residual is None else residual + pre
+
+        zero = jnp.zeros((), g_y.dtype)
+        g_sums = jnp.where(pre_activation() > 0, g_y, zero)  # jax.nn.relu's derivative
+        if residual is not None:
+            # The residual's gradient is written anyway; dx reads it back.
+            g_residual = g_sums.astype(residual.dtype)
+            g_dx = g_sums
+        else:
+            g_dx = jnp.where(pre_activation() <= 0, zero, g_y)
+    else:
+        g_sums = g_dx = g_y
+        if residual is not None:
+            g_residual = g_y.astype(residual.dtype)
+    g_sums = g_sums.astype(stats_dtype)
+    both = lax.complex(g_sums, g_sums * centred).sum(axes)
+    sum_g, sum_g_centred = jnp.real(both), jnp.imag(both)
 
     g_scale = sum_g_centred * inv
     g_bias = sum_g
@@ -96,11 +140,12 @@ def _batch_norm_bwd(epsilon, dtype, stats_dtype, residuals, cotangents):
     # mean reaches y through (x - mean); raw_var = E[x^2] - mean^2 contributes 2 (x - mean) / N.
     g_mean_total = g_mean.astype(stats_dtype) - sum_g * mul
     g_x = (
-        g_ys * _per_channel(mul, ndim)
+        g_dx.astype(stats_dtype) * _per_channel(mul, ndim)
         + _per_channel(g_mean_total / count, ndim)
         + centred * _per_channel(g_raw_var * (2.0 / count), ndim)
     )
-    return g_x.astype(x.dtype), g_scale.astype(scale.dtype), g_bias.astype(scale.dtype)
+    return (g_x.astype(x.dtype), g_scale.astype(scale.dtype), g_bias.astype(scale.dtype),
+            g_residual)
 
 
 _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
@@ -111,17 +156,22 @@ def batch_norm_train(
     scale: Array,
     bias: Array,
     *,
+    residual: Array | None = None,
+    relu: bool = False,
     epsilon: float = 1e-5,
     dtype: Any = None,
     stats_dtype: Any = None,
 ) -> tuple[Array, Array, Array]:
-    """Batch-normalises ``x`` over every axis but the last with its own batch statistics.
+    """Batch-normalises ``x`` over every axis but the last with its own batch statistics,
+    optionally followed by ``residual + y`` and a ReLU (a ResNet block's ``relu(shortcut +
+    bn(x))``, or ``relu(bn(x))``).
 
     Returns ``(y, mean, var)``: ``y`` in ``dtype`` (default: the result type of ``x``,
     ``scale`` and ``bias``), the batch mean and biased variance in ``stats_dtype`` (default:
     ``dtype`` promoted to at least float32) for the running averages. Differentiable in ``x``,
-    ``scale`` and ``bias`` for cotangents of all three outputs; the backward keeps ``x`` as
-    given, the mean, ``1/sqrt(var + epsilon)``, ``scale`` and a per-channel clip gate.
+    ``scale``, ``bias`` and ``residual`` for cotangents of all three outputs; the backward keeps
+    ``x`` (and ``residual``) as given, the mean, ``1/sqrt(var + epsilon)``, ``scale``, ``bias``
+    and a per-channel clip gate, and recomputes the ReLU's mask.
     """
     if x.ndim < 2:
         raise ValueError(f"batch_norm_train needs batch and channel axes, got shape {x.shape}")
@@ -136,8 +186,15 @@ def batch_norm_train(
     # One dtype for both (exact widening; autodiff casts each gradient back to its own dtype).
     param_dtype = jnp.promote_types(jnp.result_type(scale), jnp.result_type(bias))
     scale, bias = jnp.asarray(scale, param_dtype), jnp.asarray(bias, param_dtype)
-    x, scale, bias = _same_varying_axes(x, scale, bias)
-    return _batch_norm(x, scale, bias, float(epsilon), out, stats)
+    if residual is not None:
+        if jnp.shape(residual) != x.shape:
+            raise ValueError(f"residual must have the shape of x {x.shape}, got {jnp.shape(residual)}")
+        if jnp.result_type(residual) != out:
+            raise ValueError(f"residual must have the output dtype {out}, got {jnp.result_type(residual)}")
+        x, scale, bias, residual = _same_varying_axes(x, scale, bias, residual)
+    else:
+        x, scale, bias = _same_varying_axes(x, scale, bias)
+    return _batch_norm(x, scale, bias, residual, bool(relu), float(epsilon), out, stats)
 
 
 def _varying_axes(a: Array) -> frozenset:
@@ -183,8 +240,10 @@ def _unsupported(module: nn.BatchNorm, x: Array, mask: Any) -> str | None:
     return None
 
 
-def _fused_call(module: nn.BatchNorm, x: Array) -> Array:
-    """nn.BatchNorm.__call__ in training mode, with the same variables, init and updates."""
+def _fused_call(module: nn.BatchNorm, x: Array, residual: Array | None = None,
+                relu: bool = False) -> Array:
+    """nn.BatchNorm.__call__ in training mode, with the same variables, init and updates (then
+    ``residual +`` and a ReLU when asked)."""
     features = (x.shape[-1],)
     ra_mean = module.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
     ra_var = module.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
@@ -200,6 +259,8 @@ def _fused_call(module: nn.BatchNorm, x: Array) -> Array:
         x,
         jnp.ones(features, stats_dtype) if scale is None else scale,
         jnp.zeros(features, stats_dtype) if bias is None else bias,
+        residual=residual,
+        relu=relu,
         epsilon=module.epsilon,
         dtype=dtype,
         stats_dtype=stats_dtype,
@@ -208,6 +269,49 @@ def _fused_call(module: nn.BatchNorm, x: Array) -> Array:
         ra_mean.value = module.momentum * ra_mean.value + (1 - module.momentum) * mean
         ra_var.value = module.momentum * ra_var.value + (1 - module.momentum) * var
     return y
+
+
+class BatchNorm(nn.BatchNorm):
+    """``nn.BatchNorm`` (same fields, variables and ``__call__``) with one more entry point,
+    ``norm_act``, for a BatchNorm followed by ``shortcut +`` and/or an activation."""
+
+    def norm_act(self, x: Array, act: Callable, residual: Array | None = None) -> Array:
+        """``act(residual + self(x))`` (``act(self(x))`` without a residual).
+
+        Inside ``fused_batchnorm()`` in training mode with ``act`` being ``nn.relu``, all of it
+        is one custom-gradient op (``batch_norm_train(..., relu=True)``) whose backward
+        recomputes the ReLU's mask from ``x``; otherwise exactly the three steps. (The request
+        travels to the interceptor of ``__call__``, the method that may create variables.)"""
+        pending = None
+        if act is nn.relu and _FUSED.get() and self._fusable(x, residual):
+            pending = _PendingAct(self, residual)
+        token = _PENDING.set(pending)
+        try:
+            y = self(x)
+        finally:
+            _PENDING.reset(token)
+        if pending is not None and pending.done:
+            return y
+        return act(y if residual is None else residual + y)
+
+    def _fusable(self, x: Array, residual: Array | None) -> bool:
+        if residual is None:
+            return True
+        out = flax_dtypes.canonicalize_dtype(x, dtype=self.dtype)
+        return jnp.shape(residual) == jnp.shape(x) and jnp.result_type(residual) == out
+
+
+@dataclasses.dataclass
+class _PendingAct:
+    """``BatchNorm.norm_act``'s request to fuse ``residual +`` and the ReLU into its call."""
+
+    module: nn.Module
+    residual: Array | None
+    done: bool = False
+
+
+_PENDING: contextvars.ContextVar[_PendingAct | None] = contextvars.ContextVar(
+    "flaxcls_pending_bn_act", default=None)
 
 
 def _route_batchnorm(next_fun, args, kwargs, context):
@@ -232,6 +336,10 @@ def _route_batchnorm(next_fun, args, kwargs, context):
             f"BatchNorm {path}: {problem} is not supported by the fused BatchNorm "
             "(bn_impl='fused'); use bn_impl='flax' for this model"
         )
+    pending = _PENDING.get()
+    if pending is not None and pending.module is module and not pending.done:
+        pending.done = True
+        return _fused_call(module, jnp.asarray(x), pending.residual, relu=True)
     return _fused_call(module, jnp.asarray(x))
 
 
@@ -240,8 +348,12 @@ def fused_batchnorm() -> Iterator[None]:
     """Inside this context every ``nn.BatchNorm`` call in training mode uses
     ``batch_norm_train``. Interception happens while tracing: enter it inside the jitted
     function (around ``model.apply``), not around a call to an already-compiled one."""
-    with nn.intercept_methods(_route_batchnorm):
-        yield
+    token = _FUSED.set(True)
+    try:
+        with nn.intercept_methods(_route_batchnorm):
+            yield
+    finally:
+        _FUSED.reset(token)
 
 
 def batchnorm_impl(name: str) -> contextlib.AbstractContextManager[None]:

@@ -36,6 +36,7 @@ from flaxcls.models.layers import (
     dense_kernel_init,
     global_avg_pool,
     max_pool,
+    norm_act,
     symmetric_padding,
 )
 from flaxcls.registry import register_model
@@ -165,6 +166,18 @@ class SqueezeExcite(nn.Module):
         return x * s[:, None, None, :].astype(x.dtype)
 
 
+def _merge(block: nn.Module, y: jax.Array, x: jax.Array, out_features: int, bn_name: str) -> jax.Array:
+    """A block's end: ``act(shortcut + [SE](BN(y)))``, the shortcut being ``x`` or its
+    projection."""
+    shortcut = x
+    if block.projection:
+        shortcut = _shortcut(x, out_features, block.strides, block.avg_down, block.conv, block.norm)
+    if block.se is None:
+        return norm_act(block.norm(name=bn_name), y, block.act, residual=shortcut)
+    y = block.se(name="se")(block.norm(name=bn_name)(y))
+    return block.act(shortcut + y)
+
+
 class BasicBlock(nn.Module):
     """3x3 (stride here) -> BN -> ReLU -> 3x3 -> BN [-> SE], + shortcut, ReLU (ResNet18/34)."""
 
@@ -185,15 +198,9 @@ class BasicBlock(nn.Module):
         pad3 = symmetric_padding(3)
         out_features = self.out_features or self.features * self.expansion
         y = self.conv(self.features, (3, 3), strides=self.strides, padding=pad3, name="conv1")(x)
-        y = self.act(self.norm(name="bn1")(y))
+        y = norm_act(self.norm(name="bn1"), y, self.act)
         y = self.conv(out_features, (3, 3), padding=pad3, name="conv2")(y)
-        y = self.norm(name="bn2")(y)
-        if self.se is not None:
-            y = self.se(name="se")(y)
-        shortcut = x
-        if self.projection:
-            shortcut = _shortcut(x, out_features, self.strides, self.avg_down, self.conv, self.norm)
-        return self.act(shortcut + y)
+        return _merge(self, y, x, out_features, "bn2")
 
 
 class BottleneckBlock(nn.Module):
@@ -218,7 +225,7 @@ class BottleneckBlock(nn.Module):
         pad0, pad3 = symmetric_padding(1), symmetric_padding(3)
         out_features = self.out_features or self.features * self.expansion
         y = self.conv(self.features, (1, 1), padding=pad0, name="conv1")(x)
-        y = self.act(self.norm(name="bn1")(y))
+        y = norm_act(self.norm(name="bn1"), y, self.act)
         y = self.conv(
             self.features,
             (3, 3),
@@ -227,15 +234,9 @@ class BottleneckBlock(nn.Module):
             feature_group_count=self.groups,
             name="conv2",
         )(y)
-        y = self.act(self.norm(name="bn2")(y))
+        y = norm_act(self.norm(name="bn2"), y, self.act)
         y = self.conv(out_features, (1, 1), padding=pad0, name="conv3")(y)
-        y = self.norm(name="bn3")(y)
-        if self.se is not None:
-            y = self.se(name="se")(y)
-        shortcut = x
-        if self.projection:
-            shortcut = _shortcut(x, out_features, self.strides, self.avg_down, self.conv, self.norm)
-        return self.act(shortcut + y)
+        return _merge(self, y, x, out_features, "bn3")
 
 
 class ResNet(nn.Module):
@@ -315,7 +316,7 @@ class ResNet(nn.Module):
             x = first_conv(
                 self.stem_width, (7, 7), strides=2, padding=symmetric_padding(7), name="stem_conv1"
             )(x)
-            return max_pool(self.act(norm(name="stem_bn1")(x)), 3, 2, padding=1)
+            return max_pool(norm_act(norm(name="stem_bn1"), x, self.act), 3, 2, padding=1)
         if self.stem == "deep":
             half = self.stem_width // 2
             for i, (features, strides) in enumerate(((half, 2), (half, 1), (self.stem_width, 1))):
@@ -326,11 +327,11 @@ class ResNet(nn.Module):
                     padding=symmetric_padding(3),
                     name=f"stem_conv{i + 1}",
                 )(x)
-                x = self.act(norm(name=f"stem_bn{i + 1}")(x))
+                x = norm_act(norm(name=f"stem_bn{i + 1}"), x, self.act)
             return max_pool(x, 3, 2, padding=1)
         if self.stem == "small":
             x = conv(self.stem_width, (3, 3), padding=symmetric_padding(3), name="stem_conv1")(x)
-            return self.act(norm(name="stem_bn1")(x))
+            return norm_act(norm(name="stem_bn1"), x, self.act)
         raise ValueError(f"ResNet stem={self.stem!r} is not one of {STEMS}")
 
     @nn.compact
