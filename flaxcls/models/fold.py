@@ -54,6 +54,9 @@ def find_conv_bn_pairs(
 
     def record(next_fun, args, kwargs, context):
         module = context.module
+        if isinstance(module, nn.BatchNorm) and context.method_name != "__call__":
+            # BatchNorm.norm_act: its own __call__ (recorded below) takes the input.
+            return next_fun(*args, **kwargs)
         if context.method_name != "__call__" or not isinstance(module, (nn.Conv, nn.BatchNorm)):
             # Outputs passed through any other module count as a use of the conv output.
             for a in args:
