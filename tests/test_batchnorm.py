@@ -145,11 +145,10 @@ def test_op_with_relu_and_residual_matches_flax(dtype, with_residual):
         def loss(params, x, r):
             if fused:
                 y, _, _ = batch_norm_train(x, params["scale"], params["bias"], residual=r,
-                                                relu=True, epsilon=1e-5, dtype=jnp.dtype(dtype))
+                                           relu=True, epsilon=1e-5, dtype=jnp.dtype(dtype))
             else:
-                y, _ = module.apply({"params": params,
-                                           "batch_stats": variables["batch_stats"]},
-                                          x, mutable=["batch_stats"])
+                y, _ = module.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                    x, mutable=["batch_stats"])
                 y = nn.relu(y if r is None else r + y)
             return jnp.sum(y.astype(jnp.float32) * weights), y
 
