@@ -9,6 +9,12 @@ input ``x`` in its own dtype plus per-channel vectors, and needs two per-channel
     with fused_batchnorm():            # must be active while the model is traced (inside jit)
         logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
 
+Where a model calls ``BatchNorm.norm_act`` (the ResNet family's blocks: ``relu(bn(x))`` and
+``relu(shortcut + bn(x))``), the add and the ReLU join the op: its backward recomputes the
+ReLU's mask from ``x`` (and the shortcut) rather than keeping it, so on a GPU the backward of
+such a layer reads x and the incoming gradient twice and writes dx, and nothing else of their
+size (see ``_batch_norm_bwd`` for the two details that make XLA compile it that way).
+
 The forward runs ``nn.BatchNorm(use_fast_variance=True)``'s operations in the same order and
 dtypes, so its values are bit-identical where XLA emits both the same way (the tests check this
 on CPU); gradients agree to float rounding (the backward sums in another order, and rounds dx to
