@@ -131,13 +131,16 @@ def test_backward_through_batch_statistics(constant_channels):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("with_residual", [False, True])
-def test_op_with_relu_and_residual_matches_flax(dtype, with_residual):
-    """``relu([residual +] BN(x))`` as one op (what BatchNorm.norm_act uses inside the fused
-    context) against Flax's BatchNorm, the add and nn.relu: output and statistics bit-equal,
+@pytest.mark.parametrize("act,with_residual", [("relu", False), ("relu", True),
+                                               ("relu6", False), ("relu6", True)])
+def test_op_with_activation_and_residual_matches_flax(dtype, act, with_residual):
+    """``act([residual +] BN(x))`` as one op (what BatchNorm.norm_act uses inside the fused
+    context) against Flax's BatchNorm, the add and nn.relu / nn.relu6: output bit-equal,
     gradients of x, scale, bias and the residual within the tolerances of the plain op."""
     module = _bn(jnp.dtype(dtype))
     x, variables, weights = _random_bn_inputs((4, 5, 6, 16), dtype)
+    if act == "relu6":  # wide enough that some outputs clip at 6
+        variables["params"]["scale"] = variables["params"]["scale"] * 4.0
     residual = (jnp.asarray(np.random.RandomState(7).standard_normal(x.shape), dtype)
                 if with_residual else None)
 
@@ -145,11 +148,11 @@ def test_op_with_relu_and_residual_matches_flax(dtype, with_residual):
         def loss(params, x, r):
             if fused:
                 y, _, _ = batch_norm_train(x, params["scale"], params["bias"], residual=r,
-                                           relu=True, epsilon=1e-5, dtype=jnp.dtype(dtype))
+                                           act=act, epsilon=1e-5, dtype=jnp.dtype(dtype))
             else:
                 y, _ = module.apply({"params": params, "batch_stats": variables["batch_stats"]},
                                     x, mutable=["batch_stats"])
-                y = nn.relu(y if r is None else r + y)
+                y = getattr(nn, act)(y if r is None else r + y)
             return jnp.sum(y.astype(jnp.float32) * weights), y
 
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
@@ -159,8 +162,10 @@ def test_op_with_relu_and_residual_matches_flax(dtype, with_residual):
     (v, y), (g_p, g_x, g_r) = run(True)
     assert y.dtype == ref_y.dtype
     np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(ref_y, np.float32))
-    np.testing.assert_allclose(float(v), float(ref_v), rtol=1e-6)  # same y, another sum order
-    assert bool((np.asarray(y, np.float32) == 0).any())  # the ReLU's mask matters here
+    np.testing.assert_allclose(float(v), float(ref_v), rtol=1e-5)  # same y, another sum order
+    assert bool((np.asarray(y, np.float32) == 0).any())  # the mask matters here
+    if act == "relu6":  # ... at both ends
+        assert bool((np.asarray(y, np.float32) == 6).any())
     if with_residual:  # the ReLU's masked gradient, exactly
         np.testing.assert_array_equal(np.asarray(g_r, np.float32), np.asarray(ref_r, np.float32))
     else:
@@ -181,15 +186,17 @@ def test_op_with_relu_keeps_no_mask():
     scale, bias = jnp.ones(32, jnp.float32), jnp.zeros(32, jnp.float32)
     for residual in (None, r):
         _, backward = jax.vjp(lambda x, residual=residual: batch_norm_train(
-            x, scale, bias, residual=residual, relu=True, dtype=jnp.bfloat16)[0], x)
+            x, scale, bias, residual=residual, act="relu", dtype=jnp.bfloat16)[0], x)
         big = [leaf for leaf in jax.tree.leaves(backward) if leaf.size > 32]
         assert [(b.shape, b.dtype) for b in big] == [(x.shape, jnp.bfloat16)] * (
             1 if residual is None else 2)
     with pytest.raises(ValueError, match="residual must have the shape"):
-        batch_norm_train(x, scale, bias, residual=r[:4], relu=True)
+        batch_norm_train(x, scale, bias, residual=r[:4], act="relu")
     with pytest.raises(ValueError, match="residual must have the output dtype"):
-        batch_norm_train(x, scale, bias, residual=r.astype(jnp.float32), relu=True,
+        batch_norm_train(x, scale, bias, residual=r.astype(jnp.float32), act="relu",
                          dtype=jnp.bfloat16)
+    with pytest.raises(ValueError, match="act must be None or one of"):
+        batch_norm_train(x, scale, bias, act="gelu")
 
 
 def test_op_direct_call_and_vjp_residuals():
@@ -336,7 +343,7 @@ def test_residual_benchmark_fused_saves_less(capsys):
 
 def test_resnet_blocks_fuse_their_relus(monkeypatch):
     """Inside the fused context a ResNet's BatchNorms that feed a ReLU (stem, bn1, the block's
-    last one with the shortcut added) run as the BatchNorm+ReLU op; the projection shortcut's
+    last one with the shortcut added) run as the BatchNorm+ReLU op (MobileNetV2's with ReLU6); the projection shortcut's
     BatchNorm, which feeds no ReLU, as the plain one; SE blocks keep their last BatchNorm
     plain (the SE sits between it and the add)."""
     import flaxcls.models.batchnorm as bn_module
@@ -344,9 +351,9 @@ def test_resnet_blocks_fuse_their_relus(monkeypatch):
     calls = []
     real = bn_module._fused_call
 
-    def spy(module, x, residual=None, relu=False):
-        calls.append((module.name, relu, residual is not None))
-        return real(module, x, residual, relu)
+    def spy(module, x, residual=None, act=None):
+        calls.append((module.name, act, residual is not None))
+        return real(module, x, residual, act)
 
     monkeypatch.setattr(bn_module, "_fused_call", spy)
 
@@ -363,8 +370,12 @@ def test_resnet_blocks_fuse_their_relus(monkeypatch):
 
     got = traced("ResNet_tiny", stage_sizes=(1, 1), widths=(16, 32))
     assert [c for c in got if c[1]] and all(
-        relu == (not name.startswith("shortcut")) for name, relu, _ in got), got
-    assert {(name, residual) for name, relu, residual in got if relu} >= {("bn2", True)}
+        (act == "relu") == (not name.startswith("shortcut")) for name, act, _ in got), got
+    assert {(name, residual) for name, act, residual in got if act} >= {("bn2", True)}
     got = traced("SE_ResNeXt50_32x4d", stage_sizes=(1, 1, 1, 1))
-    assert ("bn3", False, False) in got and ("bn3", True, True) not in got
-    assert ("bn1", True, False) in got and ("bn2", True, False) in got
+    assert ("bn3", None, False) in got and ("bn3", "relu", True) not in got
+    assert ("bn1", "relu", False) in got and ("bn2", "relu", False) in got
+    # MobileNetV2: ReLU6 after expand/depthwise BatchNorms, none after the projection.
+    got = traced("MobileNetV2_x0_25")
+    assert ("expand_bn", "relu6", False) in got and ("dw_bn", "relu6", False) in got
+    assert ("project_bn", None, False) in got

@@ -10,8 +10,8 @@ input ``x`` in its own dtype plus per-channel vectors, and needs two per-channel
         logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
 
 Where a model calls ``BatchNorm.norm_act`` (the ResNet family's blocks: ``relu(bn(x))`` and
-``relu(shortcut + bn(x))``), the add and the ReLU join the op: its backward recomputes the
-ReLU's mask from ``x`` (and the shortcut) rather than keeping it, so on a GPU the backward of
+``relu(shortcut + bn(x))``; MobileNets' ``relu6(bn(x))``), the add and the activation join the
+op: its backward recomputes the activation's mask from ``x`` (and the shortcut) rather than keeping it, so on a GPU the backward of
 such a layer reads x and the incoming gradient twice and writes dx, and nothing else of their
 size (see ``_batch_norm_bwd`` for the two details that make XLA compile it that way).
 
@@ -63,9 +63,13 @@ def _normalised(xs, mean, mul, bias, dtype, ndim):
     return (y + _per_channel(bias, ndim)).astype(dtype)
 
 
-def _forward(x, scale, bias, residual, relu, epsilon, dtype, stats_dtype):
-    """(out, mean, var) and what the backward needs; ``out = relu?(residual? + BN(x))``, with
-    the operations of nn.BatchNorm, then the model's ``shortcut + y`` and ``nn.relu``."""
+# The activations the op can take in, as the models apply them (flax.linen's are jax.nn's).
+ACTS = {"relu": jax.nn.relu, "relu6": jax.nn.relu6}
+
+
+def _forward(x, scale, bias, residual, act, epsilon, dtype, stats_dtype):
+    """(out, mean, var) and what the backward needs; ``out = act?(residual? + BN(x))``, with
+    the operations of nn.BatchNorm, then the model's ``shortcut + y`` and activation."""
     axes = _reduction_axes(x)
     xs = x.astype(stats_dtype)
     mean = xs.mean(axes)
@@ -77,26 +81,26 @@ def _forward(x, scale, bias, residual, relu, epsilon, dtype, stats_dtype):
     y = _normalised(xs, mean, inv * scale_s, bias_s, dtype, x.ndim)
     if residual is not None:
         y = residual + y
-    if relu:
-        y = jax.nn.relu(y)
+    if act is not None:
+        y = ACTS[act](y)
     # d max(0, v) / dv as JAX defines it: 1 above zero, 1/2 at a tie, 0 below.
     gate = (raw_var > 0).astype(stats_dtype) + 0.5 * (raw_var == 0).astype(stats_dtype)
     return (y, mean, var), (x, mean, inv, scale, bias, gate, residual)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _batch_norm(x, scale, bias, residual, relu, epsilon, dtype, stats_dtype):
-    return _forward(x, scale, bias, residual, relu, epsilon, dtype, stats_dtype)[0]
+def _batch_norm(x, scale, bias, residual, act, epsilon, dtype, stats_dtype):
+    return _forward(x, scale, bias, residual, act, epsilon, dtype, stats_dtype)[0]
 
 
-def _batch_norm_fwd(x, scale, bias, residual, relu, epsilon, dtype, stats_dtype):
-    return _forward(x, scale, bias, residual, relu, epsilon, dtype, stats_dtype)
+def _batch_norm_fwd(x, scale, bias, residual, act, epsilon, dtype, stats_dtype):
+    return _forward(x, scale, bias, residual, act, epsilon, dtype, stats_dtype)
 
 
-def _batch_norm_bwd(relu, epsilon, dtype, stats_dtype, residuals, cotangents):
+def _batch_norm_bwd(act, epsilon, dtype, stats_dtype, residuals, cotangents):
     """Two per-channel sums over the batch, then one elementwise pass for dx.
 
-    With ``relu`` the ReLU's mask is recomputed from ``x`` (and the residual) instead of being
+    With ``act`` the activation's mask is recomputed from ``x`` (and the residual) instead of being
     kept, and nothing of the size of ``x`` is written but dx (and, with a residual, the
     residual's gradient). Two details keep XLA from writing more (checked on the optimized
     XLA:GPU program, ``benchmarks/gpu_hlo.py``): the two sums are the real and imaginary part of
@@ -117,19 +121,24 @@ def _batch_norm_bwd(relu, epsilon, dtype, stats_dtype, residuals, cotangents):
     xs = x.astype(stats_dtype)
     centred = xs - _per_channel(mean, ndim)
     g_residual = None
-    if relu:
+    if act is not None:
         def pre_activation():
             pre = _normalised(xs, mean, mul, bias.astype(stats_dtype), dtype, ndim)
             return pre if residual is None else residual + pre
 
         zero = jnp.zeros((), g_y.dtype)
-        g_sums = jnp.where(pre_activation() > 0, g_y, zero)  # jax.nn.relu's derivative
+        pre = pre_activation()
+        # The derivatives JAX gives: relu's 1 above 0, relu6's 1 strictly between 0 and 6.
+        passes = pre > 0 if act == "relu" else (pre > 0) & (pre < 6)
+        g_sums = jnp.where(passes, g_y, zero)
         if residual is not None:
             # The residual's gradient is written anyway; dx reads it back.
             g_residual = g_sums.astype(residual.dtype)
             g_dx = g_sums
         else:
-            g_dx = jnp.where(pre_activation() <= 0, zero, g_y)
+            pre = pre_activation()
+            stops = pre <= 0 if act == "relu" else (pre <= 0) | (pre >= 6)
+            g_dx = jnp.where(stops, zero, g_y)
     else:
         g_sums = g_dx = g_y
         if residual is not None:
@@ -163,14 +172,14 @@ def batch_norm_train(
     bias: Array,
     *,
     residual: Array | None = None,
-    relu: bool = False,
+    act: str | None = None,
     epsilon: float = 1e-5,
     dtype: Any = None,
     stats_dtype: Any = None,
 ) -> tuple[Array, Array, Array]:
     """Batch-normalises ``x`` over every axis but the last with its own batch statistics,
-    optionally followed by ``residual + y`` and a ReLU (a ResNet block's ``relu(shortcut +
-    bn(x))``, or ``relu(bn(x))``).
+    optionally followed by ``residual + y`` and an activation, ``act`` one of ``ACTS`` (a
+    ResNet block's ``relu(shortcut + bn(x))``, or ``relu(bn(x))``).
 
     Returns ``(y, mean, var)``: ``y`` in ``dtype`` (default: the result type of ``x``,
     ``scale`` and ``bias``), the batch mean and biased variance in ``stats_dtype`` (default:
@@ -200,7 +209,9 @@ def batch_norm_train(
         x, scale, bias, residual = _same_varying_axes(x, scale, bias, residual)
     else:
         x, scale, bias = _same_varying_axes(x, scale, bias)
-    return _batch_norm(x, scale, bias, residual, bool(relu), float(epsilon), out, stats)
+    if act is not None and act not in ACTS:
+        raise ValueError(f"act must be None or one of {sorted(ACTS)}, got {act!r}")
+    return _batch_norm(x, scale, bias, residual, act, float(epsilon), out, stats)
 
 
 def _varying_axes(a: Array) -> frozenset:
@@ -247,7 +258,7 @@ def _unsupported(module: nn.BatchNorm, x: Array, mask: Any) -> str | None:
 
 
 def _fused_call(module: nn.BatchNorm, x: Array, residual: Array | None = None,
-                relu: bool = False) -> Array:
+                act: str | None = None) -> Array:
     """nn.BatchNorm.__call__ in training mode, with the same variables, init and updates (then
     ``residual +`` and a ReLU when asked)."""
     features = (x.shape[-1],)
@@ -266,7 +277,7 @@ def _fused_call(module: nn.BatchNorm, x: Array, residual: Array | None = None,
         jnp.ones(features, stats_dtype) if scale is None else scale,
         jnp.zeros(features, stats_dtype) if bias is None else bias,
         residual=residual,
-        relu=relu,
+        act=act,
         epsilon=module.epsilon,
         dtype=dtype,
         stats_dtype=stats_dtype,
@@ -284,13 +295,15 @@ class BatchNorm(nn.BatchNorm):
     def norm_act(self, x: Array, act: Callable, residual: Array | None = None) -> Array:
         """``act(residual + self(x))`` (``act(self(x))`` without a residual).
 
-        Inside ``fused_batchnorm()`` in training mode with ``act`` being ``nn.relu``, all of it
-        is one custom-gradient op (``batch_norm_train(..., relu=True)``) whose backward
-        recomputes the ReLU's mask from ``x``; otherwise exactly the three steps. (The request
+        Inside ``fused_batchnorm()`` in training mode with ``act`` being ``nn.relu`` or
+        ``nn.relu6``, all of it is one custom-gradient op (``batch_norm_train(..., act=...)``)
+        whose backward recomputes the activation's mask from ``x``; otherwise exactly the
+        three steps. (The request
         travels to the interceptor of ``__call__``, the method that may create variables.)"""
         pending = None
-        if act is nn.relu and _FUSED.get() and self._fusable(x, residual):
-            pending = _PendingAct(self, residual)
+        name = next((k for k, f in ACTS.items() if act is f), None)
+        if name is not None and _FUSED.get() and self._fusable(x, residual):
+            pending = _PendingAct(self, residual, name)
         token = _PENDING.set(pending)
         try:
             y = self(x)
@@ -313,6 +326,7 @@ class _PendingAct:
 
     module: nn.Module
     residual: Array | None
+    act: str
     done: bool = False
 
 
@@ -345,7 +359,7 @@ def _route_batchnorm(next_fun, args, kwargs, context):
     pending = _PENDING.get()
     if pending is not None and pending.module is module and not pending.done:
         pending.done = True
-        return _fused_call(module, jnp.asarray(x), pending.residual, relu=True)
+        return _fused_call(module, jnp.asarray(x), pending.residual, pending.act)
     return _fused_call(module, jnp.asarray(x))
 
 

@@ -36,6 +36,7 @@ from flaxcls.models.layers import (
     conv_and_norm,
     dense_kernel_init,
     global_avg_pool,
+    norm_act,
     symmetric_padding,
 )
 from flaxcls.registry import register_model
@@ -91,9 +92,9 @@ class DepthwiseSeparable(nn.Module):
             feature_group_count=channels,
             name="dw_conv",
         )(x)
-        x = self.act(self.norm(name="dw_bn")(x))
+        x = norm_act(self.norm(name="dw_bn"), x, self.act)
         x = self.conv(self.features, (1, 1), padding=symmetric_padding(1), name="pw_conv")(x)
-        return self.act(self.norm(name="pw_bn")(x))
+        return norm_act(self.norm(name="pw_bn"), x, self.act)
 
 
 class MobileNetV1(nn.Module):
@@ -116,7 +117,7 @@ class MobileNetV1(nn.Module):
             scaled(32, self.scale), (3, 3), strides=2, padding=symmetric_padding(3),
             name="stem_conv",
         )(x)
-        x = self.act(norm(name="stem_bn")(x))
+        x = norm_act(norm(name="stem_bn"), x, self.act)
         features = {"stem": x}
         for s, units in enumerate(V1_STAGES):
             for b, (_, out_width, strides) in enumerate(units):
@@ -150,7 +151,7 @@ class InvertedResidual(nn.Module):
     @nn.compact
     def __call__(self, x):
         y = self.conv(self.expanded, (1, 1), padding=symmetric_padding(1), name="expand_conv")(x)
-        y = self.act(self.norm(name="expand_bn")(y))
+        y = norm_act(self.norm(name="expand_bn"), y, self.act)
         y = self.conv(
             self.expanded,
             (3, 3),
@@ -159,7 +160,7 @@ class InvertedResidual(nn.Module):
             feature_group_count=self.expanded,
             name="dw_conv",
         )(y)
-        y = self.act(self.norm(name="dw_bn")(y))
+        y = norm_act(self.norm(name="dw_bn"), y, self.act)
         y = self.conv(self.features, (1, 1), padding=symmetric_padding(1), name="project_conv")(y)
         y = self.norm(name="project_bn")(y)
         return x + y if self.residual else y
@@ -188,7 +189,7 @@ class MobileNetV2(nn.Module):
             scaled(32, self.scale), (3, 3), strides=2, padding=symmetric_padding(3),
             name="stem_conv",
         )(x)
-        x = self.act(norm(name="stem_bn")(x))
+        x = norm_act(norm(name="stem_bn"), x, self.act)
         features = {"stem": x}
         for s, (t, c, n, stage_stride) in enumerate(V2_STAGES):
             width = scaled(c, self.scale)
@@ -205,7 +206,7 @@ class MobileNetV2(nn.Module):
                 )(x)
             features[f"stage{s + 1}"] = x
         x = conv(self.last_width(), (1, 1), padding=symmetric_padding(1), name="last_conv")(x)
-        x = self.act(norm(name="last_bn")(x))
+        x = norm_act(norm(name="last_bn"), x, self.act)
         features["last"] = x
         pooled = global_avg_pool(x)
         features["pooled"] = pooled
