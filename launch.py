@@ -11,7 +11,8 @@ eval, infer and export use the workdir's newest checkpoint, or --config.pretrain
 (a checkpoint of ours or a converted release).
 
 Any config field can be overridden with ``--config.<field>=<value>``; unknown fields are
-rejected. Re-running the same command resumes from the workdir's newest checkpoint.
+rejected. ``--config.<field>=None`` unsets a field that starts unset (the preprocessing fields:
+the model's value is used again). Re-running the same command resumes from the workdir's newest checkpoint.
 Multi-host: started under SLURM (one task per host) or with --coordinator_address,
 --num_processes and --process_id (or the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
 JAX_PROCESS_ID environment variables) every process joins one data-parallel job.
@@ -40,6 +41,9 @@ flags.DEFINE_integer("process_id", None, "This process's index in a multi-host r
 flags.DEFINE_string("compilation_cache_dir", None,
                     "Persistent XLA cache; default <user cache dir>/flaxcls/jax.")
 FLAGS = flags.FLAGS
+# --config.<field>=None arguments, taken out of sys.argv before flag parsing (which would type
+# "None" as the field's int or tuple) and applied to the loaded config in main.
+NONE_FIELDS: list[str] = []
 
 
 def main(argv: list[str]) -> None:
@@ -55,11 +59,15 @@ def main(argv: list[str]) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
     from flaxcls import parallel
     from flaxcls.checkpoint import CheckpointError
-    from flaxcls.config import ConfigError
+    from flaxcls.config import ConfigError, apply_none_overrides
 
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
     config = FLAGS.config
+    try:
+        apply_none_overrides(config, NONE_FIELDS)
+    except ConfigError as e:
+        _user_error(e)
     workdir = os.path.abspath(FLAGS.workdir)  # Orbax writes and reads absolute paths only
     if config.compilation_cache:
         parallel.enable_compilation_cache(FLAGS.compilation_cache_dir)
@@ -97,4 +105,7 @@ def _user_error(e: Exception) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from flaxcls.config import split_none_overrides
+
+    sys.argv, NONE_FIELDS[:] = split_none_overrides(sys.argv)
     app.run(main)

@@ -69,7 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Eval preprocessing (and the train crop): crop_size, resize_short_size, interpolation,
     # image_mean and image_std start unset (None) and then take the model's ModelCfg values
     # (flaxcls.preprocessing.resolve_preprocessing); a value set here, in a recipe or with
-    # --config.crop_size=... is used as set. None cannot be typed on the command line.
+    # --config.crop_size=... is used as set; --config.crop_size=None unsets it again.
     c.image_shape = ()  # C, H, W as in the original flag; when set, H is the crop_size
     c.crop_size = placeholder(int)  # train: random-resized crop; eval: centre crop
     c.resize_short_size = placeholder(int)  # eval: the shorter side is resized to this first
@@ -137,6 +137,44 @@ def default_config() -> ml_collections.ConfigDict:
 
 class ConfigError(ValueError):
     """A configuration value a user set is wrong; the message names the field."""
+
+
+def split_none_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` without its ``--config.<field>=None`` arguments, and those fields in order.
+
+    Flag parsing types a value by the field's type, so ``None`` cannot reach a field that
+    takes an int or a tuple; launch.py takes these out first and sets them with
+    ``apply_none_overrides`` once the config is loaded."""
+    kept, fields = [], []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if sep and name.startswith("--config.") and value.strip().lower() == "none":
+            fields.append(name[len("--config."):])
+        else:
+            kept.append(arg)
+    return kept, fields
+
+
+def apply_none_overrides(c: ml_collections.ConfigDict, fields: list[str]) -> None:
+    """Sets each (dotted) field to None; only fields that may be unset (placeholders such as
+    the preprocessing fields) accept it, any other raises ConfigError naming the field."""
+    for field in fields:
+        *parents, leaf = field.split(".")
+        node = c
+        for i, part in enumerate(parents):
+            if part not in node:
+                raise ConfigError(f"config.{field}=None: no field config.{'.'.join(parents[:i + 1])}")
+            node = node[part]
+        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+            raise ConfigError(f"config.{field}=None: no such field")
+        # Fields that may be None were declared as placeholders, which ConfigDict keeps as
+        # FieldReferences; a plain field would take None silently and fail much later.
+        if not isinstance(node._fields.get(leaf), ml_collections.FieldReference):
+            raise ConfigError(
+                f"config.{field}=None: this field is of type {type(node[leaf]).__name__} and cannot "
+                "be unset (only fields that start unset can, such as crop_size, "
+                "resize_short_size, interpolation, image_mean and image_std)")
+        node[leaf] = None
 
 
 def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:

@@ -133,3 +133,23 @@ def test_a_bad_preprocessing_value_names_its_field(override, field):
         validate(c, need_data=False)
     with pytest.raises(ConfigError, match=rf"^config\.{field}="):
         resolve_preprocessing(c)  # checks what is set before filling anything
+
+
+def test_none_on_the_command_line_unsets_a_preprocessing_field():
+    """--config.crop_size=None (as launch.py takes it out of argv before flag parsing) gives the
+    field back to the model; fields that cannot be None are refused by name."""
+    from flaxcls.config import apply_none_overrides, split_none_overrides
+
+    argv, fields = split_none_overrides(["launch.py", "--config.crop_size=None",
+                                         "--config.model=ResNet50", "--config.image_mean=none"])
+    assert argv == ["launch.py", "--config.model=ResNet50"]
+    assert fields == ["crop_size", "image_mean"]
+    c = _parse_like_launch("digits", *argv[1:])
+    assert c.crop_size == 32  # the recipe's, kept although the model changed
+    apply_none_overrides(c, fields)
+    assert c.crop_size is None and c.image_mean is None
+    assert resolve_preprocessing(c).crop_size == 224  # ResNet50's own
+    with pytest.raises(ConfigError, match=r"config.batch_size=None: this field is of type int"):
+        apply_none_overrides(c, ["batch_size"])
+    with pytest.raises(ConfigError, match=r"config.crop_sise=None: no such field"):
+        apply_none_overrides(c, ["crop_sise"])
