@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,19 +94,18 @@ def max_pool(
     (wh, ww), (sh, sw), (ph, pw) = _pair(window), _pair(stride), _pair(padding)
     _, pads_h = _pool_geometry(x.shape[1], wh, sh, ph, ceil_mode)
     _, pads_w = _pool_geometry(x.shape[2], ww, sw, pw, ceil_mode)
-    return _pool_max(x, _MaxPoolGeometry((wh, ww), (sh, sw), (pads_h, pads_w), x.shape[1:3]))
+    geometry = _MaxPoolGeometry((wh, ww), (sh, sw), (tuple(pads_h), tuple(pads_w)),
+                                tuple(x.shape[1:3]))
+    return _pool_max(x, geometry)
 
 
-class _MaxPoolGeometry(tuple):
-    """(window, strides, ((low, high) padding of H, of W), input (H, W)): hashable, static."""
+class _MaxPoolGeometry(NamedTuple):
+    """A max pool's static geometry (hashable, so a custom_vjp's non-differentiable argument)."""
 
-    def __new__(cls, window, strides, pads, in_hw):
-        return super().__new__(cls, (tuple(window), tuple(strides), tuple(map(tuple, pads)), tuple(in_hw)))
-
-    window = property(lambda self: self[0])
-    strides = property(lambda self: self[1])
-    pads = property(lambda self: self[2])
-    in_hw = property(lambda self: self[3])
+    window: tuple[int, int]
+    strides: tuple[int, int]
+    pads: tuple[tuple[int, int], tuple[int, int]]  # (low, high) padding of H, of W
+    in_hw: tuple[int, int]  # the input's H, W
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -117,7 +116,7 @@ def _pool_max(x: Array, geo: _MaxPoolGeometry) -> Array:
     and the backward adds each output's gradient back through strided pads: elementwise, so
     XLA fuses it. JAX's own rule lowers to ``select_and_scatter``, which XLA:GPU rewrites into a
     reduce_window that writes the winner's four s32 coordinates per output and a scatter of
-    them (about 4 GB per ResNet50 step at batch 256, against about 1 GB here).
+    them (3.7 GB per ResNet50 step at batch 256 compiled for an H200, about 0.7 GB here).
     """
     (wh, ww), (sh, sw) = geo.window, geo.strides
     # A Python-scalar init lets XLA recognise the max monoid.
