@@ -44,9 +44,6 @@ from jax import lax
 
 Array = jax.Array
 BN_IMPLS = ("flax", "fused")
-# Set while fused_batchnorm() is active: BatchNorm.norm_act then fuses its ReLU too.
-_FUSED: contextvars.ContextVar[bool] = contextvars.ContextVar("flaxcls_fused_batchnorm",
-                                                               default=False)
 
 
 def _reduction_axes(x: Array) -> tuple[int, ...]:
@@ -186,7 +183,7 @@ def batch_norm_train(
     ``dtype`` promoted to at least float32) for the running averages. Differentiable in ``x``,
     ``scale``, ``bias`` and ``residual`` for cotangents of all three outputs; the backward keeps
     ``x`` (and ``residual``) as given, the mean, ``1/sqrt(var + epsilon)``, ``scale``, ``bias``
-    and a per-channel clip gate, and recomputes the ReLU's mask.
+    and a per-channel clip gate, and recomputes the activation's mask.
     """
     if x.ndim < 2:
         raise ValueError(f"batch_norm_train needs batch and channel axes, got shape {x.shape}")
@@ -260,7 +257,7 @@ def _unsupported(module: nn.BatchNorm, x: Array, mask: Any) -> str | None:
 def _fused_call(module: nn.BatchNorm, x: Array, residual: Array | None = None,
                 act: str | None = None) -> Array:
     """nn.BatchNorm.__call__ in training mode, with the same variables, init and updates (then
-    ``residual +`` and a ReLU when asked)."""
+    ``residual +`` and the activation ``act`` when asked)."""
     features = (x.shape[-1],)
     ra_mean = module.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
     ra_var = module.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
@@ -298,11 +295,11 @@ class BatchNorm(nn.BatchNorm):
         Inside ``fused_batchnorm()`` in training mode with ``act`` being ``nn.relu`` or
         ``nn.relu6``, all of it is one custom-gradient op (``batch_norm_train(..., act=...)``)
         whose backward recomputes the activation's mask from ``x``; otherwise exactly the
-        three steps. (The request
-        travels to the interceptor of ``__call__``, the method that may create variables.)"""
+        three steps. The request travels to ``fused_batchnorm``'s interceptor of ``__call__``
+        (the method that may create variables); without that context nobody takes it up."""
         pending = None
         name = next((k for k, f in ACTS.items() if act is f), None)
-        if name is not None and _FUSED.get() and self._fusable(x, residual):
+        if name is not None and self._fusable(x, residual):
             pending = _PendingAct(self, residual, name)
         token = _PENDING.set(pending)
         try:
@@ -322,7 +319,8 @@ class BatchNorm(nn.BatchNorm):
 
 @dataclasses.dataclass
 class _PendingAct:
-    """``BatchNorm.norm_act``'s request to fuse ``residual +`` and the ReLU into its call."""
+    """``BatchNorm.norm_act``'s request to fuse ``residual +`` and the activation into its
+    call."""
 
     module: nn.Module
     residual: Array | None
@@ -368,12 +366,8 @@ def fused_batchnorm() -> Iterator[None]:
     """Inside this context every ``nn.BatchNorm`` call in training mode uses
     ``batch_norm_train``. Interception happens while tracing: enter it inside the jitted
     function (around ``model.apply``), not around a call to an already-compiled one."""
-    token = _FUSED.set(True)
-    try:
-        with nn.intercept_methods(_route_batchnorm):
-            yield
-    finally:
-        _FUSED.reset(token)
+    with nn.intercept_methods(_route_batchnorm):
+        yield
 
 
 def batchnorm_impl(name: str) -> contextlib.AbstractContextManager[None]:

@@ -136,7 +136,7 @@ def _pool_max_fwd(x: Array, geo: _MaxPoolGeometry):
             xp, (0, dy, dx, 0), (n, dy + (oh - 1) * sh + 1, dx + (ow - 1) * sw + 1, c), (1, sh, sw, 1)
         )
         if best is None:
-            best, winner = tap, jnp.zeros(tap.shape, _tap_dtype(wh * ww))
+            best, winner = tap, jnp.zeros(tap.shape, jnp.int8 if wh * ww <= 127 else jnp.int32)
         else:
             # Strictly greater: on ties the earlier tap keeps the gradient (JAX's rule). lax.max
             # propagates NaN as reduce_window does, so the value equals the primal's.
@@ -166,10 +166,6 @@ def _pool_max_bwd(geo: _MaxPoolGeometry, winner: Array, g: Array):
         )
         dx_acc = part if dx_acc is None else dx_acc + part
     return (dx_acc.astype(g.dtype),)
-
-
-def _tap_dtype(taps: int):
-    return jnp.int8 if taps <= 127 else jnp.int32
 
 
 _pool_max.defvjp(_pool_max_fwd, _pool_max_bwd)
