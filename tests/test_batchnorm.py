@@ -341,7 +341,7 @@ def test_residual_benchmark_fused_saves_less(capsys):
     assert 0 < fused_r["stablehlo_reduce_ops"] < flax_r["stablehlo_reduce_ops"]
 
 
-def test_resnet_blocks_fuse_their_relus(monkeypatch):
+def test_blocks_fuse_their_activations(monkeypatch):
     """Inside the fused context a ResNet's BatchNorms that feed a ReLU (stem, bn1, the block's
     last one with the shortcut added) run as the BatchNorm+ReLU op (MobileNetV2's with ReLU6); the projection shortcut's
     BatchNorm, which feeds no ReLU, as the plain one; SE blocks keep their last BatchNorm
@@ -357,15 +357,15 @@ def test_resnet_blocks_fuse_their_relus(monkeypatch):
 
     monkeypatch.setattr(bn_module, "_fused_call", spy)
 
-    def traced(name, **kw):
+    def traced(name, size=32, **kw):
         calls.clear()
         model = flaxcls.create_model(name, num_classes=10, **kw)
         variables = jax.eval_shape(functools.partial(model.init, train=True), jax.random.key(0),
-                                   jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+                                   jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
         with fused_batchnorm():
             jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
                                                     rngs={"dropout": jax.random.key(1)}),
-                           variables, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+                           variables, jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
         return sorted(calls)
 
     got = traced("ResNet_tiny", stage_sizes=(1, 1), widths=(16, 32))
@@ -379,3 +379,16 @@ def test_resnet_blocks_fuse_their_relus(monkeypatch):
     got = traced("MobileNetV2_x0_25")
     assert ("expand_bn", "relu6", False) in got and ("dw_bn", "relu6", False) in got
     assert ("project_bn", None, False) in got
+    # Pre-activation DenseNet: every BatchNorm feeds a ReLU.
+    got = traced("DenseNet121", block_sizes=(1, 1), growth_rate=8, stem_width=16)
+    assert got and all(act == "relu" for _, act, _ in got), got
+    # ShuffleNetV2: the branch's depthwise BatchNorm feeds no activation; the others a ReLU,
+    # and the swish variant's (not fusable) run as the plain op.
+    got = traced("ShuffleNetV2_x0_25")
+    assert ("bn1", "relu", False) in got and ("bn3", "relu", False) in got
+    assert ("bn2", None, False) in got
+    assert {act for _, act, _ in traced("ShuffleNetV2_swish")} == {None}
+    # ConvBN (InceptionV4, DarkNet): conv -> BN -> ReLU, every BatchNorm.
+    for name, size in (("DarkNet53", 32), ("InceptionV4", 75)):
+        got = traced(name, size=size)
+        assert got and all(act == "relu" for _, act, _ in got), (name, got)

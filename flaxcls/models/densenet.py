@@ -30,6 +30,7 @@ from flaxcls.models.layers import (
     conv_and_norm,
     global_avg_pool,
     max_pool,
+    norm_act,
     symmetric_padding,
 )
 from flaxcls.registry import register_model
@@ -48,10 +49,10 @@ class DenseLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        y = self.act(self.norm(name="bn1")(x))
+        y = norm_act(self.norm(name="bn1"), x, self.act)
         y = self.conv(self.bn_size * self.growth_rate, (1, 1), padding=symmetric_padding(1),
                       name="conv1")(y)
-        y = self.act(self.norm(name="bn2")(y))
+        y = norm_act(self.norm(name="bn2"), y, self.act)
         y = self.conv(self.growth_rate, (3, 3), padding=symmetric_padding(3), name="conv2")(y)
         # Fluid's dropout (downgrade_in_infer) when the rate is nonzero; 0 in every release.
         y = DowngradeDropout(self.dropout_rate, name="dropout")(y, train=train)
@@ -68,7 +69,7 @@ class Transition(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = self.act(self.norm(name="bn")(x))
+        x = norm_act(self.norm(name="bn"), x, self.act)
         x = self.conv(self.features, (1, 1), padding=symmetric_padding(1), name="conv")(x)
         return avg_pool(x, 2, 2)
 
@@ -115,7 +116,7 @@ class DenseNet(nn.Module):
         features = {}
         x = conv(self.stem_width, (7, 7), strides=2, padding=symmetric_padding(7),
                  name="stem_conv")(x)
-        x = max_pool(self.act(norm(name="stem_bn")(x)), 3, 2, padding=1)
+        x = max_pool(norm_act(norm(name="stem_bn"), x, self.act), 3, 2, padding=1)
         features["stem"] = x
         last = len(self.block_sizes) - 1
         for b, depth in enumerate(self.block_sizes):
@@ -133,7 +134,7 @@ class DenseNet(nn.Module):
                 features[f"stage{b + 1}"] = x
                 x = Transition(x.shape[-1] // 2, conv=conv, norm=norm, act=self.act,
                                name=f"transition{b + 1}")(x)
-        x = self.act(norm(name="final_bn")(x))
+        x = norm_act(norm(name="final_bn"), x, self.act)
         features[f"stage{last + 1}"] = x
         pooled = global_avg_pool(x)
         features["pooled"] = pooled

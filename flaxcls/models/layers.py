@@ -58,7 +58,7 @@ class ConvBN(nn.Module):
             padding=((ph, ph), (pw, pw)),
             name="conv",
         )(x)
-        return self.act(self.norm(name="bn")(x))
+        return norm_act(self.norm(name="bn"), x, self.act)
 
 
 

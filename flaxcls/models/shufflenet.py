@@ -43,6 +43,7 @@ from flaxcls.models.layers import (
     conv_and_norm,
     global_avg_pool,
     max_pool,
+    norm_act,
     symmetric_padding,
 )
 from flaxcls.registry import register_model
@@ -96,13 +97,13 @@ class ShuffleUnit(nn.Module):
         else:
             keep = self.norm(name="down_dw_bn")(depthwise(x, "down_dw_conv"))
             keep = self.conv(half, (1, 1), padding=pad1, name="down_pw_conv")(keep)
-            keep = self.act(self.norm(name="down_pw_bn")(keep))
+            keep = norm_act(self.norm(name="down_pw_bn"), keep, self.act)
             y = x
         y = self.conv(half, (1, 1), padding=pad1, name="conv1")(y)
-        y = self.act(self.norm(name="bn1")(y))
+        y = norm_act(self.norm(name="bn1"), y, self.act)
         y = self.norm(name="bn2")(depthwise(y, "conv2"))  # no activation after a depthwise conv
         y = self.conv(half, (1, 1), padding=pad1, name="conv3")(y)
-        y = self.act(self.norm(name="bn3")(y))
+        y = norm_act(self.norm(name="bn3"), y, self.act)
         return channel_shuffle(jnp.concatenate([keep, y], axis=-1), 2)
 
 
@@ -136,7 +137,7 @@ class ShuffleNetV2(nn.Module):
         conv, norm = conv_and_norm(self.dtype, train)
         x = conv(self.stem_width, (3, 3), strides=2, padding=symmetric_padding(3),
                  name="stem_conv")(x)
-        x = max_pool(self.act(norm(name="stem_bn")(x)), 3, 2, padding=1)
+        x = max_pool(norm_act(norm(name="stem_bn"), x, self.act), 3, 2, padding=1)
         features = {"stem": x}
         for s, (depth, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
             for b in range(depth):
@@ -150,7 +151,7 @@ class ShuffleNetV2(nn.Module):
                 )(x)
             features[f"stage{s + 1}"] = x
         x = conv(self.last_width, (1, 1), padding=symmetric_padding(1), name="last_conv")(x)
-        x = self.act(norm(name="last_bn")(x))
+        x = norm_act(norm(name="last_bn"), x, self.act)
         features["last"] = x
         pooled = global_avg_pool(x)  # = Paddle's 7x7/1 average pool on the 7x7 map at 224
         features["pooled"] = pooled

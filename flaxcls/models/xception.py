@@ -37,6 +37,7 @@ from flaxcls.models.layers import (
     conv_and_norm,
     global_avg_pool,
     max_pool,
+    norm_act,
     symmetric_padding,
 )
 from flaxcls.registry import register_model
@@ -152,7 +153,7 @@ class Xception(nn.Module):
                 padding=symmetric_padding(3),
                 name=f"stem_conv{i + 1}",
             )(x)
-            x = self.act(norm(name=f"stem_bn{i + 1}")(x))
+            x = norm_act(norm(name=f"stem_bn{i + 1}"), x, self.act)
         features["stem"] = x
         for b, (width, strides) in enumerate(zip(self.entry_widths, self.entry_strides)):
             x = block(
