@@ -199,8 +199,7 @@ def abstract_infer(args, devices: list):
 
     from flaxcls.layouts import CompiledForward
 
-    ns = argparse.Namespace(image_size=args.image_size, stem_space_to_depth=args.stem_space_to_depth,
-                            num_classes=1000, dtype=args.dtype, no_fold=False, param_dtype="")
+    ns = infer_latency.forward_options(args.image_size, args.stem_space_to_depth, args.dtype)
     _, size, forward, variables, _ = infer_latency.build_forward(args.model, ns)
     rep = NamedSharding(Mesh(np.asarray(devices[:1]), ("data",)), PartitionSpec())
     call = CompiledForward(forward, variables, weights_sharding=rep,

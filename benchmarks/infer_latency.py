@@ -67,6 +67,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def forward_options(image_size: int, stem_space_to_depth: bool, dtype: str) -> argparse.Namespace:
+    """The options ``build_forward`` / ``build_call`` read, for another script's call: folded,
+    1000 classes, weights in ``dtype``."""
+    return argparse.Namespace(image_size=image_size, stem_space_to_depth=stem_space_to_depth,
+                              num_classes=1000, dtype=dtype, no_fold=False, param_dtype="")
+
+
 def build_forward(name: str, args):
     """(cfg, image size, jitted forward(variables, x), variables, number of folded BatchNorms)
     for one model."""

@@ -83,14 +83,11 @@ def build_step(model_name: str, batch_size: int, dtype: str, image_size: int,
 
 def build_infer(args):
     """(``CompiledForward`` of the folded forward of ``infer_latency.py``, an input batch)."""
-    import argparse as _argparse
-
     import infer_latency
     import jax
     import numpy as np
 
-    ns = _argparse.Namespace(image_size=args.image_size, stem_space_to_depth=args.stem_space_to_depth,
-                             num_classes=1000, dtype=args.dtype, no_fold=False, param_dtype="")
+    ns = infer_latency.forward_options(args.image_size, args.stem_space_to_depth, args.dtype)
     _, size, call, _ = infer_latency.build_call(args.model, ns, args.weights_layout)
     x = jax.device_put(np.random.RandomState(0).normal(
         size=(args.batch, size, size, 3)).astype(args.dtype))

@@ -214,3 +214,27 @@ def test_profile_groups_name_gpu_and_cpu_ops_and_keep_converts_out_of_convolutio
     assert profile_step.dump_label(ns) == "ResNet50_1_bfloat16_infer"
     ns.weights_layout = "default"
     assert profile_step.dump_label(ns) == "ResNet50_1_bfloat16_infer_default_layout"
+
+
+def test_profile_infer_builds_the_folded_forward_of_infer_latency():
+    """``profile_step.py --infer`` profiles the same folded forward as ``infer_latency.py``:
+    its logits equal the unfolded model's up to float rounding."""
+    import argparse
+
+    import jax
+    import numpy as np
+    import profile_step
+
+    import flaxcls
+
+    ns = argparse.Namespace(model="ResNet_tiny", batch=2, dtype="float32", image_size=32,
+                            stem_space_to_depth=False, weights_layout="compiler")
+    call, x = profile_step.build_infer(ns)
+    assert x.shape == (2, 32, 32, 3)
+    model = flaxcls.create_model("ResNet_tiny", num_classes=1000)
+    variables = model.init(jax.random.key(0, impl="rbg"), np.zeros((1, 32, 32, 3), np.float32),
+                           train=False)
+    want = model.apply(variables, x, train=False)
+    got = call(x)
+    assert got.shape == (2, 1000)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
