@@ -27,10 +27,27 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file(
-    "config", "configs/digits.py", "Config file (a python file with get_config()).",
-    lock_config=True,
-)
+
+def _config_error(e: Exception) -> None:
+    """A config file or ``--config.<field>`` override that cannot be applied (a misspelt field,
+    a file that does not exist): one line instead of ml_collections' traceback."""
+    msg = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+    msg = " ".join(msg.replace("\\n", " ").replace("\\'", "").split())
+    if len(msg) > 1 and msg[0] == msg[-1] == "'":  # a KeyError's repr
+        msg = msg[1:-1]
+    sys.stderr.write(f"ERROR --config: {msg}\n")
+    sys.exit(2)
+
+
+_CONFIG_ERRORS = (AttributeError, KeyError, OSError, TypeError, ValueError)
+try:  # overrides are matched against the default config file here, at definition
+    config_flags.DEFINE_config_file(
+        "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "digits.py"),
+        "Config file (a python file with get_config()).",
+        lock_config=True,
+    )
+except _CONFIG_ERRORS as e:
+    _config_error(e)
 flags.DEFINE_string("workdir", None, "Checkpoints, logs and results go here (model_save_dir).")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "infer", "export"],
                   "train (with eval at the end); eval (top-1/top-5 of a checkpoint); infer "
@@ -44,6 +61,7 @@ FLAGS = flags.FLAGS
 # --config.<field>=None arguments, taken out of sys.argv before flag parsing (which would type
 # "None" as the field's int or tuple) and applied to the loaded config in main.
 NONE_FIELDS: list[str] = []
+_DISTRIBUTED = [False]  # set by main: this process joined a multi-process job
 
 
 def main(argv: list[str]) -> None:
@@ -60,10 +78,15 @@ def main(argv: list[str]) -> None:
     from flaxcls import parallel
     from flaxcls.checkpoint import CheckpointError
     from flaxcls.config import ConfigError, apply_none_overrides
+    from flaxcls.registry import UnknownModelError
 
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id)
-    config = FLAGS.config
+    _DISTRIBUTED[0] = parallel.initialize_distributed(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    try:
+        config = FLAGS.config
+        _ = config.model  # a config file that failed to load raises on first use
+    except _CONFIG_ERRORS as e:
+        _config_error(e)
     try:
         apply_none_overrides(config, NONE_FIELDS)
     except ConfigError as e:
@@ -87,7 +110,7 @@ def main(argv: list[str]) -> None:
 
             out = export_model(config, workdir)
             logging.getLogger("flaxcls").info("exported %s to %s", config.model, out)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, UnknownModelError) as e:
         _user_error(e)
     except ValueError as e:
         from flaxcls.data import DataError
@@ -95,12 +118,40 @@ def main(argv: list[str]) -> None:
         if isinstance(e, DataError):
             _user_error(e)
         raise
+    _finish(0)
 
 
 def _user_error(e: Exception) -> None:
     """Something the user typed or pointed at is wrong: one clear message, no deep traceback."""
     logging.getLogger("flaxcls").error("%s", e)
-    sys.exit(2)
+    _finish(2)
+
+
+def _finish(code: int) -> None:
+    """Exits now that the work is done: the loop has closed its checkpointer (waiting for every
+    save), its writers and its input. A normal interpreter exit would then wait, for up to a
+    minute, on tf.data's autotuning thread, and print Orbax's late asyncio callbacks."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if _DISTRIBUTED[0]:
+        import jax
+
+        jax.distributed.shutdown()
+    os._exit(code)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing (its own message for a bad flag value), with ``_config_error`` for a
+    config file or override that cannot be applied."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:  # as absl's own parser reports it
+        sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see "
+                         "help on flags.\n")
+        sys.exit(1)
+    except _CONFIG_ERRORS as e:
+        _config_error(e)
 
 
 if __name__ == "__main__":
@@ -108,4 +159,4 @@ if __name__ == "__main__":
     from flaxcls.config import split_none_overrides
 
     sys.argv, NONE_FIELDS[:] = split_none_overrides(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

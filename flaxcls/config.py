@@ -50,7 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
     # backward that keeps only the bf16/fp16 input for it (flaxcls.models.batchnorm)
     c.bn_impl = "flax"
     c.pretrained_model = ""  # weights to start from (Orbax checkpoint dir)
-    c.checkpoint = ""  # resume from this checkpoint dir instead of the workdir's newest
+    c.checkpoint = ""  # resume from this checkpoint dir while the workdir has none of its own
     # fine-tuning from pretrained_model (another num_classes re-initialises the classifier head)
     c.freeze_backbone = False  # train only the head (the tensors whose shape follows num_classes)
     c.backbone_lr_mult = 1.0  # learning-rate factor for everything but the head

@@ -114,8 +114,9 @@ def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
-) -> None:
-    """Joins a multi-process job when one is described; a no-op for a single process.
+) -> bool:
+    """Joins a multi-process job when one is described (returns True); a no-op for a single
+    process (False).
 
     Described by the arguments, by JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
     JAX_PROCESS_ID, or by SLURM (more than one task); jax finds the rest itself.
@@ -130,13 +131,14 @@ def initialize_distributed(
         process_id = int(env["JAX_PROCESS_ID"])
     slurm = int(env.get("SLURM_NTASKS", "1")) > 1
     if coordinator_address is None and not slurm:
-        return
+        return False
     if coordinator_address is not None and (num_processes is None or process_id is None):
         raise ValueError(
             "a multi-host run needs all of coordinator_address, num_processes and process_id "
             f"(got {coordinator_address!r}, {num_processes!r}, {process_id!r})"
         )
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    return True
 
 
 def enable_compilation_cache(directory: str | None = None) -> str:

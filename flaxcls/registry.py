@@ -88,6 +88,10 @@ def register_model(name: str, builder: Callable[..., nn.Module] | None = None, *
     return add if builder is None else add(builder)
 
 
+class UnknownModelError(ValueError):
+    """A model name that is not in the zoo; the message suggests close names."""
+
+
 def _resolve(name: str) -> _Entry:
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
@@ -96,7 +100,7 @@ def _resolve(name: str) -> _Entry:
         close = difflib.get_close_matches(_key(name), list(_ALIASES), n=5, cutoff=0.6)
         suggestions = list(dict.fromkeys(_ALIASES[c] for c in close))
         hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
-        raise ValueError(
+        raise UnknownModelError(
             f"Unknown model {name!r}.{hint} flaxcls.list_models() lists all {len(_ENTRIES)} models."
         )
     return _ENTRIES[original]

@@ -84,11 +84,50 @@ def test_sigterm_saves_and_resumes(tmp_path, digits_dir):
     assert json.loads((workdir / "eval_results.json").read_text())["step"] == stopped + 2
 
 
-def test_unknown_config_field_is_rejected(tmp_path):
-    proc = run_launch(["--config=configs/digits.py", f"--workdir={tmp_path}",
-                       "--config.no_such_field=3"], check=False, timeout=120)
-    assert proc.returncode != 0
-    assert "no_such_field" in proc.stderr + proc.stdout
+@pytest.mark.parametrize("args, says", [
+    (["--config=configs/digits.py", "--config.batch_sise=3"],
+     'ERROR --config: batch_sise Did you mean "batch_size"'),
+    (["--config.batch_sise=3"], 'Did you mean "batch_size"'),  # against the default config
+    (["--config=configs/resnet5.py"], "No such file or directory: 'configs/resnet5.py'"),
+    (["--config.model=ResNet51"], "Unknown model 'ResNet51'. Did you mean: ResNet50"),
+])
+def test_config_mistakes_get_one_line_not_a_traceback(tmp_path, args, says):
+    proc = run_launch([f"--workdir={tmp_path}", *args], check=False, timeout=120)
+    out = proc.stderr + proc.stdout
+    assert proc.returncode == 2, out[-3000:]
+    assert says in out and "Traceback" not in out, out[-3000:]
+
+
+# Orbax's restore that failed leaves an asyncio callback for a closed loop; not ours to fix.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_unreadable_newest_checkpoint_names_it_and_the_way_back(tmp_path, digits_dir, caplog):
+    """A newest checkpoint damaged outside our atomic save (a file cut short) stops the run
+    with one error naming it and the older step to go back to; moving it aside resumes. A
+    ``config.checkpoint`` on a workdir that has checkpoints is named as not used."""
+    import logging
+
+    from flaxcls.checkpoint import CheckpointError
+    from flaxcls.train.loop import train_and_evaluate
+
+    kw = {"batch_size": 128, "crop_size": 16, "resize_short_size": 16, "eval_every_epochs": 100,
+          "log_every_steps": 2, "checkpoint_every_steps": 2}
+    work = tmp_path / "run"
+    train_and_evaluate(_config(digits_dir, num_train_steps=4, **kw), str(work))
+    cut = [f for f in (work / "checkpoints" / "4").rglob("*") if f.is_file() and f.parent.name == "d"]
+    assert cut
+    for f in cut:
+        with open(f, "r+b") as fh:
+            fh.truncate(100)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(CheckpointError, match=r"checkpoints/4 cannot be read \(.*Error.*\); move "
+                       r".*checkpoints/4 out of .* resume from step 2$"):
+        train_and_evaluate(_config(digits_dir, num_train_steps=6,
+                                   checkpoint=str(work / "checkpoints" / "2"), **kw), str(work))
+    assert "config.checkpoint=" in caplog.text and "is not used" in caplog.text
+    (work / "checkpoints" / "4").rename(tmp_path / "damaged_4")
+    result = train_and_evaluate(_config(digits_dir, num_train_steps=6, **kw), str(work))
+    assert result["step"] == 6
+    assert sorted(int(p.name) for p in (work / "checkpoints").iterdir()) == [2, 4, 6]
 
 
 def test_bad_config_value_names_the_field(tmp_path):

@@ -200,6 +200,39 @@ def _checkpoint_metadata(config, step: int, steps_per_epoch: int, skipped: int) 
     }
 
 
+def _restore_newest(ckpt: Checkpointer, step: int, abstract: Any) -> tuple[Any, dict[str, Any]]:
+    """The workdir's newest checkpoint; one that cannot be read (a damaged disk, a file cut
+    short outside our atomic save) stops the run naming it and the way back to an older one,
+    which nothing deletes."""
+    try:
+        return ckpt.restore(step, abstract)
+    except CheckpointError:
+        raise
+    except Exception as e:  # Orbax and TensorStore raise many kinds
+        where = os.path.join(str(ckpt.directory), str(step))
+        older = [s for s in ckpt.all_steps() if s < step]
+        ckpt.close()
+        reason = _root_reason(e)
+        hint = (f"move {where} out of '{ckpt.directory}' (keep it until the run is back) and "
+                f"re-run to resume from step {older[-1]}" if older else
+                "no older checkpoint is left: move it aside to start afresh")
+        raise CheckpointError(f"checkpoint {where} cannot be read ({reason}); {hint}") from e
+
+
+def _root_reason(e: BaseException) -> str:
+    """The first line of the innermost error of ``e``'s chain (TensorStore's, where Orbax wraps
+    it), cut at its pointer to further details."""
+    seen = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    for err in reversed(seen):
+        line = (str(err).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
+        if line:
+            return f"{type(err).__name__}: {line[:300]}"
+    return type(seen[0]).__name__
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains ``config.model`` on ``config.data_dir``; resumes from the workdir's newest checkpoint.
 
@@ -223,11 +256,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, async_save=True)
     start_step, skipped_before = 0, 0
     latest = ckpt.latest_step()
+    if latest is not None and config.checkpoint:
+        log.warning(
+            "config.checkpoint=%s is not used: this workdir has checkpoints of its own (newest: "
+            "step %d) and a re-run resumes from those. To start from %s, use a new workdir.",
+            config.checkpoint, latest, config.checkpoint)
     if latest is not None:
-        state, meta = ckpt.restore(latest, _abstract(state))
+        state, meta = _restore_newest(ckpt, latest, _abstract(state))
         start_step, skipped_before = int(latest), int(meta.get("skipped_images", 0))
-        log.info("resumed from %s at step %d (epoch %d)", ckpt.directory, latest,
-                 latest // steps_per_epoch)
+        log.info("resumed from %s at step %d (%.4g epochs done)", ckpt.directory, latest,
+                 latest / steps_per_epoch)
     elif config.checkpoint:
         state, meta = ckpt.restore_from(config.checkpoint, _abstract(state))
         start_step = int(jax.device_get(state.step))
