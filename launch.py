@@ -75,6 +75,9 @@ def main(argv: list[str]) -> None:
     )
     # Orbax and jax report every save step at INFO through absl; keep the console readable.
     logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("absl").addFilter(_quiet_expected_warnings)
+    # jax's INFO that it looked for a TPU on a machine without one.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     from flaxcls import parallel
     from flaxcls.checkpoint import CheckpointError
     from flaxcls.config import ConfigError, apply_none_overrides
@@ -119,6 +122,15 @@ def main(argv: list[str]) -> None:
             _user_error(e)
         raise
     _finish(0)
+
+
+def _quiet_expected_warnings(record: logging.LogRecord) -> bool:
+    """Drops Orbax's warnings that a read-only checkpoint manager (how eval, infer and export
+    read a workdir that a training job may be writing) is read-only: expected, and they read
+    like a permissions problem."""
+    msg = record.getMessage()
+    return not msg.startswith(("CheckpointManagerOptions.read_only=True",
+                               "Given directory is read only"))
 
 
 def _user_error(e: Exception) -> None:

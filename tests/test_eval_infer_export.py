@@ -67,6 +67,32 @@ def test_eval_counts_every_image_once_on_8_devices(tmp_path, digits_dir, ckpt_di
     assert eight["checkpoint"] == str(ckpt_dir)
 
 
+def test_eval_of_a_workdir_on_other_data_than_it_trained_on_warns(tmp_path, digits_dir, ckpt_dir,
+                                                                   caplog):
+    """A forgotten data override at eval time (the workdir's weights, another data set than
+    its config.json) is named in a warning, and eval_results.json records the data used."""
+    import logging
+
+    from flaxcls.train.loop import evaluate_only
+
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "checkpoints").symlink_to(ckpt_dir / "checkpoints")
+    trained = {"data_dir": "/data/cifar10", "builtin_dataset": "", "num_classes": 10}
+    (work / "config.json").write_text(json.dumps(trained))
+    caplog.set_level(logging.WARNING)
+    evaluate_only(_config(digits_dir), str(work))
+    assert "trained with data_dir='/data/cifar10'" in caplog.text
+    assert f"this run has data_dir='{digits_dir}'" in caplog.text
+    data = json.loads((work / "eval_results.json").read_text())["data"]
+    assert data["data_dir"] == str(digits_dir) and data["eval_split"] == "val"
+
+    caplog.clear()
+    (work / "config.json").write_text(json.dumps({**trained, "data_dir": str(digits_dir)}))
+    evaluate_only(_config(digits_dir), str(work))
+    assert "trained with" not in caplog.text
+
+
 def test_eval_refuses_a_head_of_another_class_count(tmp_path, digits_dir, ckpt_dir):
     from flaxcls.checkpoint import CheckpointError
     from flaxcls.train.loop import evaluate_only

@@ -493,6 +493,7 @@ def inference_variables(config, workdir: str, mesh) -> tuple[Any, dict[str, Any]
                 "--config.pretrained_model at a checkpoint or a converted release")
         step = max(steps)
         path = os.path.join(root, str(step))
+        _warn_if_unlike_training(config, workdir)
     size = preprocessing_of(config).crop_size
     rep = parallel.replicated(mesh)
     x = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
@@ -505,6 +506,36 @@ def inference_variables(config, workdir: str, mesh) -> tuple[Any, dict[str, Any]
     log.info("weights of %s from %s%s", flaxcls.get_model_cfg(config.model).name, path,
              f" (step {step})" if step else "")
     return model, variables, {"checkpoint": str(path), "step": step}
+
+
+# What decides which images and labels a workdir's weights were trained for.
+_DATA_FIELDS = ("data_dir", "builtin_dataset", "data_source", "tfds_name", "num_classes",
+                "label_path")
+
+
+def _warn_if_unlike_training(config, workdir: str) -> None:
+    """Eval, infer and export with the workdir's own weights but another data set or labels
+    than its training run (``config.json``) is most often a forgotten override: say so."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            trained = json.load(f)
+    except (OSError, ValueError):
+        return
+
+    def same(field: str) -> bool:
+        a, b = trained.get(field), config.get(field)
+        if field == "data_dir" and a and b:
+            return os.path.abspath(a) == os.path.abspath(b)
+        return a == b or field not in trained
+
+    differ = [f for f in _DATA_FIELDS if not same(f)]
+    if differ:
+        log.warning(
+            "this workdir's weights were trained with %s; this run has %s. Pass the training "
+            "run's values (see %s) unless another data set is what you mean.",
+            ", ".join(f"{f}={trained.get(f)!r}" for f in differ),
+            ", ".join(f"{f}={config.get(f)!r}" for f in differ),
+            os.path.join(workdir, "config.json"))
 
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -522,6 +553,8 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         result = evaluate(config, model, variables, mesh, data, step=source["step"],
                           writer=writer, workdir=workdir, num_eval=info.num_eval,
                           extra={"checkpoint": source["checkpoint"], "model": config.model,
+                                 "data": {f: config.get(f) for f in (*_DATA_FIELDS[:4],
+                                                                     "eval_split", "val_list")},
                                  "preprocessing": _preprocessing_summary(config)})
     finally:
         writer.close()
