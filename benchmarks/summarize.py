@@ -104,4 +104,8 @@ def summarize(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    print(summarize(load(sys.argv[1])))
+    import argparse
+
+    ap = argparse.ArgumentParser(description="A markdown summary of a session's results.jsonl.")
+    ap.add_argument("results", help="results.jsonl written by benchmarks/gpu_session.sh")
+    print(summarize(load(ap.parse_args().results)))

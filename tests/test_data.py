@@ -184,6 +184,24 @@ def test_folder_problems(tree, tmp_path):
         dataset_info(_cfg(tmp_path))
 
 
+def test_folder_hints_for_a_test_split_and_unused_classes(tmp_path, caplog):
+    """CIFAR-style train/ + test/: the warning that evaluation is off names the test folder and
+    the override that uses it; more classes configured than folders found is named too."""
+    import logging
+
+    for split in ("train", "test"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (20, 20)).save(tmp_path / split / "cat" / "a.jpg")
+    caplog.set_level(logging.WARNING)
+    assert dataset_info(_cfg(tmp_path, data_source="folder", num_classes=3)).num_eval == 0
+    assert "--config.eval_split=test evaluates on it" in caplog.text
+    assert "1 class folders but config.num_classes=3" in caplog.text
+    caplog.clear()
+    assert dataset_info(_cfg(tmp_path, data_source="folder", num_classes=1,
+                             eval_split="test")).num_eval == 1
+    assert not caplog.text
+
+
 # ----------------------------------------------------------------------------- train stream
 
 

@@ -125,6 +125,21 @@ def test_shorter_side_mode_and_flat_tar_source(tmp_path):
     assert sides == [(24, 36), (30, 20), (72, 24)]  # shorter side <= 24; (30, 20) already fits
 
 
+def test_class_folders_keep_a_test_split(tmp_path):
+    """CIFAR-style train/ + test/ folders: both splits are rewritten, under their own names."""
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 3), ("test", 2)):
+        for c in ("ant", "bee"):
+            (tmp_path / "src" / split / c).mkdir(parents=True)
+            for i in range(n):
+                _save(tmp_path / "src" / split / c / f"{i}.jpg", 20, 30, "JPEG", rng)
+    out = tmp_path / "out"
+    assert rewrite.main(["--src", str(tmp_path / "src"), "--out", str(out), "--shards", "1"]) == 0
+    index = json.loads((out / "records.json").read_text())
+    assert sorted(index["splits"]) == ["test", "train"]
+    assert index["splits"]["test"]["class_counts"] == [2, 2]
+
+
 def test_rewrite_errors(tmp_path, src, records, capsys):
     assert rewrite.main(["--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "nope" in capsys.readouterr().err

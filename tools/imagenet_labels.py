@@ -27,4 +27,8 @@ def main(tar_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("tar", help="a tar of one ImageNet image per class, <wnid>_<name>.JPEG")
+    main(ap.parse_args().tar)

@@ -113,7 +113,7 @@ def open_images(src: str, num_classes: int = 0) -> ImageSet:
         return ImageSet(splits, num_classes or max(_label_count(s) for s in splits.values()),
                         None)
     if os.path.isdir(os.path.join(src, "train")):
-        roots = {n: os.path.join(src, n) for n in ("train", "val")
+        roots = {n: os.path.join(src, n) for n in ("train", "val", "validation", "test")
                  if os.path.isdir(os.path.join(src, n))}
         return _class_folders(roots, num_classes)
     with os.scandir(src) as it:

@@ -321,6 +321,11 @@ def _folder_source(data_dir: str, train_root: str, eval_root: str, num_classes: 
     if len(names) > num_classes:
         raise DataError(f"{train_root}: {len(names)} class folders but config.num_classes="
                         f"{num_classes}; set num_classes to at least {len(names)}")
+    if len(names) < num_classes:
+        log.warning("%s: %d class folders but config.num_classes=%d: the classifier has %d "
+                    "outputs no image is labelled with (--config.num_classes=%d unless that is "
+                    "meant)", train_root, len(names), num_classes, num_classes - len(names),
+                    len(names))
     if not any(train_classes.values()):
         raise DataError(f"{train_root}: no images (looked for {', '.join(IMAGE_SUFFIXES)} files "
                         f"under its class folders)")
@@ -337,8 +342,14 @@ def _folder_source(data_dir: str, train_root: str, eval_root: str, num_classes: 
                          for n in unknown], f"the eval split {eval_root}")
         evals = _folder_split(eval_classes, index)
     else:
-        log.warning("No eval folder %r (config.eval_split): evaluation is not possible.",
-                    eval_root)
+        parent = os.path.dirname(eval_root.rstrip(os.sep))
+        others = sorted(n for n in ("val", "validation", "test", "valid")
+                        if os.path.isdir(os.path.join(parent, n))
+                        and os.path.join(parent, n) != os.path.normpath(train_root))
+        hint = (f"; found {', '.join(repr(n) for n in others)} beside it: "
+                f"--config.eval_split={others[0]} evaluates on it" if others else "")
+        log.warning("No eval folder %r (config.eval_split): evaluation is not possible%s.",
+                    eval_root, hint)
     return FileSource("folder", data_dir, _folder_split(train_classes, index), evals,
                       f"class-folder tree {eval_root!r} (config.eval_split)", len(names), names)
 
