@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 
 def load(path: str) -> list[dict]:
