@@ -184,6 +184,13 @@ def test_folder_problems(tree, tmp_path):
         dataset_info(_cfg(tmp_path))
 
 
+def test_data_dir_missing_or_without_a_known_layout(tmp_path):
+    with pytest.raises(DataError, match=r"data_dir='.*nope' does not exist"):
+        dataset_info(_cfg(tmp_path / "nope"))
+    with pytest.raises(DataError, match=r"found neither a list file .* nor a class-folder tree"):
+        dataset_info(_cfg(tmp_path))
+
+
 def test_folder_hints_for_a_test_split_and_unused_classes(tmp_path, caplog):
     """CIFAR-style train/ + test/: the warning that evaluation is off names the test folder and
     the override that uses it; more classes configured than folders found is named too."""

@@ -96,8 +96,8 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         reason = ""
         if self._explain is not None and gone and len(self.skipped) <= 5:
             reason = f" (first: {self._explain(gone[0])})"
-        log.warning("Skipped %d unreadable example(s) (%d so far): %s%s", missing,
-                    self.num_skipped, ", ".join(names[:5]), reason)
+        log.warning("Skipped %d unreadable image(s) in this batch, %d in this run so far: %s%s",
+                    missing, self.num_skipped, ", ".join(names[:5]), reason)
 
 
 def _file_reason(split) -> Callable[[int], str]:

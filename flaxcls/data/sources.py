@@ -166,6 +166,8 @@ def resolve_source(config) -> Source:
             kind = "folder"
         elif os.path.isfile(records_index):
             kind = "records"
+        elif not os.path.isdir(data_dir):
+            raise DataError(f"config.data_dir={data_dir!r} does not exist (or is not a folder)")
         else:
             raise DataError(
                 f"config.data_dir={data_dir!r}: found neither a list file {train_list!r} "
