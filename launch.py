@@ -1,4 +1,4 @@
-"""Train, evaluate, predict with or export an image classifier.
+r"""Train, evaluate, predict with or export an image classifier.
 
     python launch.py --config=configs/resnet50.py --workdir=runs/r50 \
         --config.data_dir=/data/ILSVRC2012 --config.batch_size=1024
@@ -11,7 +11,8 @@ eval, infer and export use the workdir's newest checkpoint, or --config.pretrain
 (a checkpoint of ours or a converted release).
 
 Any config field can be overridden with ``--config.<field>=<value>``; unknown fields are
-rejected. ``--config.<field>=None`` unsets a field that starts unset (the preprocessing fields:
+rejected. The fields, their defaults and meaning: flaxcls/config.py and the README's
+configuration table. ``--config.<field>=None`` unsets a field that starts unset (the preprocessing fields:
 the model's value is used again). Re-running the same command resumes from the workdir's newest checkpoint.
 Multi-host: started under SLURM (one task per host) or with --coordinator_address,
 --num_processes and --process_id (or the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
