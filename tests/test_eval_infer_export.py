@@ -108,6 +108,9 @@ def test_eval_without_a_checkpoint_says_what_to_do(tmp_path, digits_dir):
 
     with pytest.raises(ConfigError, match="no checkpoint in .*pretrained_model"):
         evaluate_only(_config(digits_dir), str(tmp_path))
+    with pytest.raises(ConfigError, match="no checkpoint in"):  # before writing a data set
+        evaluate_only(_config("", builtin_dataset="digits"), str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
 
 
 def test_infer_any_format_and_skips_the_unreadable(tmp_path, ckpt_dir, odd_images, caplog):

@@ -482,17 +482,7 @@ def inference_variables(config, workdir: str, mesh) -> tuple[Any, dict[str, Any]
     path = config.checkpoint or config.pretrained_model
     step = 0
     if not path:
-        # Read-only: a training job may be writing to this workdir right now.
-        root = os.path.join(workdir, "checkpoints")
-        steps = [int(n) for n in (os.listdir(root) if os.path.isdir(root) else [])
-                 if n.isdigit() and os.path.isdir(os.path.join(root, n))]
-        if not steps:
-            raise ConfigError(
-                f"no checkpoint in {root} and neither config.checkpoint nor "
-                "config.pretrained_model is set: train first, or point "
-                "--config.pretrained_model at a checkpoint or a converted release")
-        step = max(steps)
-        path = os.path.join(root, str(step))
+        path, step = _workdir_checkpoint(workdir)
         _warn_if_unlike_training(config, workdir)
     size = preprocessing_of(config).crop_size
     rep = parallel.replicated(mesh)
@@ -506,6 +496,20 @@ def inference_variables(config, workdir: str, mesh) -> tuple[Any, dict[str, Any]
     log.info("weights of %s from %s%s", flaxcls.get_model_cfg(config.model).name, path,
              f" (step {step})" if step else "")
     return model, variables, {"checkpoint": str(path), "step": step}
+
+
+def _workdir_checkpoint(workdir: str) -> tuple[str, int]:
+    """(path, step) of the workdir's newest checkpoint, read-only: a training job may be
+    writing to this workdir right now."""
+    root = os.path.join(workdir, "checkpoints")
+    steps = [int(n) for n in (os.listdir(root) if os.path.isdir(root) else [])
+             if n.isdigit() and os.path.isdir(os.path.join(root, n))]
+    if not steps:
+        raise ConfigError(
+            f"no checkpoint in {root} and neither config.checkpoint nor "
+            "config.pretrained_model is set: train first, or point "
+            "--config.pretrained_model at a checkpoint or a converted release")
+    return os.path.join(root, str(max(steps))), max(steps)
 
 
 # What decides which images and labels a workdir's weights were trained for.
@@ -542,6 +546,8 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     """``--mode=eval``: top-1/top-5/loss and the image count of config.pretrained_model (or
     config.checkpoint, or the workdir's newest checkpoint) on the eval split, with the model's
     own preprocessing unless the config overrides it. Writes eval_results.json."""
+    if not (config.checkpoint or config.pretrained_model):
+        _workdir_checkpoint(workdir)  # before _setup writes a built-in data set there
     data, mesh, _, info, _ = _setup(config, workdir)
     if not info.num_eval:
         raise ConfigError("--mode=eval: the data set has no eval split (config.val_list, "
