@@ -509,12 +509,16 @@ def _workdir_checkpoint(workdir: str) -> tuple[str, int]:
             f"no checkpoint in {root} and neither config.checkpoint nor "
             "config.pretrained_model is set: train first, or point "
             "--config.pretrained_model at a checkpoint or a converted release")
-    return os.path.join(root, str(max(steps))), max(steps)
+    step = max(steps)
+    return os.path.join(root, str(step)), step
 
 
 # What decides which images and labels a workdir's weights were trained for.
 _DATA_FIELDS = ("data_dir", "builtin_dataset", "data_source", "tfds_name", "num_classes",
                 "label_path")
+# Which images an eval ran on (recorded in eval_results.json).
+_EVAL_DATA_FIELDS = ("data_dir", "builtin_dataset", "data_source", "tfds_name", "eval_split",
+                     "val_list")
 
 
 def _warn_if_unlike_training(config, workdir: str) -> None:
@@ -559,8 +563,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         result = evaluate(config, model, variables, mesh, data, step=source["step"],
                           writer=writer, workdir=workdir, num_eval=info.num_eval,
                           extra={"checkpoint": source["checkpoint"], "model": config.model,
-                                 "data": {f: config.get(f) for f in (*_DATA_FIELDS[:4],
-                                                                     "eval_split", "val_list")},
+                                 "data": {f: config.get(f) for f in _EVAL_DATA_FIELDS},
                                  "preprocessing": _preprocessing_summary(config)})
     finally:
         writer.close()
