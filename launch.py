@@ -116,6 +116,9 @@ def main(argv: list[str]) -> None:
             logging.getLogger("flaxcls").info("exported %s to %s", config.model, out)
     except (ConfigError, CheckpointError, FileNotFoundError, UnknownModelError) as e:
         _user_error(e)
+    except loop.TrainingDiverged as e:
+        logging.getLogger("flaxcls").error("%s", e)
+        _finish(3)
     except ValueError as e:
         from flaxcls.data import DataError
 

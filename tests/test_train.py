@@ -130,6 +130,46 @@ def test_unreadable_newest_checkpoint_names_it_and_the_way_back(tmp_path, digits
     assert sorted(int(p.name) for p in (work / "checkpoints").iterdir()) == [2, 4, 6]
 
 
+def test_divergence_stops_before_non_finite_weights_are_saved(tmp_path, digits_dir):
+    """lr jumps from 0.1 to 1e9 after epoch 1 (11 steps): with L2 decay every step multiplies
+    the weights by about -5e5, so they overflow within a few steps. The run stops with an error
+    naming the newest checkpoint; every checkpoint on disk holds finite weights."""
+    from flaxcls.train.loop import TrainingDiverged, train_and_evaluate
+
+    work = tmp_path / "run"
+    kw = {"batch_size": 128, "crop_size": 16, "resize_short_size": 16, "eval_every_epochs": 100,
+          "num_epochs": 4, "lr_strategy": "piecewise_decay", "step_epochs": (1,),
+          "decay_rate": 1e10, "warm_up_epochs": 0.0, "log_every_steps": 7,
+          "checkpoint_every_steps": 4}
+    with pytest.raises(TrainingDiverged) as err:
+        train_and_evaluate(_config(digits_dir, **kw), str(work))
+    steps = sorted(int(p.name) for p in (work / "checkpoints").iterdir())
+    assert steps and steps[-1] >= 8 and steps[-1] < 44, steps
+    msg = str(err.value)
+    assert f"the newest checkpoint, step {steps[-1]}, was saved before that" in msg, msg
+    assert "lr 1e+09" in msg and "config.lr" in msg, msg
+    for k, v in checkpoint_params(work).items():
+        assert np.isfinite(v).all(), k
+    assert not (work / "eval_results.json").exists()
+
+
+def test_float16_that_overflows_every_step_says_so(tmp_path, digits_dir, caplog):
+    import logging
+
+    from flaxcls.train.loop import train_and_evaluate
+
+    caplog.set_level(logging.INFO)
+    c = _config(digits_dir, batch_size=128, crop_size=16, resize_short_size=16,
+                eval_every_epochs=100, num_train_steps=4, log_every_steps=2,
+                checkpoint_every_steps=100, dtype="float16", loss_scale=2.0**120)
+    train_and_evaluate(c, str(tmp_path / "run"))
+    assert "float16: every step since step 0 overflowed and was skipped (loss scale now" in caplog.text
+    assert "float16 overflow: 2 step(s) skipped" in caplog.text
+    # skipped steps keep the weights: the final checkpoint is finite
+    for k, v in checkpoint_params(tmp_path / "run").items():
+        assert np.isfinite(v).all(), k
+
+
 def test_bad_config_value_names_the_field(tmp_path):
     proc = run_launch(["--config=configs/digits.py", f"--workdir={tmp_path}",
                        "--config.lr_strategy=sawtooth"], check=False, timeout=120)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -31,6 +32,11 @@ from flaxcls.train.step import (
 from flaxcls.train.writer import MetricWriter, format_eta
 
 log = logging.getLogger("flaxcls")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights stopped being finite: the run stops, and the non-finite weights
+    are never saved (the checkpoints written before stay as they are)."""
 
 
 class _StopFlag:
@@ -305,6 +311,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def skipped() -> int:
         return skipped_before + int(getattr(host_iter, "num_skipped", 0))
 
+    def check_finite(step: int, state: TrainState) -> None:
+        """Before a save or an eval (one small reduction and a host sync): a checkpoint never
+        holds non-finite weights, so a diverged run cannot rotate its good ones out."""
+        if not bool(jax.device_get(_all_finite(state.variables()))):
+            raise _diverged(f"the weights after step {step} are not all finite", step,
+                            float(schedule(step - 1)), ckpt.latest_step())
+
+    def save(step: int, state: TrainState, force: bool = False) -> None:
+        check_finite(step, state)
+        ckpt.save(step, state, _checkpoint_metadata(config, step, steps_per_epoch, skipped()),
+                  force=force)
+
     try:
         while step < total_steps:
             batch = next(batches)
@@ -323,32 +341,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 m.update(lr=float(schedule(step - 1)), images_per_sec=rate,
                          epoch=step / steps_per_epoch, skipped_images=skipped())
                 writer.write("train", step, m)
+                if state.loss_scale is None and not math.isfinite(m["loss"]):
+                    # float32/bfloat16: a non-finite loss means non-finite gradients, which
+                    # the update has already written into the weights
+                    steps = (f"steps {step_log + 1}-{step}" if step > step_log + 1
+                             else f"step {step}")
+                    raise _diverged(f"the mean loss of {steps} is {m['loss']}", step, m["lr"],
+                                    ckpt.latest_step())
+                if state.loss_scale is not None and m["skipped_steps"] >= step - step_log:
+                    log.warning(
+                        "float16: every step since step %d overflowed and was skipped (loss "
+                        "scale now %g); if this goes on, the run has diverged: lower config.lr "
+                        "or train in bfloat16", step_log, float(state.loss_scale.scale))
                 log.info(
                     "epoch %d [%d/%d] step %d  loss %.4f  top1 %.4f  top5 %.4f  lr %.5f  "
-                    "%.0f img/s  epoch ETA %s%s",
+                    "%.0f img/s  epoch ETA %s%s%s",
                     epoch + (0 if at_epoch_end else 1), in_epoch, steps_per_epoch, step,
                     m["loss"], m["top1"], m["top5"], m["lr"], rate, format_eta(eta),
                     f"  skipped images {m['skipped_images']}" if m["skipped_images"] else "",
+                    f"  float16 overflow: {m['skipped_steps']:.0f} step(s) skipped"
+                    if m.get("skipped_steps") else "",
                 )
                 t_log, step_log = now, step
             if step % config.checkpoint_every_steps == 0 or step == total_steps:
-                ckpt.save(step, state, _checkpoint_metadata(config, step, steps_per_epoch,
-                                                            skipped()))
+                save(step, state)
             if at_epoch_end:
                 epoch = step // steps_per_epoch
                 log.info("epoch %d done in %s", epoch, format_eta(time.time() - t_epoch))
                 t_epoch = time.time()
                 if epoch % config.eval_every_epochs == 0 and step != total_steps:
+                    check_finite(step, state)
                     result = evaluate(config, model, state.variables(), mesh, data, step=step,
                                       writer=writer, workdir=workdir, num_eval=info.num_eval)
             if (at_log or jax.process_count() == 1) and stop.agreed():
-                ckpt.save(step, state, _checkpoint_metadata(config, step, steps_per_epoch,
-                                                            skipped()), force=True)
+                save(step, state, force=True)
                 ckpt.wait()
                 log.warning("stopped at step %d on request; re-run the same command to resume",
                             step)
                 return {"stopped_at_step": step}
         if step == total_steps and result.get("step") != step:
+            check_finite(step, state)
             result = evaluate(config, model, state.variables(), mesh, data, step=step,
                               writer=writer, workdir=workdir, num_eval=info.num_eval)
             if latest is not None and latest == total_steps:
@@ -360,6 +392,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batches.close()
         writer.close()
         ckpt.close()
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return losses.all_finite(tree)
+
+
+def _diverged(what: str, step: int, lr: float, newest: int | None) -> TrainingDiverged:
+    """The error for a run whose loss or weights are no longer finite: what was seen, and the
+    way back (the newest checkpoint, which was checked when it was saved)."""
+    if newest is not None:
+        back = (f"the newest checkpoint, step {newest}, was saved before that and is kept, "
+                "and a re-run in this workdir resumes from it")
+    else:
+        back = "no checkpoint was saved before that, so a re-run starts afresh"
+    return TrainingDiverged(
+        f"training diverged: {what} (lr {lr:.4g}), so nothing from here on is saved; {back}. "
+        "Before re-running, lower config.lr, lengthen the warm-up (config.warm_up_epochs) or "
+        "look for bad inputs")
 
 
 def _abstract(state: TrainState) -> Any:
