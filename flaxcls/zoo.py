@@ -45,19 +45,29 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
+TABLE_HEADER = (
+    "| model | snake_case | params (M) | input | resize short | top-1 % | top-5 % |",
+    "|---|---|---:|---:|---:|---:|---:|",
+)
+
+
+def markdown_row(name: str) -> str:
+    """The model table's row of one registered model."""
+    cfg = get_model_cfg(name)
+    params, _ = param_counts(name)
+    return (f"| {cfg.name} | {cfg.snake_name} | {params / 1e6:.2f} | {cfg.input_size} | "
+            f"{cfg.resize_short_size} | {_pct(cfg.top1)} | {_pct(cfg.top5)} |")
+
+
 def markdown_table() -> str:
-    lines = [
-        "| model | snake_case | params (M) | input | resize short | top-1 % | top-5 % |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for name in list_models():
-        cfg = get_model_cfg(name)
-        params, _ = param_counts(name)
-        lines.append(
-            f"| {cfg.name} | {cfg.snake_name} | {params / 1e6:.2f} | {cfg.input_size} | "
-            f"{cfg.resize_short_size} | {_pct(cfg.top1)} | {_pct(cfg.top5)} |"
-        )
-    return "\n".join(lines)
+    return "\n".join([*TABLE_HEADER, *(markdown_row(name) for name in list_models())])
+
+
+def readme_table(text: str) -> list[str]:
+    """The lines of the README's generated model table (between its markers)."""
+    if START not in text or END not in text:
+        raise ValueError(f"README has no model-table markers ({START!r} ... {END!r})")
+    return text.split(START, 1)[1].split(END, 1)[0].strip("\n").split("\n")
 
 
 def render_readme(text: str) -> str:

@@ -136,11 +136,15 @@ def test_import_does_not_pull_tensorflow():
 # ------------------------------------------------------------------- shapes and param counts
 
 
+README_TABLE = zoo.readme_table((Path(__file__).resolve().parents[1] / "README.md").read_text())
+
+
 @pytest.mark.parametrize("name", flaxcls.list_models())
 def test_param_counts_and_shapes(name):
     cfg = flaxcls.get_model_cfg(name)
     model = flaxcls.create_model(name)
-    variables = zoo.abstract_variables(name)  # cached: the README-table test reuses it
+    variables = zoo.abstract_variables(name)
+    assert zoo.markdown_row(name) in README_TABLE, "run: python -m flaxcls.zoo --write"
     params, stats = variables["params"], variables.get("batch_stats", {})
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(variables))
     assert path_exists(params, cfg.first_conv), cfg.first_conv

@@ -8,12 +8,25 @@ from flaxcls import zoo
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_model_table_is_generated_from_the_registry():
-    text = README.read_text()
-    assert zoo.render_readme(text) == text, "run: python -m flaxcls.zoo --write"
-    table = text.split(zoo.START)[1].split(zoo.END)[0]
-    for name in flaxcls.list_models():
-        assert f"| {name} |" in table
+def test_readme_model_table_lists_the_registry_in_order():
+    """Header and order here; each row's content is checked by test_models.py's
+    test_param_counts_and_shapes[name], which has the model's shapes at hand."""
+    lines = zoo.readme_table(README.read_text())
+    assert tuple(lines[:2]) == zoo.TABLE_HEADER, "run: python -m flaxcls.zoo --write"
+    names = [line.split("|")[1].strip() for line in lines[2:]]
+    assert names == flaxcls.list_models(), "run: python -m flaxcls.zoo --write"
+
+
+def test_readme_is_rendered_as_the_table_says(monkeypatch):
+    """render_readme (what ``--write`` writes) puts header and rows between the markers and
+    leaves the rest alone (rows stubbed here; their content is the test above's)."""
+    monkeypatch.setattr(zoo, "markdown_row", lambda name: f"| {name} | row |")
+    text = f"intro\n{zoo.START}\nstale\n{zoo.END}\noutro\n"
+    out = zoo.render_readme(text)
+    assert out.startswith(f"intro\n{zoo.START}\n") and out.endswith(f"\n{zoo.END}\noutro\n")
+    lines = zoo.readme_table(out)
+    assert tuple(lines[:2]) == zoo.TABLE_HEADER
+    assert lines[2:] == [f"| {n} | row |" for n in flaxcls.list_models()]
 
 
 def test_param_counts_of_a_known_model():
