@@ -307,6 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = start_step
     t_log, step_log = time.time(), start_step
     t_epoch = time.time()
+    waited, logs_done, told_input_bound = 0.0, 0, False  # seconds blocked on the next batch
 
     def skipped() -> int:
         return skipped_before + int(getattr(host_iter, "num_skipped", 0))
@@ -325,7 +326,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     try:
         while step < total_steps:
+            t_next = time.perf_counter()
             batch = next(batches)
+            waited += time.perf_counter() - t_next
             state, metrics = train_step(state, metrics, batch)
             step += 1
             at_log = step % config.log_every_steps == 0 or step == total_steps
@@ -338,8 +341,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 epoch = step // steps_per_epoch
                 in_epoch = step % steps_per_epoch or steps_per_epoch
                 eta = (steps_per_epoch - in_epoch) * (now - t_log) / max(step - step_log, 1)
+                # The step runs asynchronously: while the devices keep up with the input,
+                # the loop waits for batches; while they do not, it waits in fetch_metrics.
+                input_wait = min(waited / max(now - t_log, 1e-9), 1.0)
+                waited, logs_done = 0.0, logs_done + 1
                 m.update(lr=float(schedule(step - 1)), images_per_sec=rate,
-                         epoch=step / steps_per_epoch, skipped_images=skipped())
+                         epoch=step / steps_per_epoch, skipped_images=skipped(),
+                         input_wait=input_wait)
                 writer.write("train", step, m)
                 if state.loss_scale is None and not math.isfinite(m["loss"]):
                     # float32/bfloat16: a non-finite loss means non-finite gradients, which
@@ -355,13 +363,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         "or train in bfloat16", step_log, float(state.loss_scale.scale))
                 log.info(
                     "epoch %d [%d/%d] step %d  loss %.4f  top1 %.4f  top5 %.4f  lr %.5f  "
-                    "%.0f img/s  epoch ETA %s%s%s",
+                    "%.0f img/s  input wait %.0f%%  epoch ETA %s%s%s",
                     epoch + (0 if at_epoch_end else 1), in_epoch, steps_per_epoch, step,
-                    m["loss"], m["top1"], m["top5"], m["lr"], rate, format_eta(eta),
+                    m["loss"], m["top1"], m["top5"], m["lr"], rate, 100 * input_wait,
+                    format_eta(eta),
                     f"  skipped images {m['skipped_images']}" if m["skipped_images"] else "",
                     f"  float16 overflow: {m['skipped_steps']:.0f} step(s) skipped"
                     if m.get("skipped_steps") else "",
                 )
+                # The first interval holds the compile and the input's warm-up.
+                if logs_done >= 2 and input_wait > 0.5 and not told_input_bound:
+                    told_input_bound = True
+                    log.warning(
+                        "input-bound: the loop waited for batches %.0f%% of the time since "
+                        "step %d, so the devices idle that long. More CPU for the input "
+                        "(config.reader_thread=0 uses every core the process may use), or "
+                        "records rewritten with smaller JPEGs (python -m flaxcls.data.rewrite, "
+                        "README 'Input pipeline') feed faster", 100 * input_wait, step_log)
                 t_log, step_log = now, step
             if step % config.checkpoint_every_steps == 0 or step == total_steps:
                 save(step, state)
