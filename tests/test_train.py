@@ -13,6 +13,8 @@ import pytest
 from conftest import REPO, checkpoint_params, digits_run_config, run_launch, subprocess_env
 
 _config = digits_run_config
+# val_list of runs that check training only: no eval list, so no eval compile and pass
+NO_EVAL = "no_eval_list.txt"
 
 
 def test_digits_main_job_reaches_accuracy(tmp_path):
@@ -41,7 +43,7 @@ def test_resume_equals_uninterrupted(tmp_path, digits_dir):
 
     kw = {"num_epochs": 2, "batch_size": 128, "crop_size": 16, "resize_short_size": 16,
           "eval_every_epochs": 100, "log_every_steps": 5, "checkpoint_every_steps": 4,
-          "use_mixup": True}
+          "use_mixup": True, "val_list": NO_EVAL}
     whole = tmp_path / "whole"
     train_and_evaluate(_config(digits_dir, **kw), str(whole))
 
@@ -110,7 +112,7 @@ def test_unreadable_newest_checkpoint_names_it_and_the_way_back(tmp_path, digits
     from flaxcls.train.loop import train_and_evaluate
 
     kw = {"batch_size": 128, "crop_size": 16, "resize_short_size": 16, "eval_every_epochs": 100,
-          "log_every_steps": 2, "checkpoint_every_steps": 2}
+          "log_every_steps": 2, "checkpoint_every_steps": 2, "val_list": NO_EVAL}
     work = tmp_path / "run"
     train_and_evaluate(_config(digits_dir, num_train_steps=4, **kw), str(work))
     cut = [f for f in (work / "checkpoints" / "4").rglob("*") if f.is_file() and f.parent.name == "d"]
@@ -161,7 +163,8 @@ def test_float16_that_overflows_every_step_says_so(tmp_path, digits_dir, caplog)
     caplog.set_level(logging.INFO)
     c = _config(digits_dir, batch_size=128, crop_size=16, resize_short_size=16,
                 eval_every_epochs=100, num_train_steps=4, log_every_steps=2,
-                checkpoint_every_steps=100, dtype="float16", loss_scale=2.0**120)
+                checkpoint_every_steps=100, dtype="float16", loss_scale=2.0**120,
+                val_list=NO_EVAL)
     train_and_evaluate(c, str(tmp_path / "run"))
     assert "float16: every step since step 0 overflowed and was skipped (loss scale now" in caplog.text
     assert "float16 overflow: 2 step(s) skipped" in caplog.text
@@ -190,7 +193,7 @@ def test_input_bound_run_says_so(tmp_path, digits_dir, monkeypatch, caplog):
     work = tmp_path / "run"
     train_and_evaluate(_config(digits_dir, batch_size=128, crop_size=16, resize_short_size=16,
                                eval_every_epochs=100, num_train_steps=10, log_every_steps=2,
-                               checkpoint_every_steps=100), str(work))
+                               checkpoint_every_steps=100, val_list=NO_EVAL), str(work))
     train = [r for r in map(json.loads, (work / "metrics.jsonl").read_text().splitlines())
              if r["split"] == "train"]
     print([(r["step"], r["input_wait"]) for r in train])
