@@ -43,7 +43,7 @@ def main(out_path: str, model_name: str = "ResNet_tiny", bn_stats: str = "global
     per_process = 16 // jax.process_count()
     mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
     rng = np.random.RandomState(0)
-    losses, ref_losses = [], []
+    losses, ref_losses, whole_losses = [], [], []
     for _ in range(3):
         batch = {
             "image": rng.randint(0, 256, (16, 32, 32, 3)).astype(np.uint8),
@@ -54,11 +54,13 @@ def main(out_path: str, model_name: str = "ResNet_tiny", bn_stats: str = "global
         state, metrics = step(state, metrics, parallel.host_to_global(local, mesh))
         losses.append(fetch_metrics(metrics)["loss"])
         if ref is not None:
-            ref, loss = _per_slice_reference_step(model, tx, c, ref, batch, jax.device_count())
+            ref, loss, whole = _per_slice_reference_step(model, tx, c, ref, batch,
+                                                         jax.device_count())
             ref_losses.append(loss)
+            whole_losses.append(whole)
     out = {"losses": np.asarray(losses), "devices": jax.device_count(), **_flat(state)}
     if ref is not None:
-        out.update({"ref_losses": np.asarray(ref_losses),
+        out.update({"ref_losses": np.asarray(ref_losses), "whole_losses": np.asarray(whole_losses),
                     **{f"ref/{k}": v for k, v in _flat(ref).items()}})
     np.savez(out_path, **out)
 
@@ -72,7 +74,9 @@ def _flat(state) -> dict[str, np.ndarray]:
 
 
 def _per_slice_reference_step(model, tx, c, state, batch, slices):
-    """One step of per-device BatchNorm written out by hand (no mesh, no shard_map)."""
+    """One step of per-device BatchNorm written out by hand (no mesh, no shard_map). Returns
+    the new state, the mean of the slices' losses and, for contrast, the loss of the whole
+    batch under BatchNorm statistics of the whole batch (same parameters)."""
     import jax.numpy as jnp
     import optax
 
@@ -99,11 +103,12 @@ def _per_slice_reference_step(model, tx, c, state, batch, slices):
         stats.append(s)
         loss += float(value_fn(state.params, batch["image"][part], batch["label"][part])[0])
     mean_tree = lambda trees: jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)
+    whole = float(value_fn(state.params, batch["image"], batch["label"])[0])
     updates, opt_state = tx.update(mean_tree(grads), state.opt_state, state.params)
     state = state.replace(params=optax.apply_updates(state.params, updates),
                           batch_stats=mean_tree(stats), opt_state=opt_state,
                           step=state.step + 1)
-    return state, loss / slices
+    return state, loss / slices, whole
 
 
 if __name__ == "__main__":

@@ -126,7 +126,8 @@ def test_normalize_matches_numpy():
 
 
 def test_auxiliary_heads_are_trained():
-    """GoogLeNet's aux heads get gradients through the 0.3-weighted aux losses, as in Paddle."""
+    """GoogLeNet's aux heads get gradients through the 0.3-weighted aux losses, as in Paddle
+    (googlenet's train.py: CE(main) + 0.3 CE(aux1) + 0.3 CE(aux2))."""
     c, mesh, model, tx, state = _setup(size=64, model="GoogLeNet", l2_decay=0.0)
     assert model.aux_loss_weights == {"aux1": 0.3, "aux2": 0.3}
     step = make_train_step(model, tx, c, mesh)
@@ -137,6 +138,11 @@ def test_auxiliary_heads_are_trained():
     assert len(aux) == 6, sorted(before)
     for name in aux:
         assert not np.allclose(before[name]["kernel"], np.asarray(state.params[name]["kernel"]))
+    # and every parameter of the net learns (no L2 term: a change is a gradient)
+    after = jax.tree_util.tree_leaves_with_path(state.params)
+    same = [jax.tree_util.keystr(p) for (p, a), b in zip(after, jax.tree_util.tree_leaves(before))
+            if np.array_equal(np.asarray(a), b)]
+    assert not same, f"parameters that did not move: {same}"
 
 
 @pytest.mark.parametrize("dtype, bn_stats", [("float32", "global"), ("float16", "device")])

@@ -174,7 +174,7 @@ def test_float16_that_overflows_every_step_says_so(tmp_path, digits_dir, caplog)
 
 
 def test_input_bound_run_says_so(tmp_path, digits_dir, monkeypatch, caplog):
-    """A host input slower than the step (here: 1 s per batch) shows as the share of time the
+    """A host input slower than the step (here: 1.5 s per batch) shows as the share of time the
     loop waited for batches, in the log line and metrics.jsonl, and a warning names the fix."""
     import logging
 
@@ -185,21 +185,20 @@ def test_input_bound_run_says_so(tmp_path, digits_dir, monkeypatch, caplog):
 
     def slow_iterator(*args, **kwargs):
         for batch in real(*args, **kwargs):
-            time.sleep(1.0)
+            time.sleep(1.5)
             yield batch
 
     monkeypatch.setattr(data, "train_iterator", slow_iterator)
     caplog.set_level(logging.INFO)
     work = tmp_path / "run"
     train_and_evaluate(_config(digits_dir, batch_size=128, crop_size=16, resize_short_size=16,
-                               eval_every_epochs=100, num_train_steps=10, log_every_steps=2,
+                               eval_every_epochs=100, num_train_steps=6, log_every_steps=2,
                                checkpoint_every_steps=100, val_list=NO_EVAL), str(work))
     train = [r for r in map(json.loads, (work / "metrics.jsonl").read_text().splitlines())
              if r["split"] == "train"]
-    print([(r["step"], r["input_wait"]) for r in train])
-    assert [r["step"] for r in train] == [2, 4, 6, 8, 10]
-    # from step 6 on, the batches buffered while the step compiled are used up
-    assert all(0.5 < r["input_wait"] <= 1.0 for r in train[2:]), train
+    assert [r["step"] for r in train] == [2, 4, 6]
+    # by step 6 the batches buffered while the step compiled are used up
+    assert 0.5 < train[2]["input_wait"] <= 1.0, train
     assert "input-bound: the loop waited for batches" in caplog.text
     assert "config.reader_thread" in caplog.text
     assert caplog.text.count("input-bound") == 1  # said once, not at every log line
