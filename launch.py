@@ -163,6 +163,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as e:  # as absl's own parser reports it
+        text = str(e)
+        last = ([line for line in text.splitlines() if line.strip()] or [""])[-1]
+        if "Error whilst parsing config file" in text and last.startswith("flaxcls."):
+            # get_config() raised one of our errors (a recipe name it does not know):
+            # ml_collections puts the whole traceback into the message; its last line is the
+            # error. Other errors (a config file with a syntax error) keep the traceback.
+            _config_error(ValueError(last.split(": ", 1)[-1]))
         sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see "
                          "help on flags.\n")
         sys.exit(1)

@@ -8,8 +8,7 @@ From the original scripts/train/GoogLeNet.sh (4 V100s, 200 epochs, about 132 h):
 decay, lr 0.01 for a global batch of 256 (scaled linearly if batch_size changes), L2 1e-4;
 momentum 0.9 is the train.py default. Random-resized crop 224 + flip.
 The original loss also added 0.3 x the cross-entropy of each auxiliary head
-(flaxcls.models.googlenet.AUX_LOSS_WEIGHTS); a train step that uses only the main logits
-trains without them.
+(flaxcls.models.googlenet.AUX_LOSS_WEIGHTS); the trainer's step does the same.
 """
 
 from flaxcls.config import default_config

@@ -92,6 +92,8 @@ def test_sigterm_saves_and_resumes(tmp_path, digits_dir):
     (["--config.batch_sise=3"], 'Did you mean "batch_size"'),  # against the default config
     (["--config=configs/resnet5.py"], "No such file or directory: 'configs/resnet5.py'"),
     (["--config.model=ResNet51"], "Unknown model 'ResNet51'. Did you mean: ResNet50"),
+    (["--config=configs/paddle2019.py:ResNeXt101_32x48d_wsl"],
+     "ERROR --config: ResNeXt101_32x48d_wsl has no 2019 training recipe"),
 ])
 def test_config_mistakes_get_one_line_not_a_traceback(tmp_path, args, says):
     proc = run_launch([f"--workdir={tmp_path}", *args], check=False, timeout=120)

@@ -1,0 +1,158 @@
+"""The training recipes of the 2019 PaddleCV release: every released model's hyper-parameters.
+
+Source: the original ``scripts/train/<Model>.sh`` of PaddlePaddle/models
+(PaddleCV/image_classification) as they stood at the end of 2019, with that ``train.py``'s
+defaults for every flag a script does not pass (lr 0.1, piecewise decay x0.1 at epochs
+30/60/90, 120 epochs, L2 1e-4, momentum 0.9, no mixup or label smoothing, random-resized
+crop scale 0.08-1 and aspect 3/4-4/3). ``cosine_decay_warmup`` hard-coded a 5-epoch linear
+warm-up. The 2019 code never scaled the learning rate with the batch: each lr here is for the
+recipe's global batch, which becomes ``lr_base_batch_size`` so that another ``batch_size``
+scales it linearly.
+
+Known gaps, kept as the scripts say:
+
+- The scripts date from September 2019, after most weights were released; the older
+  ``run.sh`` differs for VGG19 (90 epochs, L2 3e-4), AlexNet (decay at epochs 40/70/100),
+  Xception41 (224 px) and ShuffleNetV2 (``lower_scale`` 0.2 in one version).
+- ResNeXt50_vd_32x4d and ResNeXt50_64x4d never had a script; theirs come from commented-out
+  lines of the old ``run.sh`` (the same values as ResNeXt50_vd_64x4d and ResNeXt50_32x4d).
+- The ResNeXt101_*_wsl models were converted from weakly supervised weights trained
+  elsewhere; there is no recipe to train them.
+- SE_ResNeXt101_32x4d's script comment says 120 epochs; its command passes 200 (used here).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flaxcls.registry import get_model_cfg
+
+# train.py's defaults for the fields every recipe sets (see the module docstring).
+_BASE: dict[str, Any] = {
+    "batch_size": 256,
+    "lr": 0.1,
+    "lr_strategy": "piecewise_decay",
+    "num_epochs": 120,
+    "l2_decay": 1e-4,
+    "step_epochs": (30, 60, 90),
+    "decay_rate": 0.1,
+    "warm_up_epochs": 0.0,
+    "momentum_rate": 0.9,
+    "use_mixup": False,
+    "mixup_alpha": 0.2,
+    "use_label_smoothing": False,
+    "label_smoothing_epsilon": 0.1,
+    "lower_scale": 0.08,
+    "lower_ratio": 3.0 / 4.0,
+    "upper_ratio": 4.0 / 3.0,
+}
+
+
+def _cosine(epochs: int, **kw: Any) -> dict[str, Any]:
+    return {"lr_strategy": "cosine_decay", "num_epochs": epochs, **kw}
+
+
+def _cosine_warmup(**kw: Any) -> dict[str, Any]:
+    return {"lr_strategy": "cosine_decay_warmup", "warm_up_epochs": 5.0, "num_epochs": 240, **kw}
+
+
+_VD = {"use_mixup": True, "use_label_smoothing": True}  # the 200-epoch vd-style recipes
+_SQUARE = {"lower_ratio": 1.0, "upper_ratio": 1.0}
+
+# What each script passes beyond _BASE.
+PADDLE2019: dict[str, dict[str, Any]] = {
+    "AlexNet": {"lr": 0.01},
+    "SqueezeNet1_0": _cosine(120, lr=0.02),
+    "SqueezeNet1_1": _cosine(120, lr=0.02),
+    "VGG11": _cosine(90, batch_size=512, l2_decay=2e-4),
+    "VGG13": _cosine(90, lr=0.01, l2_decay=3e-4),
+    "VGG16": _cosine(90, lr=0.01, l2_decay=3e-4),
+    "VGG19": _cosine(150, lr=0.01, l2_decay=4e-4),
+    "MobileNetV1": {"l2_decay": 3e-5},
+    "MobileNetV2_x0_25": _cosine(240, l2_decay=3e-5, **_SQUARE),
+    "MobileNetV2_x0_5": _cosine(240, l2_decay=3e-5, **_SQUARE),
+    "MobileNetV2": _cosine(240, batch_size=500, l2_decay=4e-5),
+    "MobileNetV2_x1_5": _cosine(240, l2_decay=4e-5),
+    "MobileNetV2_x2_0": _cosine(240, l2_decay=4e-5),
+    "ShuffleNetV2_x0_25": _cosine_warmup(batch_size=1024, lr=0.5, l2_decay=3e-5,
+                                         lower_scale=0.64, lower_ratio=0.8, upper_ratio=1.2),
+    "ShuffleNetV2_x0_33": _cosine_warmup(batch_size=1024, lr=0.5, l2_decay=3e-5,
+                                         lower_scale=0.64, lower_ratio=0.8, upper_ratio=1.2),
+    "ShuffleNetV2_x0_5": _cosine_warmup(batch_size=1024, lr=0.5, l2_decay=3e-5,
+                                        lower_scale=0.64, lower_ratio=0.8, upper_ratio=1.2),
+    "ShuffleNetV2": _cosine_warmup(batch_size=1024, lr=0.5, l2_decay=4e-5),
+    "ShuffleNetV2_x1_5": _cosine_warmup(batch_size=512, lr=0.25, l2_decay=4e-5, **_SQUARE),
+    "ShuffleNetV2_x2_0": _cosine_warmup(batch_size=512, lr=0.25, l2_decay=4e-5),
+    "ShuffleNetV2_swish": _cosine_warmup(batch_size=1024, lr=0.5, l2_decay=4e-5),
+    "ResNet18": _cosine(120),
+    "ResNet34": _cosine(120),
+    "ResNet50": {},
+    "ResNet101": {},
+    "ResNet152": {},
+    "ResNet50_vc": _cosine(200),
+    "ResNet50_vd": _cosine(200, l2_decay=7e-5, **_VD),
+    "ResNet101_vd": _cosine(200, **_VD),
+    "ResNet152_vd": _cosine(200, **_VD),
+    "ResNet200_vd": _cosine(200, **_VD),
+    "ResNeXt50_32x4d": {},
+    "ResNeXt50_vd_32x4d": _cosine(200, **_VD),  # old run.sh, commented out
+    "ResNeXt50_64x4d": {},  # old run.sh, commented out
+    "ResNeXt50_vd_64x4d": _cosine(200, **_VD),
+    "ResNeXt101_32x4d": {},
+    "ResNeXt101_64x4d": {"l2_decay": 15e-5},
+    "ResNeXt101_vd_64x4d": _cosine(200, **_VD),
+    "ResNeXt152_32x4d": {},
+    "ResNeXt152_64x4d": {"l2_decay": 18e-5},
+    "DenseNet121": {},
+    "DenseNet161": {},
+    "DenseNet169": {},
+    "DenseNet201": {},
+    "DenseNet264": {},
+    "SE_ResNeXt50_32x4d": _cosine(200, batch_size=400, l2_decay=1.2e-4),
+    "SE_ResNeXt101_32x4d": _cosine(200, batch_size=400, l2_decay=1.5e-5),
+    "SENet154_vd": _cosine(200, **_VD),
+    "GoogLeNet": _cosine(200, lr=0.01),
+    # 299 px (eval: short side 320) and DarkNet53's 256 px come with the model's ModelCfg.
+    "Xception41": _cosine(120, lr=0.045),
+    "InceptionV4": _cosine(200, lr=0.045, **_VD),
+    "DarkNet53": _cosine(200, **_VD),
+}
+
+NO_RECIPE = {
+    name: "its weights were converted from weakly supervised (Instagram) pre-training done "
+          "elsewhere; there is no ImageNet recipe to train it from scratch (fine-tune it from "
+          "converted weights with config.pretrained_model instead)"
+    for name in ("ResNeXt101_32x8d_wsl", "ResNeXt101_32x16d_wsl", "ResNeXt101_32x32d_wsl",
+                 "ResNeXt101_32x48d_wsl", "Fix_ResNeXt101_32x48d_wsl")
+}
+
+
+class NoRecipeError(ValueError):
+    """A model without a 2019 training recipe; the message says why and what to use."""
+
+
+def paddle2019_recipe(model: str) -> dict[str, Any]:
+    """Every recipe field of ``model``'s 2019 recipe (any spelling the registry accepts), plus
+    ``lr_base_batch_size`` (the recipe's batch)."""
+    name = get_model_cfg(model).name  # UnknownModelError, with close names, for a typo
+    if name in NO_RECIPE:
+        raise NoRecipeError(f"{name} has no 2019 training recipe: {NO_RECIPE[name]}")
+    if name not in PADDLE2019:
+        raise NoRecipeError(
+            f"{name} was not in the 2019 release, so it has no 2019 recipe; start from the "
+            f"recipe of a released model of its family, e.g. --config=configs/paddle2019.py:"
+            f"{_closest_released(name)} --config.model={name}")
+    recipe = {**_BASE, **PADDLE2019[name]}
+    recipe["lr_base_batch_size"] = recipe["batch_size"]
+    return recipe
+
+
+def _closest_released(name: str) -> str:
+    """A released model whose name shares the longest prefix with ``name``."""
+    def shared(other: str) -> int:
+        n = 0
+        while n < min(len(name), len(other)) and name[n] == other[n]:
+            n += 1
+        return n
+
+    return max(PADDLE2019, key=shared)

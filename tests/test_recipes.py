@@ -1,0 +1,84 @@
+"""The 2019 recipes: one for every released model that had one, equal to the curated recipe
+files in configs/, loadable as configs/paddle2019.py:<Model> the way launch.py loads it."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+from test_zoo_table import RELEASED
+
+import flaxcls
+from flaxcls.config import validate
+from flaxcls.preprocessing import resolve_preprocessing
+from flaxcls.recipes import NO_RECIPE, PADDLE2019, NoRecipeError, paddle2019_recipe
+from flaxcls.registry import UnknownModelError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CURATED = sorted(p for p in CONFIG_DIR.glob("*.py")
+                 if p.stem not in ("__init__", "paddle2019", "digits"))
+
+
+def _parse_like_launch(spec: str, *overrides: str):
+    argv = ["launch.py", f"--config={spec}", *overrides]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=fv, lock_config=True, sys_argv=argv)
+    fv(argv)
+    return fv.config
+
+
+def test_every_released_model_has_a_recipe_or_a_reason():
+    assert set(PADDLE2019) | set(NO_RECIPE) == set(RELEASED)
+    assert not set(PADDLE2019) & set(NO_RECIPE)
+    assert len(PADDLE2019) == 51
+    for name in PADDLE2019:
+        assert flaxcls.get_model_cfg(name).name == name
+
+
+@pytest.mark.parametrize("name", sorted(PADDLE2019))
+def test_recipe_loads_validates_and_fits_the_model(name):
+    c = _parse_like_launch(f"{CONFIG_DIR / 'paddle2019.py'}:{name}")
+    assert c.model == name
+    c.data_dir = "/data/ILSVRC2012"
+    validate(c)
+    assert c.lr_base_batch_size == c.batch_size  # the 2019 lr was for the recipe's batch
+    assert resolve_preprocessing(c).crop_size == flaxcls.get_model_cfg(name).input_size
+
+
+@pytest.mark.parametrize("path", CURATED, ids=[p.stem for p in CURATED])
+def test_curated_recipe_files_say_what_the_table_says(path):
+    spec = importlib.util.spec_from_file_location(f"_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    recipe = paddle2019_recipe(c.model)
+    differ = {k: (c[k], v) for k, v in recipe.items()
+              if (tuple(c[k]) if isinstance(c[k], list | tuple) else c[k]) != v}
+    assert not differ, f"{path.name} (file, table): {differ}"
+
+
+def test_known_values_from_the_scripts():
+    r = paddle2019_recipe("shufflenetv2_x0_25")  # snake_case resolves too
+    assert (r["batch_size"], r["lr"], r["lr_strategy"], r["warm_up_epochs"]) == (
+        1024, 0.5, "cosine_decay_warmup", 5.0)
+    assert (r["lower_scale"], r["lower_ratio"], r["upper_ratio"]) == (0.64, 0.8, 1.2)
+    r = paddle2019_recipe("ResNeXt152_64x4d")
+    assert (r["l2_decay"], r["lr_strategy"], r["step_epochs"]) == (18e-5, "piecewise_decay",
+                                                                   (30, 60, 90))
+    r = paddle2019_recipe("InceptionV4")
+    assert (r["lr"], r["num_epochs"], r["use_mixup"], r["use_label_smoothing"]) == (
+        0.045, 200, True, True)
+
+
+def test_models_without_a_recipe_say_why_and_what_instead():
+    with pytest.raises(NoRecipeError, match="ResNeXt101_32x48d_wsl has no 2019 training recipe"
+                       ".*pretrained_model"):
+        paddle2019_recipe("ResNeXt101_32x48d_wsl")
+    with pytest.raises(NoRecipeError, match=r"ResNet18_vd was not in the 2019 release.*"
+                       r"configs/paddle2019.py:ResNet18 --config.model=ResNet18_vd"):
+        paddle2019_recipe("ResNet18_vd")
+    with pytest.raises(UnknownModelError, match="ResNet50"):
+        paddle2019_recipe("ResNet5O")
