@@ -35,7 +35,17 @@ def test_digits_main_job_reaches_accuracy(tmp_path):
     assert train[-1]["loss"] < train[0]["loss"]
     assert list((workdir / "tensorboard").iterdir())
     assert "epoch ETA" in proc.stdout
+    assert "epoch 1 done in" in proc.stdout and "to go for the 11 epochs left" in proc.stdout
     print(f"digits main job: top1 {result['top1']:.4f} in {seconds:.0f}s")
+
+
+def test_eta_reads_as_days_hours_minutes():
+    from flaxcls.train.writer import format_eta
+
+    assert format_eta(59.9) == "00:59"
+    assert format_eta(5 * 3600 + 61) == "5:01:01"
+    assert format_eta(3 * 86400 + 4 * 3600 + 5) == "3d 04:00:05"
+    assert format_eta(-3) == "00:00"
 
 
 def test_resume_equals_uninterrupted(tmp_path, digits_dir):

@@ -385,7 +385,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 save(step, state)
             if at_epoch_end:
                 epoch = step // steps_per_epoch
-                log.info("epoch %d done in %s", epoch, format_eta(time.time() - t_epoch))
+                took = time.time() - t_epoch
+                left = total_steps - step
+                log.info("epoch %d done in %s%s", epoch, format_eta(took),
+                         f"; about {format_eta(took * left / steps_per_epoch)} to go for the "
+                         f"{left / steps_per_epoch:.4g} epochs left at this pace" if left > 0
+                         else "")
                 t_epoch = time.time()
                 if epoch % config.eval_every_epochs == 0 and step != total_steps:
                     check_finite(step, state)

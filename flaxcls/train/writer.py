@@ -66,7 +66,11 @@ def _plain(v: Any) -> Any:
 
 
 def format_eta(seconds: float) -> str:
+    """``MM:SS``, ``H:MM:SS`` or, from a day on, ``Dd HH:MM:SS``."""
     seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
     m, s = divmod(rem, 60)
+    if d:
+        return f"{d}d {h:02d}:{m:02d}:{s:02d}"
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
