@@ -305,9 +305,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     stop.install()
     result: dict[str, Any] = {}
     step = start_step
-    t_log, step_log = time.time(), start_step
+    progress = _Progress(config, schedule, steps_per_epoch, start_step, writer)
     t_epoch = time.time()
-    waited, logs_done, told_input_bound = 0.0, 0, False  # seconds blocked on the next batch
 
     def skipped() -> int:
         return skipped_before + int(getattr(host_iter, "num_skipped", 0))
@@ -326,9 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     try:
         while step < total_steps:
-            t_next = time.perf_counter()
-            batch = next(batches)
-            waited += time.perf_counter() - t_next
+            batch = progress.next_batch(batches)
             state, metrics = train_step(state, metrics, batch)
             step += 1
             at_log = step % config.log_every_steps == 0 or step == total_steps
@@ -336,51 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if at_log:
                 m = fetch_metrics(metrics)  # the only host sync in the loop
                 metrics = zeros_metrics(TRAIN_METRICS, mesh)
-                now = time.time()
-                rate = (step - step_log) * config.batch_size / max(now - t_log, 1e-9)
-                epoch = step // steps_per_epoch
-                in_epoch = step % steps_per_epoch or steps_per_epoch
-                eta = (steps_per_epoch - in_epoch) * (now - t_log) / max(step - step_log, 1)
-                # The step runs asynchronously: while the devices keep up with the input,
-                # the loop waits for batches; while they do not, it waits in fetch_metrics.
-                input_wait = min(waited / max(now - t_log, 1e-9), 1.0)
-                waited, logs_done = 0.0, logs_done + 1
-                m.update(lr=float(schedule(step - 1)), images_per_sec=rate,
-                         epoch=step / steps_per_epoch, skipped_images=skipped(),
-                         input_wait=input_wait)
-                writer.write("train", step, m)
-                if state.loss_scale is None and not math.isfinite(m["loss"]):
-                    # float32/bfloat16: a non-finite loss means non-finite gradients, which
-                    # the update has already written into the weights
-                    steps = (f"steps {step_log + 1}-{step}" if step > step_log + 1
-                             else f"step {step}")
-                    raise _diverged(f"the mean loss of {steps} is {m['loss']}", step, m["lr"],
-                                    ckpt.latest_step())
-                if state.loss_scale is not None and m["skipped_steps"] >= step - step_log:
-                    log.warning(
-                        "float16: every step since step %d overflowed and was skipped (loss "
-                        "scale now %g); if this goes on, the run has diverged: lower config.lr "
-                        "or train in bfloat16", step_log, float(state.loss_scale.scale))
-                log.info(
-                    "epoch %d [%d/%d] step %d  loss %.4f  top1 %.4f  top5 %.4f  lr %.5f  "
-                    "%.0f img/s  input wait %.0f%%  epoch ETA %s%s%s",
-                    epoch + (0 if at_epoch_end else 1), in_epoch, steps_per_epoch, step,
-                    m["loss"], m["top1"], m["top5"], m["lr"], rate, 100 * input_wait,
-                    format_eta(eta),
-                    f"  skipped images {m['skipped_images']}" if m["skipped_images"] else "",
-                    f"  float16 overflow: {m['skipped_steps']:.0f} step(s) skipped"
-                    if m.get("skipped_steps") else "",
-                )
-                # The first interval holds the compile and the input's warm-up.
-                if logs_done >= 2 and input_wait > 0.5 and not told_input_bound:
-                    told_input_bound = True
-                    log.warning(
-                        "input-bound: the loop waited for batches %.0f%% of the time since "
-                        "step %d, so the devices idle that long. More CPU for the input "
-                        "(config.reader_thread=0 uses every core the process may use), or "
-                        "records rewritten with smaller JPEGs (python -m flaxcls.data.rewrite, "
-                        "README 'Input pipeline') feed faster", 100 * input_wait, step_log)
-                t_log, step_log = now, step
+                progress.report(step, m, state.loss_scale, skipped(), ckpt.latest_step)
             if step % config.checkpoint_every_steps == 0 or step == total_steps:
                 save(step, state)
             if at_epoch_end:
@@ -415,6 +368,73 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batches.close()
         writer.close()
         ckpt.close()
+
+
+class _Progress:
+    """The log interval: time blocked on input, the log line and ``metrics.jsonl`` record, and
+    the checks that read the fetched metrics (divergence, float16 overflow, input-bound)."""
+
+    def __init__(self, config, schedule, steps_per_epoch: int, start_step: int,
+                 writer: MetricWriter):
+        self.config, self.schedule, self.writer = config, schedule, writer
+        self.steps_per_epoch = steps_per_epoch
+        self.t_log, self.step_log = time.time(), start_step
+        self.waited = 0.0  # seconds blocked on the next batch since the last log line
+        self.intervals = 0
+        self.told_input_bound = False
+
+    def next_batch(self, batches):
+        t = time.perf_counter()
+        batch = next(batches)
+        self.waited += time.perf_counter() - t
+        return batch
+
+    def report(self, step: int, m: dict[str, Any], loss_scale: Any, skipped_images: int,
+               newest_checkpoint: Any) -> None:
+        """Logs the interval ending at ``step`` from its fetched metrics ``m``; raises
+        TrainingDiverged if its loss is not finite (float32/bfloat16)."""
+        now, spe = time.time(), self.steps_per_epoch
+        seconds, steps = max(now - self.t_log, 1e-9), step - self.step_log
+        rate = steps * self.config.batch_size / seconds
+        in_epoch = step % spe or spe
+        eta = (spe - in_epoch) * seconds / max(steps, 1)
+        # The step runs asynchronously: while the devices keep up with the input, the loop
+        # waits for batches; while they do not, it waits in fetch_metrics.
+        input_wait = min(self.waited / seconds, 1.0)
+        self.waited, self.intervals = 0.0, self.intervals + 1
+        m.update(lr=float(self.schedule(step - 1)), images_per_sec=rate, epoch=step / spe,
+                 skipped_images=skipped_images, input_wait=input_wait)
+        self.writer.write("train", step, m)
+        if loss_scale is None and not math.isfinite(m["loss"]):
+            # float32/bfloat16: a non-finite loss means non-finite gradients, which the
+            # update has already written into the weights
+            which = f"steps {self.step_log + 1}-{step}" if steps > 1 else f"step {step}"
+            raise _diverged(f"the mean loss of {which} is {m['loss']}", step, m["lr"],
+                            newest_checkpoint())
+        if loss_scale is not None and m["skipped_steps"] >= steps:
+            log.warning(
+                "float16: every step since step %d overflowed and was skipped (loss scale now "
+                "%g); if this goes on, the run has diverged: lower config.lr or train in "
+                "bfloat16", self.step_log, float(loss_scale.scale))
+        log.info(
+            "epoch %d [%d/%d] step %d  loss %.4f  top1 %.4f  top5 %.4f  lr %.5f  "
+            "%.0f img/s  input wait %.0f%%  epoch ETA %s%s%s",
+            step // spe + (0 if step % spe == 0 else 1), in_epoch, spe, step, m["loss"],
+            m["top1"], m["top5"], m["lr"], rate, 100 * input_wait, format_eta(eta),
+            f"  skipped images {m['skipped_images']}" if m["skipped_images"] else "",
+            f"  float16 overflow: {m['skipped_steps']:.0f} step(s) skipped"
+            if m.get("skipped_steps") else "",
+        )
+        # The first interval holds the compile and the input's warm-up.
+        if self.intervals >= 2 and input_wait > 0.5 and not self.told_input_bound:
+            self.told_input_bound = True
+            log.warning(
+                "input-bound: the loop waited for batches %.0f%% of the time since step %d, "
+                "so the devices idle that long. More CPU for the input (config.reader_thread=0 "
+                "uses every core the process may use), or records rewritten with smaller JPEGs "
+                "(python -m flaxcls.data.rewrite, README 'Input pipeline') feed faster",
+                100 * input_wait, self.step_log)
+        self.t_log, self.step_log = now, step
 
 
 @jax.jit
