@@ -23,6 +23,7 @@ Known gaps, kept as the scripts say:
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flaxcls.registry import get_model_cfg
@@ -58,6 +59,9 @@ def _cosine_warmup(**kw: Any) -> dict[str, Any]:
 
 _VD = {"use_mixup": True, "use_label_smoothing": True}  # the 200-epoch vd-style recipes
 _SQUARE = {"lower_ratio": 1.0, "upper_ratio": 1.0}
+# ShuffleNetV2 x0.25, x0.33 and x0.5
+_SHUFFLE_SMALL = _cosine_warmup(batch_size=1024, lr=0.5, l2_decay=3e-5, lower_scale=0.64,
+                                lower_ratio=0.8, upper_ratio=1.2)
 
 # What each script passes beyond _BASE.
 PADDLE2019: dict[str, dict[str, Any]] = {
@@ -74,12 +78,9 @@ PADDLE2019: dict[str, dict[str, Any]] = {
     "MobileNetV2": _cosine(240, batch_size=500, l2_decay=4e-5),
     "MobileNetV2_x1_5": _cosine(240, l2_decay=4e-5),
     "MobileNetV2_x2_0": _cosine(240, l2_decay=4e-5),
-    "ShuffleNetV2_x0_25": _cosine_warmup(batch_size=1024, lr=0.5, l2_decay=3e-5,
-                                         lower_scale=0.64, lower_ratio=0.8, upper_ratio=1.2),
-    "ShuffleNetV2_x0_33": _cosine_warmup(batch_size=1024, lr=0.5, l2_decay=3e-5,
-                                         lower_scale=0.64, lower_ratio=0.8, upper_ratio=1.2),
-    "ShuffleNetV2_x0_5": _cosine_warmup(batch_size=1024, lr=0.5, l2_decay=3e-5,
-                                        lower_scale=0.64, lower_ratio=0.8, upper_ratio=1.2),
+    "ShuffleNetV2_x0_25": _SHUFFLE_SMALL,
+    "ShuffleNetV2_x0_33": _SHUFFLE_SMALL,
+    "ShuffleNetV2_x0_5": _SHUFFLE_SMALL,
     "ShuffleNetV2": _cosine_warmup(batch_size=1024, lr=0.5, l2_decay=4e-5),
     "ShuffleNetV2_x1_5": _cosine_warmup(batch_size=512, lr=0.25, l2_decay=4e-5, **_SQUARE),
     "ShuffleNetV2_x2_0": _cosine_warmup(batch_size=512, lr=0.25, l2_decay=4e-5),
@@ -149,10 +150,4 @@ def paddle2019_recipe(model: str) -> dict[str, Any]:
 
 def _closest_released(name: str) -> str:
     """A released model whose name shares the longest prefix with ``name``."""
-    def shared(other: str) -> int:
-        n = 0
-        while n < min(len(name), len(other)) and name[n] == other[n]:
-            n += 1
-        return n
-
-    return max(PADDLE2019, key=shared)
+    return max(PADDLE2019, key=lambda other: len(os.path.commonprefix([name, other])))

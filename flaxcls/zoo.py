@@ -63,18 +63,22 @@ def markdown_table() -> str:
     return "\n".join([*TABLE_HEADER, *(markdown_row(name) for name in list_models())])
 
 
-def readme_table(text: str) -> list[str]:
-    """The lines of the README's generated model table (between its markers)."""
-    if START not in text or END not in text:
-        raise ValueError(f"README has no model-table markers ({START!r} ... {END!r})")
-    return text.split(START, 1)[1].split(END, 1)[0].strip("\n").split("\n")
-
-
-def render_readme(text: str) -> str:
+def _split_readme(text: str) -> tuple[str, str, str]:
+    """(before the table's start marker, the table, from its end marker on)."""
     if START not in text or END not in text:
         raise ValueError(f"README has no model-table markers ({START!r} ... {END!r})")
     head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
+    table, tail = rest.split(END, 1)
+    return head, table, tail
+
+
+def readme_table(text: str) -> list[str]:
+    """The lines of the README's generated model table (between its markers)."""
+    return _split_readme(text)[1].strip("\n").split("\n")
+
+
+def render_readme(text: str) -> str:
+    head, _, tail = _split_readme(text)
     return f"{head}{START}\n{markdown_table()}\n{END}{tail}"
 
 

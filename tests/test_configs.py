@@ -78,8 +78,10 @@ def test_model_resolves_and_input_size(config_file):
 
 
 def _parse_like_launch(recipe: str, *overrides: str) -> ml_collections.ConfigDict:
-    """configs/<recipe>.py with --config.<field>=... overrides, parsed as launch.py parses them."""
-    argv = ["launch.py", f"--config={CONFIG_DIR / recipe}.py", *overrides]
+    """configs/<recipe>.py (``name:arg`` passes ``arg`` to get_config) with --config.<field>=...
+    overrides, parsed as launch.py parses them."""
+    name, sep, arg = recipe.partition(":")
+    argv = ["launch.py", f"--config={CONFIG_DIR / name}.py{sep}{arg}", *overrides]
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", flag_values=fv, lock_config=True, sys_argv=argv)
     fv(argv)

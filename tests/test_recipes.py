@@ -3,12 +3,8 @@ files in configs/, loadable as configs/paddle2019.py:<Model> the way launch.py l
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-from absl import flags
-from ml_collections import config_flags
+from test_configs import CONFIG_FILES, _load, _parse_like_launch
 from test_zoo_table import RELEASED
 
 import flaxcls
@@ -17,17 +13,7 @@ from flaxcls.preprocessing import resolve_preprocessing
 from flaxcls.recipes import NO_RECIPE, PADDLE2019, NoRecipeError, paddle2019_recipe
 from flaxcls.registry import UnknownModelError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-CURATED = sorted(p for p in CONFIG_DIR.glob("*.py")
-                 if p.stem not in ("__init__", "paddle2019", "digits"))
-
-
-def _parse_like_launch(spec: str, *overrides: str):
-    argv = ["launch.py", f"--config={spec}", *overrides]
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", flag_values=fv, lock_config=True, sys_argv=argv)
-    fv(argv)
-    return fv.config
+CURATED = [p for p in CONFIG_FILES if p.stem not in ("paddle2019", "digits")]
 
 
 def test_every_released_model_has_a_recipe_or_a_reason():
@@ -40,7 +26,7 @@ def test_every_released_model_has_a_recipe_or_a_reason():
 
 @pytest.mark.parametrize("name", sorted(PADDLE2019))
 def test_recipe_loads_validates_and_fits_the_model(name):
-    c = _parse_like_launch(f"{CONFIG_DIR / 'paddle2019.py'}:{name}")
+    c = _parse_like_launch(f"paddle2019:{name}")
     assert c.model == name
     c.data_dir = "/data/ILSVRC2012"
     validate(c)
@@ -50,10 +36,7 @@ def test_recipe_loads_validates_and_fits_the_model(name):
 
 @pytest.mark.parametrize("path", CURATED, ids=[p.stem for p in CURATED])
 def test_curated_recipe_files_say_what_the_table_says(path):
-    spec = importlib.util.spec_from_file_location(f"_recipe_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = _load(path).get_config()
     recipe = paddle2019_recipe(c.model)
     differ = {k: (c[k], v) for k, v in recipe.items()
               if (tuple(c[k]) if isinstance(c[k], list | tuple) else c[k]) != v}

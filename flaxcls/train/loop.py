@@ -311,12 +311,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def skipped() -> int:
         return skipped_before + int(getattr(host_iter, "num_skipped", 0))
 
+    checked = [-1]  # the step whose weights were last found finite
+
     def check_finite(step: int, state: TrainState) -> None:
-        """Before a save or an eval (one small reduction and a host sync): a checkpoint never
-        holds non-finite weights, so a diverged run cannot rotate its good ones out."""
+        """Before a save or an eval (one small reduction and a host sync, once per step): a
+        checkpoint never holds non-finite weights, so a diverged run cannot rotate its good
+        ones out."""
+        if checked[0] == step:
+            return
         if not bool(jax.device_get(_all_finite(state.variables()))):
             raise _diverged(f"the weights after step {step} are not all finite", step,
                             float(schedule(step - 1)), ckpt.latest_step())
+        checked[0] = step
 
     def save(step: int, state: TrainState, force: bool = False) -> None:
         check_finite(step, state)
