@@ -1,4 +1,9 @@
-"""Shared test helpers: where the repo and the shared data are, and how to run launch.py."""
+"""Shared test helpers: where the repo and the shared data are, and how to run launch.py.
+
+Tests live by area (models/, data/, train/, convert/, serve/, benchmarks/). A test that starts
+a python process carries ``@pytest.mark.subprocess``; the fixture below fails any other test
+that tries, so ``pytest -m "not slow and not subprocess"`` is the fast in-process subset.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FLAXCLS_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(autouse=True)
+def _subprocesses_only_when_marked(request, monkeypatch):
+    """Keeps the fast subset honest: only tests marked ``subprocess`` may start processes."""
+    if request.node.get_closest_marker("subprocess") is not None:
+        return
+    def refuse(self, args, *a, **kw):
+        raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}): mark it "
+                             "@pytest.mark.subprocess")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:

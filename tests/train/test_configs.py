@@ -12,13 +12,14 @@ from pathlib import Path
 import ml_collections
 import pytest
 from absl import flags
+from conftest import REPO
 from ml_collections import config_flags
 
 import flaxcls
 from flaxcls.config import ConfigError, default_config, validate
 from flaxcls.preprocessing import resolve_preprocessing
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = REPO / "configs"
 CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name != "__init__.py")
 
 

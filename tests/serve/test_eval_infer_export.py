@@ -43,6 +43,7 @@ def odd_images(tmp_path_factory):
     return root
 
 
+@pytest.mark.subprocess
 def test_eval_counts_every_image_once_on_8_devices(tmp_path, digits_dir, ckpt_dir):
     """359 eval images, a global eval batch of 64 (8 per device): the last batch is padded and
     masked; the result equals the single-device eval of the same checkpoint."""
@@ -201,6 +202,7 @@ def _live_probs(ckpt_dir, images):
     return np.asarray(jax.jit(predict)(images))
 
 
+@pytest.mark.subprocess
 def test_export_reloads_in_a_fresh_process_without_model_code(tmp_path, ckpt_dir, exported):
     workdir, _ = exported
     meta = json.loads((workdir / "export" / "model.json").read_text())

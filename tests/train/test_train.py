@@ -17,6 +17,7 @@ _config = digits_run_config
 NO_EVAL = "no_eval_list.txt"
 
 
+@pytest.mark.subprocess
 def test_digits_main_job_reaches_accuracy(tmp_path):
     """The README's main job, as a user runs it; a real accuracy bar on the held-out split."""
     workdir = tmp_path / "run"
@@ -69,6 +70,7 @@ def test_resume_equals_uninterrupted(tmp_path, digits_dir):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.subprocess
 def test_sigterm_saves_and_resumes(tmp_path, digits_dir):
     workdir = tmp_path / "run"
     args = [sys.executable, str(REPO / "launch.py"), "--config=configs/digits.py",
@@ -96,6 +98,7 @@ def test_sigterm_saves_and_resumes(tmp_path, digits_dir):
     assert json.loads((workdir / "eval_results.json").read_text())["step"] == stopped + 2
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("args, says", [
     (["--config=configs/digits.py", "--config.batch_sise=3"],
      'ERROR --config: batch_sise Did you mean "batch_size"'),
@@ -216,6 +219,7 @@ def test_input_bound_run_says_so(tmp_path, digits_dir, monkeypatch, caplog):
     assert caplog.text.count("input-bound") == 1  # said once, not at every log line
 
 
+@pytest.mark.subprocess
 def test_bad_config_value_names_the_field(tmp_path):
     proc = run_launch(["--config=configs/digits.py", f"--workdir={tmp_path}",
                        "--config.lr_strategy=sawtooth"], check=False, timeout=120)

@@ -49,6 +49,7 @@ def test_input_benchmark_reports_json_and_csv(photos, tmp_path, fmt, monkeypatch
     assert len(rows) == 1 and rows[0]["format"] == fmt
 
 
+@pytest.mark.subprocess
 def test_input_benchmark_skips_without_data(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path / "absent.tar"),
                            "--csv", str(tmp_path / "r.csv")],

@@ -10,16 +10,19 @@ import numpy as np
 import pytest
 from conftest import REPO, checkpoint_params, run_launch, subprocess_env
 
+WORKER = REPO / "tests" / "train" / "sharded_step_worker.py"
+
 from flaxcls import parallel
 from flaxcls.config import ConfigError
 
 
 def _run_worker(devices: int, out, *args: str) -> dict[str, np.ndarray]:
-    subprocess.run([sys.executable, str(REPO / "tests" / "sharded_step_worker.py"), str(out),
+    subprocess.run([sys.executable, str(WORKER), str(out),
                     *args], env=subprocess_env(devices), check=True, cwd=REPO, timeout=300)
     return dict(np.load(out))
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("bn_impl", ["flax", "fused"])
 def test_sharded_step_matches_single_device(tmp_path, bn_impl):
     one = _run_worker(1, tmp_path / "one.npz", "ResNet_tiny", "global", bn_impl)
@@ -34,6 +37,7 @@ def test_sharded_step_matches_single_device(tmp_path, bn_impl):
 
 # The fused variant (about a minute of CPU) is in the slow set: the fused BatchNorm under
 # shard_map is covered by tests/test_batchnorm.py and the 8-device global-BN check.
+@pytest.mark.subprocess
 @pytest.mark.parametrize("bn_impl", ["flax", pytest.param("fused", marks=pytest.mark.slow)])
 def test_per_device_batchnorm_equals_per_slice_gradients_averaged(tmp_path, bn_impl):
     """bn_stats="device" on 8 devices: each device's BatchNorm sees only its 2 examples, and the
@@ -50,12 +54,13 @@ def test_per_device_batchnorm_equals_per_slice_gradients_averaged(tmp_path, bn_i
     assert not np.allclose(out["whole_losses"], out["ref_losses"], rtol=1e-4)
 
 
+@pytest.mark.subprocess
 def test_per_device_batchnorm_on_two_processes_equals_one_process(tmp_path):
     """bn_stats="device" across 2 processes (1 device each, jax.distributed on loopback) gives
     the numbers of 1 process with 2 devices: the shard_map step spans hosts unchanged."""
     one = _run_worker(2, tmp_path / "one.npz", "ResNet_tiny", "device")
     _run_two_processes(lambda i, coordinator: [
-        str(REPO / "tests" / "sharded_step_worker.py"), str(tmp_path / f"p{i}.npz"),
+        str(WORKER), str(tmp_path / f"p{i}.npz"),
         "ResNet_tiny", "device", "flax", coordinator, "2", str(i)], timeout=300)
     for i in range(2):
         multi = dict(np.load(tmp_path / f"p{i}.npz"))
@@ -99,6 +104,7 @@ def _run_two_processes(argv_of, timeout: int) -> list[str]:
     return outs
 
 
+@pytest.mark.subprocess
 def test_two_processes_train_like_one(tmp_path, digits_dir):
     common = [
         "--config=configs/digits.py", f"--config.data_dir={digits_dir}",

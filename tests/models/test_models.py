@@ -7,19 +7,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO
 from model_checks import abstract_variables, count, random_variables, train_step_checks
+from reference import FIXTURES, README
 
 import flaxcls
 from flaxcls import zoo
 from flaxcls.models import layers
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "paddle2019"
 
 # Models the 2019 code defines but that have no fixture: expected (trainable, BN running-stat)
 # counts, derived from the fixtures by reasoning.
@@ -127,16 +126,17 @@ def test_published_accuracies():
     assert flaxcls.get_model_cfg("ResNet101_vc").top1 is None  # defined, never released
 
 
+@pytest.mark.subprocess
 def test_import_does_not_pull_tensorflow():
     code = "import sys, flaxcls, flaxcls.models; assert 'tensorflow' not in sys.modules"
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 
 
 # ------------------------------------------------------------------- shapes and param counts
 
 
-README_TABLE = zoo.readme_table((Path(__file__).resolve().parents[1] / "README.md").read_text())
+README_TABLE = zoo.readme_table(README.read_text())
 
 
 @pytest.mark.parametrize("name", flaxcls.list_models())

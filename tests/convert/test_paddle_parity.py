@@ -16,19 +16,17 @@ import pickle
 import shutil
 import tarfile
 import zipfile
-import zlib
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import FIXTURES, load_manifest, regenerate
 
 import flaxcls
 from flaxcls.convert import from_paddle, load_paddle_arrays, paddle_name_map, paddle_to_flax
 from flaxcls.convert.writers import combined_bytes, tensor_record, write_per_variable
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "paddle2019"
 FIXTURE_MODELS = sorted(p.stem for p in FIXTURES.glob("*.json"))
 # Bigger models run in the slow set only: CI's 2 cores, and the run under 15 minutes.
 FAST_LIMIT = 50_000_000
@@ -46,41 +44,6 @@ def _registered(name: str) -> None:
         flaxcls.get_model_cfg(name)
     except ValueError:
         pytest.skip(f"{name} is not in the registry yet")
-
-
-def load_manifest(name: str) -> dict:
-    path = FIXTURES / f"{name}.json"
-    if not path.exists():
-        pytest.skip(f"fixture {path.name} not present")
-    return json.loads(path.read_text())
-
-
-def _draw(rng: np.random.RandomState, shape: tuple, role: str, gains: dict) -> np.ndarray:
-    """One parameter of the fixture's weight recipe (float64 draw, scaled by role)."""
-    if role == "conv_w":
-        return rng.standard_normal(shape) * gains["conv_gain"] / np.sqrt(np.prod(shape[1:]))
-    if role == "fc_w":
-        return rng.standard_normal(shape) * gains["fc_gain"] / np.sqrt(shape[0])
-    if role == "bn_scale":
-        low, high = gains["bn_scale_range"]
-        return rng.uniform(low, high, shape)
-    if role in ("bn_bias", "bn_mean"):
-        return rng.standard_normal(shape) * 0.1
-    if role == "bn_var":
-        return rng.uniform(0.5, 1.5, shape)
-    return rng.standard_normal(shape) * 0.05  # conv/fc bias and anything else
-
-
-def regenerate(manifest: dict) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Paddle-named weights, the NCHW input and Paddle's logits, from a fixture manifest."""
-    salt, gains = manifest["weight_recipe"]["salt"], manifest["gains"]
-    arrays = {}
-    for name, shape, role in manifest["params"]:
-        seed = (zlib.crc32(name.encode("utf-8")) ^ salt) & 0xFFFFFFFF
-        arrays[name] = _draw(np.random.RandomState(seed), tuple(shape), role, gains)
-        arrays[name] = arrays[name].astype(np.float32)
-    x = np.random.RandomState(manifest["input_seed"]).standard_normal(manifest["input_shape"])
-    return arrays, x.astype(np.float32), np.asarray(manifest["logits"], np.float32)
 
 
 @pytest.mark.parametrize("name", FIXTURE_MODELS)

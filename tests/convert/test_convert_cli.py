@@ -95,6 +95,7 @@ def _logits(variables, x):
         return np.asarray(model.apply(variables, x, train=False))
 
 
+@pytest.mark.subprocess
 def test_cli_checkpoint_gives_the_same_logits(released, converted):
     tar, variables, x = released
     out, stdout = converted
@@ -115,6 +116,7 @@ def test_cli_checkpoint_gives_the_same_logits(released, converted):
     np.testing.assert_array_equal(_logits(direct, x), want)
 
 
+@pytest.mark.subprocess
 def test_cli_user_errors_exit_2(released, converted, tmp_path, capsys, caplog):
     tar, _, _ = released
     out, _ = converted
@@ -139,6 +141,7 @@ def test_cli_user_errors_exit_2(released, converted, tmp_path, capsys, caplog):
     assert e.value.code == 2
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_launch_eval_accepts_the_converted_weights(converted, digits_dir, tmp_path):
     """``launch.py --mode=eval --config.pretrained_model=<converted>`` accepts the output."""

@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, subprocess_env
 
 
+@pytest.mark.subprocess
 def test_train_throughput_prints_json_without_tensorflow(tmp_path):
     blocker = tmp_path / "no_tf" / "tensorflow"
     blocker.mkdir(parents=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from reference import PADDLE_BYTES
 
 from flaxcls.convert.readers import (
     WeightFileError,
@@ -30,7 +31,6 @@ from flaxcls.convert.readers import (
 )
 from flaxcls.convert.writers import combined_bytes, tensor_desc, tensor_record, write_per_variable
 
-PADDLE_BYTES = Path(__file__).resolve().parent / "fixtures" / "paddle_bytes"
 PADDLE_VALUES = {
     "conv1_weights": np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2) / 7 - 1,
     "fc_0.b_0": np.array([0.5, -1.25, 3.0], np.float64),

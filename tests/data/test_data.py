@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
 from flaxcls.config import default_config
@@ -26,7 +27,7 @@ from flaxcls.data import DataError, DatasetInfo, dataset_info
 pipeline = pytest.importorskip("flaxcls.data.pipeline")  # needs tensorflow
 from flaxcls.data import eval_iterator, train_iterator, write_digits_dataset
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = REPO
 SHARED_DATA = Path(os.environ.get("FLAXCLS_SHARED_DATA")
                    or Path(os.environ.get("FLAXCLS_SHARED", REPO_ROOT.parent / "shared")) / "data")
 CLASSES = ("cat", "dog", "fox")
@@ -365,6 +366,7 @@ def test_all_unreadable_raises_instead_of_spinning(tmp_path, caplog):
     assert "InvalidArgumentError" in caplog.text  # the decoder's reason is logged
 
 
+@pytest.mark.subprocess
 def test_importing_the_package_and_reading_lists_needs_no_tensorflow(tree):
     code = ("import sys; from flaxcls.config import default_config; import flaxcls.data as d; "
             f"c = default_config(); c.data_dir = {str(tree)!r}; c.num_classes = 3; "

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 from flax import traverse_util
-from test_paddle_parity import load_manifest, regenerate
+from reference import load_manifest, regenerate
 
 import flaxcls
 from flaxcls.convert import paddle_name_map, paddle_to_flax

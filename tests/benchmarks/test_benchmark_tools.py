@@ -32,6 +32,7 @@ def _run(args, env, timeout=300):
     return proc
 
 
+@pytest.mark.subprocess
 def test_infer_latency_prints_json_csv_and_table_without_tensorflow(tmp_path):
     csv_path, md = tmp_path / "infer.csv", tmp_path / "table.md"
     proc = _run([REPO / "benchmarks" / "infer_latency.py", "--models", "resnet_tiny",
@@ -52,6 +53,7 @@ def test_infer_latency_prints_json_csv_and_table_without_tensorflow(tmp_path):
     assert "| ResNet_tiny (weights in default layout) |" in table
 
 
+@pytest.mark.subprocess
 def test_torch_peer_skips_cleanly_without_torch_or_cuda(tmp_path):
     env = _no_tf_env(tmp_path)
     env.pop("FLAXCLS_TORCH_PEER_CPU", None)
@@ -93,6 +95,7 @@ def test_append_csv_keeps_old_rows_when_columns_grow(tmp_path):
     assert rows[0]["c"] == "" and rows[2]["c"] == "6" and rows[2]["b"] == ""
 
 
+@pytest.mark.subprocess
 def test_sharded_step_reduces_gradients_in_few_combined_all_reduces(tmp_path):
     """8 fake CPU devices, jax's compiled step. Seen (jax 0.10.2, ResNet_tiny, 13 BatchNorms,
     41 parameter arrays): 20 all-reduces; 16 carry only BatchNorm statistics and their
@@ -111,6 +114,7 @@ def test_sharded_step_reduces_gradients_in_few_combined_all_reduces(tmp_path):
     assert r["all_reduce_ops"] <= 2 * r["batchnorms"]
 
 
+@pytest.mark.subprocess
 def test_per_device_batchnorm_compiles_to_one_all_reduce_per_step():
     proc = _run([REPO / "benchmarks" / "scaling.py", "hlo", "--model", "ResNet_tiny",
                  "--image-size", "32", "--per-device-batch", "2", "--bn-stats", "device"],
@@ -149,6 +153,7 @@ def test_scaling_estimate_ring_cost_and_efficiency():
     assert all(d["efficiency_exposed"] > r["efficiency_exposed"] for d, r in zip(device, rows))
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_compile_cache_makes_the_restart_warm(tmp_path):
     """Two processes, one persistent cache dir: the second compiles nothing new."""

@@ -4,8 +4,8 @@ files in configs/, loadable as configs/paddle2019.py:<Model> the way launch.py l
 from __future__ import annotations
 
 import pytest
+from reference import RELEASED
 from test_configs import CONFIG_FILES, _load, _parse_like_launch
-from test_zoo_table import RELEASED
 
 import flaxcls
 from flaxcls.config import validate

@@ -17,13 +17,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import REPO
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flaxcls.checkpoint import Checkpointer, read_variables, restore_from
 from flaxcls.config import default_config
 from flaxcls.train import losses, optim
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @flax.struct.dataclass
@@ -236,6 +235,7 @@ def _bytes_under(path: Path) -> int:
     return total
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("kill_at", ["arrays_partly_written", "all_written_not_renamed"])
 def test_killed_while_saving_keeps_the_previous_checkpoint(tmp_path, kill_at):
     from orbax.checkpoint._src.path import atomicity
