@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the train state: save, keep the newest N, resume, and read weights.
+"""Orbax checkpoints of the train state: save, keep the newest N, find, resume, and read weights.
 
 A checkpoint is ``<workdir>/checkpoints/<step>/`` holding ``state`` (the array pytree) and
 ``metadata`` (a small JSON dict). Orbax writes each step under ``<step>.orbax-checkpoint-tmp``
@@ -9,6 +9,7 @@ intact; the unfinished directory is never listed and is removed by the next writ
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Self
 
 import jax
@@ -16,11 +17,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from flaxcls import mismatch
+
 STATE = "state"
 METADATA = "metadata"
 CHECKPOINTS = "checkpoints"
 UNFINISHED_MARK = ".orbax-checkpoint-tmp"
-_MAX_LISTED = 5
 
 
 class CheckpointError(ValueError):
@@ -94,9 +96,28 @@ class Checkpointer:
                 raise FileNotFoundError(f"no finished checkpoint in {self.directory}")
         return _restore(self._manager, self.directory, int(step), abstract_state, partial)
 
-    def reached_preemption(self, step: int) -> bool:
-        """True on every host once any host was told it will be preempted (multi-host jobs)."""
-        return self._manager.reached_preemption(int(step))
+    def restore_newest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """(step, state, metadata) of the newest finished checkpoint, or None when there is
+        none. One that cannot be read (a damaged disk, a file cut short outside our atomic
+        save) stops the run naming it and the way back to an older one, which nothing
+        deletes."""
+        step = self.latest_step()
+        if step is None:
+            return None
+        try:
+            state, meta = self.restore(step, abstract_state)
+        except CheckpointError:
+            raise
+        except Exception as e:  # Orbax and TensorStore raise many kinds
+            where = self.directory / str(step)
+            older = [s for s in self.all_steps() if s < step]
+            self.close()
+            hint = (f"move {where} out of '{self.directory}' (keep it until the run is back) "
+                    f"and re-run to resume from step {older[-1]}" if older else
+                    "no older checkpoint is left: move it aside to start afresh")
+            raise CheckpointError(
+                f"checkpoint {where} cannot be read ({_root_reason(e)}); {hint}") from e
+        return step, state, meta
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
@@ -109,15 +130,6 @@ class Checkpointer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @staticmethod
-    def restore_from(path: str | epath.PathLike, abstract_state: Any,
-                     partial: bool = False) -> tuple[Any, dict[str, Any]]:
-        return restore_from(path, abstract_state, partial)
-
-    @staticmethod
-    def read_variables(path: str | epath.PathLike) -> dict[str, Any]:
-        return read_variables(path)
 
 
 def restore_from(path: str | epath.PathLike, abstract_state: Any,
@@ -132,6 +144,17 @@ def restore_from(path: str | epath.PathLike, abstract_state: Any,
         return _restore(manager, directory, step, abstract_state, partial)
     finally:
         manager.close()
+
+
+def workdir_checkpoint(workdir: str) -> tuple[str, int] | None:
+    """(path, step) of the workdir's newest finished checkpoint, or None; reads the folder
+    names only, so it never disturbs a training job writing to this workdir right now."""
+    root = os.path.join(workdir, CHECKPOINTS)
+    steps = [int(n) for n in (os.listdir(root) if os.path.isdir(root) else [])
+             if n.isdigit() and os.path.isdir(os.path.join(root, n))]
+    if not steps:
+        return None
+    return os.path.join(root, str(max(steps))), max(steps)
 
 
 def read_variables(path: str | epath.PathLike) -> dict[str, Any]:
@@ -206,18 +229,6 @@ def _restore(manager: ocp.CheckpointManager, directory: epath.Path, step: int,
     return out[STATE], dict(out[METADATA] or {}) if has_metadata else {}
 
 
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def _flat(tree: Any) -> dict[str, Any]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
-
-
 def _with_shardings(abstract_state: Any) -> Any:
     """Arrays -> ShapeDtypeStructs; every leaf must say where it goes."""
 
@@ -225,7 +236,7 @@ def _with_shardings(abstract_state: Any) -> Any:
         if isinstance(leaf, jax.Array):
             return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
         if getattr(leaf, "sharding", None) is None:
-            name = "/".join(_key_name(k) for k in path)
+            name = jax.tree_util.keystr(path, simple=True, separator="/")
             raise ValueError(
                 f"abstract_state leaf {name!r} has no sharding: restore needs "
                 "jax.ShapeDtypeStruct(shape, dtype, sharding=...) for every leaf")
@@ -235,26 +246,26 @@ def _with_shardings(abstract_state: Any) -> Any:
 
 
 def _check_matches(saved_tree: Any, abstract: Any, where: epath.Path, partial: bool) -> None:
-    """Raises one ValueError naming the first leaves whose names or shapes differ."""
-    saved, wanted = _flat(saved_tree), _flat(abstract)
-    missing = [k for k in wanted if k not in saved]
-    unexpected = [] if partial else [k for k in saved if k not in wanted]
-    shapes = [
-        f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(wanted[k].shape)}"
-        for k in wanted
-        if k in saved and getattr(saved[k], "shape", None) is not None
-        and tuple(saved[k].shape) != tuple(wanted[k].shape)
-    ]
-    if not (missing or unexpected or shapes):
-        return
-    parts = []
-    for title, items in (("shape mismatch", shapes), ("missing from the checkpoint", missing),
-                         ("in the checkpoint but not in the model", unexpected)):
-        if items:
-            more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-            parts.append(f"{title}: " + "; ".join(items[:_MAX_LISTED]) + more)
-    raise CheckpointError(f"checkpoint {where} does not match the model state "
-                     f"(checkpoint of another architecture?): " + ". ".join(parts))
+    """Raises one CheckpointError listing the tensors whose names or shapes differ."""
+    diff = mismatch.compare(mismatch.flat(saved_tree), mismatch.flat(abstract), partial=partial)
+    if diff:
+        raise CheckpointError(f"checkpoint {where} does not match the model state (a checkpoint "
+                              f"of another architecture?): {len(diff)} tensor(s) differ:"
+                              + diff.report())
+
+
+def _root_reason(e: BaseException) -> str:
+    """The first line of the innermost error of ``e``'s chain (TensorStore's, where Orbax wraps
+    it), cut at its pointer to further details."""
+    seen = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    for err in reversed(seen):
+        line = (str(err).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
+        if line:
+            return f"{type(err).__name__}: {line[:300]}"
+    return type(seen[0]).__name__
 
 
 def _jsonable(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -105,7 +105,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.decay_epochs = 2.4  # exponential_decay period
     c.end_lr = 0.0  # linear_decay target
     c.l2_decay = 1e-4
-    c.l2_decay_mode = "optimizer"  # or "loss" (same gradient; see optim.l2_decay_mode)
+    c.l2_decay_mode = "optimizer"  # or "loss" (same gradient; see optim.make_optimizer)
+    c.l2_decay_exclude_bn_bias = False  # True: L2 only on weights with ndim > 1 (not BN, biases)
     c.momentum_rate = 0.9
     c.nesterov = False
     c.use_mixup = False
@@ -188,10 +189,9 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
             raise ConfigError(f"config.{field}={getattr(c, field)!r}: {msg}")
 
     need(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
-    need(c.get("l2_decay_mode", "optimizer") in L2_DECAY_MODES, "l2_decay_mode",
-         f"must be one of {L2_DECAY_MODES}")
-    need(c.get("bn_stats", "global") in BN_STATS, "bn_stats", f"must be one of {BN_STATS}")
-    need(c.get("bn_impl", "flax") in BN_IMPLS, "bn_impl", f"must be one of {BN_IMPLS}")
+    need(c.l2_decay_mode in L2_DECAY_MODES, "l2_decay_mode", f"must be one of {L2_DECAY_MODES}")
+    need(c.bn_stats in BN_STATS, "bn_stats", f"must be one of {BN_STATS}")
+    need(c.bn_impl in BN_IMPLS, "bn_impl", f"must be one of {BN_IMPLS}")
     need(c.topk >= 1, "topk", "must be >= 1")
     need(c.backbone_lr_mult >= 0, "backbone_lr_mult", "must be >= 0")
     need(c.export_input in EXPORT_INPUTS, "export_input", f"must be one of {EXPORT_INPUTS}")
@@ -220,7 +220,32 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
     need(c.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
     need(c.warm_up_epochs >= 0, "warm_up_epochs", "must be >= 0")
     need(c.warm_up_epochs > 0 or not split_lr_strategy(c.lr_strategy)[1], "warm_up_epochs",
-         f"must be > 0 with lr_strategy={c.lr_strategy!r}")
+         f"must be > 0 with lr_strategy={c.lr_strategy!r} (the 2019 recipes used 5)")
+    need(c.warm_up_epochs == 0 or c.warm_up_epochs < c.num_epochs, "warm_up_epochs",
+         f"warm-up must end before num_epochs={c.num_epochs}")
+    need(c.decay_epochs > 0 or split_lr_strategy(c.lr_strategy)[0] != "exponential_decay",
+         "decay_epochs", "must be > 0 for exponential_decay")
+    need(c.loss_scale > 0, "loss_scale", "must be > 0")
+    need(c.eval_every_epochs >= 1, "eval_every_epochs", "must be >= 1")
+    _validate_model_options(c)
+
+
+def _validate_model_options(c: ml_collections.ConfigDict) -> None:
+    """The options that depend on the model: its name, and a stem that space-to-depth fits."""
+    from flaxcls.registry import create_model
+
+    if not c.stem_space_to_depth:
+        create_model(c.model)  # UnknownModelError, with close names, for a typo
+        return
+    try:
+        model = create_model(c.model, stem_space_to_depth=True)
+    except ValueError as e:
+        raise ConfigError(f"config.stem_space_to_depth=True: {e}") from e
+    stem = getattr(model, "stem", None)
+    if stem not in ("plain", "deep"):
+        raise ConfigError(
+            f"config.stem_space_to_depth=True: {c.model} has no stride-2 stem conv "
+            f"(stem={stem!r}); set it to False for this model")
 
 
 def validate_preprocessing(c: ml_collections.ConfigDict) -> None:

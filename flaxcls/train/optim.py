@@ -7,29 +7,28 @@ records the rate it used in ``opt_state.hyperparams["learning_rate"]`` for loggi
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from flaxcls.config import L2_DECAY_MODES, LR_STRATEGIES, ConfigError, split_lr_strategy
+from flaxcls.config import ConfigError
+from flaxcls.specs import OptimSpec
 
 WARMUP_SUFFIX = "_warmup"
 
 
-def base_learning_rate(config: Any, global_batch_size: int | None = None) -> float:
-    """``config.lr``, scaled linearly by ``global batch / config.lr_base_batch_size`` when that is > 0."""
-    batch = int(config.batch_size if global_batch_size is None else global_batch_size)
-    if config.lr_base_batch_size > 0:
-        return float(config.lr) * batch / float(config.lr_base_batch_size)
-    return float(config.lr)
+def base_learning_rate(spec: OptimSpec, global_batch_size: int) -> float:
+    """``spec.lr``, scaled linearly by ``global batch / spec.lr_base_batch_size`` when that is > 0."""
+    if spec.lr_base_batch_size > 0:
+        return spec.lr * int(global_batch_size) / float(spec.lr_base_batch_size)
+    return spec.lr
 
 
-def make_schedule(
-    config: Any, steps_per_epoch: int, global_batch_size: int | None = None
-) -> optax.Schedule:
-    """The learning rate at each optimizer step for ``config.lr_strategy``.
+def make_schedule(spec: OptimSpec, steps_per_epoch: int, global_batch_size: int) -> optax.Schedule:
+    """The learning rate at each optimizer step for ``spec.lr_strategy``.
 
     Strategies (``T = num_epochs * steps_per_epoch`` steps in all, ``W`` warm-up steps):
 
@@ -45,31 +44,25 @@ def make_schedule(
       (staircase, as in 2019), ``t = step - W``.
     - ``constant``: ``lr``.
 
-    A ``_warmup`` suffix (e.g. ``cosine_decay_warmup``), or a plain strategy with
-    ``warm_up_epochs > 0``, first ramps linearly from 0 to ``lr`` over ``warm_up_epochs`` epochs.
-    ``lr`` is ``base_learning_rate(config, global_batch_size)``.
+    A strategy named with a ``_warmup`` suffix (e.g. ``cosine_decay_warmup``), or any strategy
+    with ``warm_up_epochs > 0``, first ramps linearly from 0 to ``lr`` over ``warm_up_epochs``
+    epochs. ``lr`` is ``base_learning_rate(spec, global_batch_size)``. The fields were checked by
+    ``flaxcls.config.validate``; what depends on the epoch length is checked here.
     """
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch={steps_per_epoch} must be >= 1")
-    strategy = str(config.lr_strategy)
-    name, with_warmup = split_lr_strategy(strategy)
-    if name not in LR_STRATEGIES:
-        raise ConfigError(f"config.lr_strategy={strategy!r}: must be one of {LR_STRATEGIES} "
-                          f"(optionally with {WARMUP_SUFFIX!r})")
-    lr = base_learning_rate(config, global_batch_size)
-    total = round(float(config.num_epochs) * steps_per_epoch)
-    warmup = round(float(config.warm_up_epochs) * steps_per_epoch)
-    if with_warmup and warmup == 0:
+    lr = base_learning_rate(spec, global_batch_size)
+    total = round(spec.num_epochs * steps_per_epoch)
+    warmup = round(spec.warm_up_epochs * steps_per_epoch)
+    if spec.warmup_required and warmup == 0:
         raise ConfigError(
-            f"config.warm_up_epochs={config.warm_up_epochs!r}: lr_strategy={strategy!r} needs "
-            "warm_up_epochs > 0 (the 2019 recipes used 5)"
-        )
+            f"config.warm_up_epochs={spec.warm_up_epochs!r}: lr_strategy={spec.lr_strategy}"
+            f"{WARMUP_SUFFIX} needs at least one warm-up step ({steps_per_epoch} steps per epoch)")
     if warmup and warmup >= total:
         raise ConfigError(
-            f"config.warm_up_epochs={config.warm_up_epochs!r}: warm-up must end before "
-            f"num_epochs={config.num_epochs}"
-        )
-    decay = _decay_schedule(name, config, lr, steps_per_epoch, start=warmup, total=total)
+            f"config.warm_up_epochs={spec.warm_up_epochs!r}: warm-up must end before "
+            f"num_epochs={spec.num_epochs:g} ({warmup} of {total} steps)")
+    decay = _decay_schedule(spec, lr, steps_per_epoch, start=warmup, total=total)
     if warmup == 0:
         return decay
 
@@ -82,7 +75,7 @@ def make_schedule(
 
 
 def _decay_schedule(
-    name: str, config: Any, lr: float, steps_per_epoch: int, *, start: int, total: int
+    spec: OptimSpec, lr: float, steps_per_epoch: int, *, start: int, total: int
 ) -> optax.Schedule:
     """The schedule after warm-up; ``start`` is the first step after warm-up (0 without)."""
     span = max(total - start, 1)
@@ -90,9 +83,10 @@ def _decay_schedule(
     def since_start(step) -> jax.Array:
         return jnp.clip(jnp.asarray(step).astype(jnp.float32) - start, 0.0, float(span))
 
+    name = spec.lr_strategy
     if name == "piecewise_decay":
-        boundaries = [round(float(e) * steps_per_epoch) for e in config.step_epochs]
-        rate = float(config.decay_rate)
+        boundaries = [round(e * steps_per_epoch) for e in spec.step_epochs]
+        rate = spec.decay_rate
 
         def piecewise(step):
             step = jnp.asarray(step)
@@ -106,16 +100,13 @@ def _decay_schedule(
                              ).astype(jnp.float32)
 
     if name == "linear_decay":
-        end_lr = float(config.end_lr)
+        end_lr = spec.end_lr
         return lambda step: (end_lr + (lr - end_lr) * (1.0 - since_start(step) / span)
                              ).astype(jnp.float32)
 
     if name == "exponential_decay":
-        period = float(config.decay_epochs) * steps_per_epoch
-        if period <= 0:
-            raise ConfigError(f"config.decay_epochs={config.decay_epochs!r}: must be > 0 "
-                              "for exponential_decay")
-        rate = float(config.decay_rate)
+        period = spec.decay_epochs * steps_per_epoch
+        rate = spec.decay_rate
         # Not clipped at the end: the 2019 code kept decaying if training ran past num_epochs.
         return lambda step: (lr * rate ** jnp.floor(
             jnp.maximum(jnp.asarray(step).astype(jnp.float32) - start, 0.0) / period)
@@ -130,48 +121,35 @@ def _weight_decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def l2_decay_mode(config: Any) -> str:
-    """Where ``l2_decay`` applies: "optimizer" (default: ``g + l2 * p`` before momentum, as
-    Paddle's L2Decay) or "loss" (``0.5 * l2 * sum(p**2)`` added to the loss, as the Flax
-    ImageNet example). Both give the same gradient; they differ only in speed."""
-    mode = str(config.get("l2_decay_mode", "optimizer"))
-    if mode not in L2_DECAY_MODES:
-        raise ConfigError(f"config.l2_decay_mode={mode!r}: must be one of {L2_DECAY_MODES}")
-    return mode
-
-
-def l2_penalty(params: Any, config: Any) -> jax.Array:
-    """``0.5 * l2_decay * sum(p**2)`` over the parameters the optimizer mode would decay
-    (float32 scalar); 0 unless ``l2_decay_mode == "loss"``."""
-    l2 = float(config.l2_decay)
-    if l2_decay_mode(config) != "loss" or not l2:
+def l2_penalty(params: Any, l2: float, exclude_bn_bias: bool) -> jax.Array:
+    """``0.5 * l2 * sum(p**2)`` (float32 scalar) over the parameters the optimizer would decay:
+    all of them, or with ``exclude_bn_bias`` those with ndim > 1. What the step adds to its
+    objective under ``l2_decay_mode="loss"``."""
+    if not l2:
         return jnp.zeros((), jnp.float32)
-    exclude = bool(config.get("l2_decay_exclude_bn_bias", False))
-    leaves = [p for p in jax.tree.leaves(params) if not exclude or jnp.ndim(p) > 1]
+    leaves = [p for p in jax.tree.leaves(params) if not exclude_bn_bias or jnp.ndim(p) > 1]
     return 0.5 * l2 * sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in leaves)
 
 
 def make_optimizer(
-    config: Any, schedule: optax.Schedule | float, head: set[str] | None = None
+    spec: OptimSpec, schedule: optax.Schedule | float, head: Collection[str] | None = None
 ) -> optax.GradientTransformation:
     """Paddle's ``Momentum`` optimizer with an ``L2Decay`` regularizer.
 
     Per parameter: ``g' = g + l2_decay * p``; ``v = momentum_rate * v + g'``;
     ``p -= lr * v`` (with ``nesterov``: ``p -= lr * (g' + momentum_rate * v)``). Like Paddle,
     the L2 term applies to every trainable parameter, BatchNorm scale/offset and biases
-    included; ``config.l2_decay_exclude_bn_bias = True`` (optional field) limits it to
-    parameters with ndim > 1. The rate used by the last update is
+    included; ``l2_decay_exclude_bn_bias`` limits it to parameters with ndim > 1. With
+    ``l2_decay_mode="loss"`` the same term is in the step's objective instead (``l2_penalty``):
+    the same gradient, at another speed. The rate used by the last update is
     ``opt_state.hyperparams["learning_rate"]``.
 
     Fine-tuning: ``head`` names the classifier's parameters ('/'-joined paths inside params);
-    with it, ``config.freeze_backbone`` leaves every other parameter unchanged and
-    ``config.backbone_lr_mult`` scales their learning rate (optax.multi_transform).
+    with it, ``freeze_backbone`` leaves every other parameter unchanged and
+    ``backbone_lr_mult`` scales their learning rate (optax.multi_transform).
     """
-    # l2_decay_mode="loss" moves the same L2 term into the loss (step.py, l2_penalty).
-    l2 = float(config.l2_decay) if l2_decay_mode(config) == "optimizer" else 0.0
-    exclude = bool(config.get("l2_decay_exclude_bn_bias", False))
-    momentum = float(config.momentum_rate)
-    nesterov = bool(config.nesterov)
+    l2 = spec.l2_decay if spec.l2_decay_mode == "optimizer" else 0.0
+    exclude, momentum, nesterov = spec.l2_decay_exclude_bn_bias, spec.momentum_rate, spec.nesterov
 
     def momentum_l2(learning_rate: jax.Array | float) -> optax.GradientTransformation:
         parts = []
@@ -182,9 +160,8 @@ def make_optimizer(
         parts.append(optax.scale_by_learning_rate(learning_rate))
         return optax.chain(*parts)
 
-    freeze = bool(config.get("freeze_backbone", False))
-    mult = float(config.get("backbone_lr_mult", 1.0))
-    if head is None or (not freeze and mult == 1.0):
+    freeze, mult = spec.freeze_backbone, spec.backbone_lr_mult
+    if head is None or not spec.fine_tuning:
         return optax.inject_hyperparams(momentum_l2)(learning_rate=schedule)
 
     def labels(params: Any) -> Any:

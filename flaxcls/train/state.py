@@ -20,7 +20,7 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     rng: jax.Array  # raw uint32 key data; per-step keys are fold_in(rng, step)
-    loss_scale: Any = None  # losses.DynamicScale for float16, else None
+    loss_scale: Any = None  # loss_scale.LossScale for float16, else None
 
     def variables(self) -> dict[str, Any]:
         out = {"params": self.params}

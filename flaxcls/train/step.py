@@ -7,7 +7,7 @@ reads metrics every ``log_every_steps``; state and accumulator are donated.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import flax
@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from flaxcls.parallel import DATA_AXIS, batch_sharding, replicated
-from flaxcls.preprocessing import preprocessing_of
+from flaxcls.specs import StepSpec
 from flaxcls.train import losses, optim
 from flaxcls.train.state import TrainState
 
@@ -52,43 +52,38 @@ def _topk_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> tupl
 def make_train_step(
     model: flax.linen.Module,
     tx: optax.GradientTransformation,
-    config: Any,
+    spec: StepSpec,
     mesh: Mesh,
-    head: set[str] | None = None,
+    head: Collection[str] | None = None,
 ) -> Callable[[TrainState, Metrics, dict[str, jax.Array]], tuple[TrainState, Metrics]]:
     """Builds ``step(state, metrics, batch) -> (state, metrics)``, jitted over the mesh.
 
-    With ``config.freeze_backbone`` and ``head`` (the classifier's parameter paths, as given
+    With ``spec.freeze_backbone`` and ``head`` (the classifier's parameter paths, as given
     to ``optim.make_optimizer``) only the head is differentiated: no backward pass runs
     through the frozen backbone, and its gradients are zeros that are never computed or
     reduced.
 
-    ``config.bn_stats="global"``: the step is written for the whole global batch and XLA
+    ``spec.bn_stats="global"``: the step is written for the whole global batch and XLA
     partitions it, so BatchNorm statistics are over the global batch (one small all-reduce per
     BatchNorm layer, forward and backward). ``"device"``: the forward/backward runs under
     ``shard_map`` on each device's share of the batch, BatchNorm statistics are per device, and
     the gradients, new BatchNorm statistics and metric sums of all devices are combined in one
     all-reduce per step.
     """
-    num_classes = int(config.num_classes)
-    smoothing = float(config.label_smoothing_epsilon) if config.use_label_smoothing else 0.0
-    use_mixup, alpha = bool(config.use_mixup), float(config.mixup_alpha)
-    prep = preprocessing_of(config)  # the model's mean/std where the config leaves them unset
-    mean, std = prep.mean, prep.std
-    dtype = jnp.dtype(config.dtype)
+    num_classes, smoothing, alpha = spec.num_classes, spec.label_smoothing, spec.mixup_alpha
+    dtype = jnp.dtype(spec.dtype)
     # Models with auxiliary heads (GoogLeNet) name them and their loss weights.
     aux_weights = dict(getattr(model, "aux_loss_weights", None) or {})
-    l2_in_loss = optim.l2_decay_mode(config) == "loss"
-    apply = _model_apply(model, config)
-    frozen = head if head is not None and config.get("freeze_backbone", False) else None
+    apply = _model_apply(model, spec.bn_impl)
+    frozen = set(head) if head is not None and spec.freeze_backbone else None
 
     def forward_backward(params, batch_stats, loss_scale, key, batch):
         """Gradients, new BatchNorm statistics and metric sums of one batch: the global batch,
         or (bn_stats="device") one device's share of it."""
         mix_key, dropout_key = jax.random.split(key)
-        images = normalize(batch["image"], mean, std, dtype)
+        images = normalize(batch["image"], spec.mean, spec.std, dtype)
         targets = losses.onehot(batch["label"], num_classes, smoothing)
-        if use_mixup:
+        if alpha > 0:
             images, targets = losses.mixup(mix_key, images, targets, alpha)
 
         def loss_fn(params):
@@ -107,7 +102,8 @@ def make_train_step(
                 aux = features[name].astype(jnp.float32)
                 loss = loss + weight * jnp.mean(losses.cross_entropy(aux, targets))
             # l2_decay_mode="loss": the L2 term joins the objective, not the reported loss.
-            total = loss + optim.l2_penalty(params, config) if l2_in_loss else loss
+            total = (loss + optim.l2_penalty(params, spec.l2_loss, spec.l2_exclude_bn_bias)
+                     if spec.l2_loss else loss)
             scaled = total if loss_scale is None else loss_scale.scale_loss(total)
             return scaled, (loss, logits, updates.get("batch_stats", {}))
 
@@ -119,7 +115,7 @@ def make_train_step(
         sums = {"loss": loss * n, "top1": top1, "top5": top5, "count": n}
         return grads, new_stats, sums
 
-    if config.get("bn_stats", "global") == "device":
+    if spec.bn_stats == "device":
         n_dev = mesh.shape[DATA_AXIS]
 
         def per_device(params, batch_stats, loss_scale, key, batch):
@@ -211,10 +207,9 @@ def _with_frozen_zeros(grads: Any, params: Any, head: set[str] | None) -> Any:
         next(part) if optim.path_name(path) in head else jnp.zeros_like(v) for path, v in leaves])
 
 
-def _model_apply(model: flax.linen.Module, config: Any) -> Callable[..., Any]:
-    """``model.apply``, with the fused-backward BatchNorm when ``config.bn_impl="fused"``
-    (entered while the step is traced)."""
-    impl = config.get("bn_impl", "flax")
+def _model_apply(model: flax.linen.Module, impl: str) -> Callable[..., Any]:
+    """``model.apply``, with the fused-backward BatchNorm when ``impl="fused"`` (entered while
+    the step is traced)."""
     if impl == "flax":
         return model.apply
     from flaxcls.models.batchnorm import batchnorm_impl
@@ -227,13 +222,11 @@ def _model_apply(model: flax.linen.Module, config: Any) -> Callable[..., Any]:
 
 
 def make_eval_step(
-    model: flax.linen.Module, config: Any, mesh: Mesh
+    model: flax.linen.Module, spec: StepSpec, mesh: Mesh
 ) -> Callable[[dict[str, Any], Metrics, dict[str, jax.Array]], Metrics]:
     """Builds ``step(variables, metrics, batch) -> metrics``; padded examples (mask 0) count nowhere."""
-    num_classes = int(config.num_classes)
-    prep = preprocessing_of(config)  # the model's mean/std where the config leaves them unset
-    mean, std = prep.mean, prep.std
-    dtype = jnp.dtype(config.dtype)
+    num_classes, mean, std = spec.num_classes, spec.mean, spec.std
+    dtype = jnp.dtype(spec.dtype)
 
     def step(variables: dict[str, Any], metrics: Metrics, batch: dict[str, jax.Array]) -> Metrics:
         images = normalize(batch["image"], mean, std, dtype)

@@ -1,0 +1,237 @@
+"""The run's config resolved once, at the edge, into the small frozen specs each part takes.
+
+``resolve(config)`` fills the preprocessing fields the config leaves to the model, validates
+every field (``flaxcls.config.validate``: one place, errors name the field) and returns the
+specs. Below the edge nothing reads the flat config: the model is built from a `ModelSpec`,
+the schedule and optimizer from an `OptimSpec`, the jitted step from a `StepSpec`, the data
+set from a `DataSpec` and the tf.data stream from an `InputSpec`; the loop keeps a `RunSpec`.
+Specs have no defaults of their own: every value comes from the config, whose defaults live
+in ``flaxcls.config.default_config`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flaxcls.config import split_lr_strategy, validate
+from flaxcls.preprocessing import EvalPreprocessing, preprocessing_of, resolve_preprocessing
+from flaxcls.registry import create_model
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Which network: registry name, classes, compute dtype and the stem option."""
+
+    name: str
+    num_classes: int
+    dtype: str
+    stem_space_to_depth: bool
+
+    @classmethod
+    def from_config(cls, c: Any) -> ModelSpec:
+        return cls(str(c.model), int(c.num_classes), str(c.dtype), bool(c.stem_space_to_depth))
+
+    def build(self, **overrides: Any):
+        """The (unbound) Flax module; ``overrides`` replace constructor fields."""
+        extra = {"stem_space_to_depth": True} if self.stem_space_to_depth else {}
+        return create_model(self.name, num_classes=self.num_classes, dtype=self.dtype,
+                            **extra, **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+    """The learning-rate schedule and the Momentum + L2 optimizer (``flaxcls.train.optim``)."""
+
+    lr: float  # for lr_base_batch_size images (0: for the run's batch, unscaled)
+    lr_base_batch_size: int
+    lr_strategy: str  # without its warm-up suffix
+    warmup_required: bool  # the strategy was named with a warm-up suffix
+    warm_up_epochs: float
+    num_epochs: float
+    step_epochs: tuple[float, ...]
+    decay_rate: float
+    decay_epochs: float
+    end_lr: float
+    l2_decay: float
+    l2_decay_mode: str  # "optimizer" or "loss"
+    l2_decay_exclude_bn_bias: bool
+    momentum_rate: float
+    nesterov: bool
+    freeze_backbone: bool
+    backbone_lr_mult: float
+
+    @classmethod
+    def from_config(cls, c: Any) -> OptimSpec:
+        strategy, warmup = split_lr_strategy(str(c.lr_strategy))
+        return cls(
+            lr=float(c.lr), lr_base_batch_size=int(c.lr_base_batch_size), lr_strategy=strategy,
+            warmup_required=warmup, warm_up_epochs=float(c.warm_up_epochs),
+            num_epochs=float(c.num_epochs), step_epochs=tuple(float(e) for e in c.step_epochs),
+            decay_rate=float(c.decay_rate), decay_epochs=float(c.decay_epochs),
+            end_lr=float(c.end_lr), l2_decay=float(c.l2_decay),
+            l2_decay_mode=str(c.l2_decay_mode),
+            l2_decay_exclude_bn_bias=bool(c.l2_decay_exclude_bn_bias),
+            momentum_rate=float(c.momentum_rate), nesterov=bool(c.nesterov),
+            freeze_backbone=bool(c.freeze_backbone), backbone_lr_mult=float(c.backbone_lr_mult))
+
+    @property
+    def fine_tuning(self) -> bool:
+        """The head and the backbone train differently (frozen, or another lr)."""
+        return self.freeze_backbone or self.backbone_lr_mult != 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """What the jitted train and eval steps compute (``flaxcls.train.step``)."""
+
+    num_classes: int
+    dtype: str  # compute dtype
+    mean: tuple[float, float, float]  # RGB, 0-1 scale
+    std: tuple[float, float, float]
+    label_smoothing: float  # 0: none
+    mixup_alpha: float  # 0: no mixup
+    bn_stats: str  # "global" or "device"
+    bn_impl: str  # "flax" or "fused"
+    l2_loss: float  # l2_decay when l2_decay_mode="loss" (the step adds the term), else 0
+    l2_exclude_bn_bias: bool
+    freeze_backbone: bool
+
+    @classmethod
+    def from_config(cls, c: Any) -> StepSpec:
+        prep = preprocessing_of(c)
+        return cls(
+            num_classes=int(c.num_classes), dtype=str(c.dtype), mean=prep.mean, std=prep.std,
+            label_smoothing=float(c.label_smoothing_epsilon) if c.use_label_smoothing else 0.0,
+            mixup_alpha=float(c.mixup_alpha) if c.use_mixup else 0.0,
+            bn_stats=str(c.bn_stats), bn_impl=str(c.bn_impl),
+            l2_loss=float(c.l2_decay) if c.l2_decay_mode == "loss" else 0.0,
+            l2_exclude_bn_bias=bool(c.l2_decay_exclude_bn_bias),
+            freeze_backbone=bool(c.freeze_backbone))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Which examples: where the data set is and how it is laid out (``flaxcls.data.sources``)."""
+
+    data_source: str  # auto, list, folder, records or tfds
+    data_dir: str
+    tfds_name: str
+    train_list: str
+    val_list: str
+    train_split: str
+    eval_split: str
+    num_classes: int
+    total_images: int  # > 0: the epoch length, whatever is on disk
+
+    @classmethod
+    def from_config(cls, c: Any) -> DataSpec:
+        return cls(str(c.data_source), str(c.data_dir or ""), str(c.tfds_name),
+                   str(c.train_list), str(c.val_list), str(c.train_split), str(c.eval_split),
+                   int(c.num_classes), int(c.total_images))
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """How examples become uint8 batches (``flaxcls.data.pipeline``): the train augmentation,
+    the eval transform and the reader's settings."""
+
+    model: str  # named in warnings about the data
+    crop_size: int
+    resize_short_size: int
+    interpolation: str
+    lower_scale: float
+    lower_ratio: float
+    upper_ratio: float
+    random_flip: bool
+    rotate_degrees: float  # 0: no rotation
+    jitter: tuple[float, float, float, float] | None  # brightness, contrast, saturation, hue
+    reader_thread: int  # 0: every CPU the process may use
+    reader_buf_size: int
+    cache_eval: bool
+    seed: int
+
+    @classmethod
+    def from_config(cls, c: Any) -> InputSpec:
+        prep = preprocessing_of(c)
+        jitter = ((float(c.brightness), float(c.contrast), float(c.saturation), float(c.hue))
+                  if c.color_jitter else None)
+        return cls(
+            model=str(c.model), crop_size=prep.crop_size,
+            resize_short_size=prep.resize_short_size, interpolation=prep.interpolation,
+            lower_scale=float(c.lower_scale), lower_ratio=float(c.lower_ratio),
+            upper_ratio=float(c.upper_ratio), random_flip=bool(c.random_flip),
+            rotate_degrees=float(c.rotate_degrees) if c.rotate else 0.0, jitter=jitter,
+            reader_thread=int(c.reader_thread), reader_buf_size=int(c.reader_buf_size),
+            cache_eval=bool(c.cache_eval), seed=int(c.random_seed or 0))
+
+    @classmethod
+    def for_eval(cls, prep: EvalPreprocessing | dict[str, Any], **reader: Any) -> InputSpec:
+        """An eval-only spec from preprocessing values alone (an export's ``model.json``)."""
+        p = prep.to_json() if isinstance(prep, EvalPreprocessing) else prep
+        fields = dict(model="", crop_size=int(p["crop_size"]),
+                      resize_short_size=int(p["resize_short_size"]),
+                      interpolation=str(p["interpolation"]), lower_scale=1.0, lower_ratio=1.0,
+                      upper_ratio=1.0, random_flip=False, rotate_degrees=0.0, jitter=None,
+                      reader_thread=0, reader_buf_size=0, cache_eval=False, seed=0)
+        fields.update(reader)
+        return cls(**fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """What the loop itself decides: batches, length, bookkeeping and where weights start."""
+
+    batch_size: int  # global
+    test_batch_size: int  # global
+    num_epochs: float
+    num_train_steps: int  # > 0: stop after this many steps
+    seed: int
+    loss_scale: float  # initial dynamic loss scale (float16 only)
+    log_every_steps: int
+    checkpoint_every_steps: int
+    keep_checkpoints: int
+    eval_every_epochs: int
+    pretrained_model: str
+    checkpoint: str
+
+    @classmethod
+    def from_config(cls, c: Any) -> RunSpec:
+        return cls(
+            batch_size=int(c.batch_size), test_batch_size=int(c.test_batch_size),
+            num_epochs=float(c.num_epochs), num_train_steps=int(c.num_train_steps),
+            seed=int(c.random_seed or 0), loss_scale=float(c.loss_scale),
+            log_every_steps=int(c.log_every_steps),
+            checkpoint_every_steps=int(c.checkpoint_every_steps),
+            keep_checkpoints=int(c.keep_checkpoints), eval_every_epochs=int(c.eval_every_epochs),
+            pretrained_model=str(c.pretrained_model), checkpoint=str(c.checkpoint))
+
+
+@dataclasses.dataclass(frozen=True)
+class Specs:
+    """Every part's spec, from one config."""
+
+    model: ModelSpec
+    optim: OptimSpec
+    step: StepSpec
+    data: DataSpec
+    input: InputSpec
+    run: RunSpec
+    preprocessing: EvalPreprocessing
+
+    @classmethod
+    def from_config(cls, c: Any) -> Specs:
+        """The specs of a config as it stands (no validation, nothing filled in)."""
+        return cls(ModelSpec.from_config(c), OptimSpec.from_config(c), StepSpec.from_config(c),
+                   DataSpec.from_config(c), InputSpec.from_config(c), RunSpec.from_config(c),
+                   preprocessing_of(c))
+
+
+def resolve(config: Any, *, need_data: bool = True) -> Specs:
+    """The edge: fills the preprocessing fields the config leaves unset from the model's
+    ModelCfg (in place, so config.json records what ran), validates every field (ConfigError
+    naming the first wrong one) and returns the specs. ``need_data=False`` (infer, export)
+    accepts a config without a data set."""
+    resolve_preprocessing(config)
+    validate(config, need_data=need_data)
+    return Specs.from_config(config)
