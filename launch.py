@@ -98,13 +98,17 @@ def main(argv: list[str]) -> None:
     workdir = os.path.abspath(FLAGS.workdir)  # Orbax writes and reads absolute paths only
     if config.compilation_cache:
         parallel.enable_compilation_cache(FLAGS.compilation_cache_dir)
-    from flaxcls.train import loop
+    from flaxcls.train.monitor import TrainingDiverged
 
     try:
         if FLAGS.mode == "train":
-            loop.train_and_evaluate(config, workdir)
+            from flaxcls.train.loop import train_and_evaluate
+
+            train_and_evaluate(config, workdir)
         elif FLAGS.mode == "eval":
-            loop.evaluate_only(config, workdir)
+            from flaxcls.evaluate import run_eval
+
+            run_eval(config, workdir)
         elif FLAGS.mode == "infer":
             from flaxcls.infer import run_infer
 
@@ -116,7 +120,7 @@ def main(argv: list[str]) -> None:
             logging.getLogger("flaxcls").info("exported %s to %s", config.model, out)
     except (ConfigError, CheckpointError, FileNotFoundError, UnknownModelError) as e:
         _user_error(e)
-    except loop.TrainingDiverged as e:
+    except TrainingDiverged as e:
         logging.getLogger("flaxcls").error("%s", e)
         _finish(3)
     except ValueError as e:

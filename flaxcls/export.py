@@ -68,17 +68,15 @@ def export_model(config, workdir: str) -> str:
 
     import flaxcls
     from flaxcls import parallel
-    from flaxcls.config import validate
-    from flaxcls.infer import class_labels, make_predict, serving_model
-    from flaxcls.preprocessing import resolve_preprocessing
-    from flaxcls.train.loop import inference_variables
+    from flaxcls.infer import class_labels, load_for_serving, make_predict, serving_model
+    from flaxcls.specs import resolve
 
-    prep = resolve_preprocessing(config)
-    validate(config, need_data=False)
+    specs = resolve(config, need_data=False)
+    prep = specs.preprocessing
     mesh = parallel.make_mesh(jax.local_devices()[:1])
-    model, variables, source = inference_variables(config, workdir, mesh)
+    model, variables, source = load_for_serving(config, specs, workdir, mesh)
     host_vars = jax.tree.map(np.asarray, jax.device_get(variables))  # baked in as constants
-    model, host_vars = serving_model(model, host_vars, prep, bool(config.get("fold_bn", True)))
+    model, host_vars = serving_model(model, host_vars, prep, bool(config.fold_bn))
     predict = make_predict(model, host_vars, prep, config.dtype)
     dtype = jnp.uint8 if config.export_input == "uint8" else jnp.float32
     (batch,) = jax.export.symbolic_shape("batch")
@@ -89,7 +87,7 @@ def export_model(config, workdir: str) -> str:
     meta = {
         "format": FORMAT,
         "model": cfg.name,
-        "batchnorm_folded": bool(config.get("fold_bn", True)),
+        "batchnorm_folded": bool(config.fold_bn),
         "num_classes": int(config.num_classes),
         "input_size": prep.crop_size,
         "input_dtype": np.dtype(dtype).name,
@@ -108,7 +106,7 @@ def export_model(config, workdir: str) -> str:
         os.makedirs(out, exist_ok=True)
         _write_atomic(os.path.join(out, MODEL_FILE), bytes(exported.serialize()))
         _write_atomic(os.path.join(out, META_FILE), json.dumps(meta, indent=2).encode())
-        if config.get("export_savedmodel", False):
+        if config.export_savedmodel:
             _write_saved_model(os.path.join(out, SAVED_MODEL), model, host_vars, prep,
                                config.dtype, dtype)
     return out

@@ -2,7 +2,7 @@
 
 Images go through the same eval transform as ``--mode=eval`` (`pipeline.eval_transform_fn`,
 driven by the model's ModelCfg) and the same normalisation as the eval step; export uses the
-same forward (`make_predict`). Tensorflow is imported only to read images.
+same forward (`make_forward`). Tensorflow is imported only to read images.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 
 from flaxcls.layouts import CompiledForward
 from flaxcls.preprocessing import EvalPreprocessing
+from flaxcls.specs import InputSpec, Specs
 
 log = logging.getLogger("flaxcls")
 
@@ -91,7 +92,7 @@ def read_label_file(path: str) -> list[str]:
     return labels
 
 
-def class_labels(config) -> list[str]:
+def class_labels(config: Any) -> list[str]:
     """Readable names for class ids 0..num_classes-1.
 
     config.label_path; else the class folders of the configured data set; else ImageNet's
@@ -108,10 +109,11 @@ def class_labels(config) -> list[str]:
         return labels[:n]
     names = None
     if config.data_dir or config.tfds_name:
-        from flaxcls.data import DataError, dataset_info
+        from flaxcls.data import DataError, open_source
+        from flaxcls.specs import DataSpec
 
         try:
-            names = dataset_info(config).class_names
+            names = open_source(DataSpec.from_config(config)).class_names
         except (DataError, FileNotFoundError, OSError) as e:
             log.warning("no class names from the data set (%s); using class ids", e)
     if names:
@@ -132,11 +134,11 @@ class ImageLoader:
     image still takes the same resize and crop.
     """
 
-    def __init__(self, config):
+    def __init__(self, spec: InputSpec):
         from flaxcls.data import ops, pipeline
 
         tf = ops.tf
-        fn = pipeline.eval_transform_fn(config)
+        fn = pipeline.eval_transform_fn(spec)
         self._tf = tf
         self._transform = tf.function(lambda data: fn(data, None),
                                       input_signature=[tf.TensorSpec([], tf.string)])
@@ -144,12 +146,7 @@ class ImageLoader:
     @classmethod
     def from_preprocessing(cls, prep: EvalPreprocessing | dict[str, Any]) -> ImageLoader:
         """A loader for an export's ``meta["preprocessing"]`` (or an EvalPreprocessing)."""
-        import types
-
-        p = prep.to_json() if isinstance(prep, EvalPreprocessing) else prep
-        return cls(types.SimpleNamespace(crop_size=int(p["crop_size"]),
-                                         resize_short_size=int(p["resize_short_size"]),
-                                         interpolation=p["interpolation"]))
+        return cls(InputSpec.for_eval(prep))
 
     def __call__(self, path: str) -> np.ndarray:
         try:
@@ -190,8 +187,8 @@ def _to_png(data: bytes) -> bytes:
 # ----------------------------------------------------------------------------- the forward
 
 
-def make_predict_fn(model, prep: EvalPreprocessing, dtype: Any = jnp.float32, *,
-                    features: bool = False) -> Callable[[Any, jax.Array], jax.Array]:
+def make_forward(model, prep: EvalPreprocessing, dtype: Any = jnp.float32, *,
+                 features: bool = False) -> Callable[[Any, jax.Array], jax.Array]:
     """(variables, images NHWC) -> probabilities [N, classes] (or pooled features [N, C] with
     ``features``).
 
@@ -240,10 +237,25 @@ def _count_batchnorms(variables: Any) -> int:
 
 def make_predict(model, variables: Any, prep: EvalPreprocessing, dtype: Any = jnp.float32, *,
                  features: bool = False) -> Callable[[jax.Array], jax.Array]:
-    """images NHWC -> probabilities: ``make_predict_fn`` with ``variables`` bound (export bakes
+    """images NHWC -> probabilities: ``make_forward`` with ``variables`` bound (export bakes
     them into the artifact this way)."""
-    fn = make_predict_fn(model, prep, dtype, features=features)
+    fn = make_forward(model, prep, dtype, features=features)
     return lambda images: fn(variables, images)
+
+
+def load_for_serving(config: Any, specs: Specs, workdir: str, mesh) -> tuple[Any, Any, dict]:
+    """(model, variables replicated on ``mesh``, where they came from) for infer and export:
+    config.checkpoint or config.pretrained_model, else the workdir's newest checkpoint. The
+    weights must fit the model exactly, head included."""
+    from flaxcls import weights
+
+    path, step = weights.serving_source(config.checkpoint, config.pretrained_model, workdir)
+    if not (config.checkpoint or config.pretrained_model):
+        weights.warn_if_unlike_training(config, workdir)
+    variables = weights.inference_variables(specs.model, specs.preprocessing.crop_size, path,
+                                            mesh)
+    log.info("weights of %s from %s%s", specs.model.name, path, f" (step {step})" if step else "")
+    return specs.model.build(), variables, {"checkpoint": path, "step": step}
 
 
 # ----------------------------------------------------------------------------- --mode=infer
@@ -253,16 +265,14 @@ def run_infer(config, workdir: str) -> list[dict[str, Any]]:
     """Predicts for every image of config.infer_path; writes <workdir>/predictions.jsonl (and
     features.npy with config.features) and prints a table. Returns the records."""
     from flaxcls import parallel
-    from flaxcls.config import validate
-    from flaxcls.preprocessing import resolve_preprocessing
-    from flaxcls.train.loop import inference_variables
+    from flaxcls.specs import resolve
 
-    prep = resolve_preprocessing(config)
-    validate(config, need_data=False)
+    specs = resolve(config, need_data=False)
+    prep = specs.preprocessing
     paths = collect_inputs(config.infer_path, config.data_dir)
     mesh = parallel.make_mesh(jax.local_devices())  # every process may infer on its own
-    model, variables, source = inference_variables(config, workdir, mesh)
-    model, variables = serving_model(model, variables, prep, bool(config.get("fold_bn", True)))
+    model, variables, source = load_for_serving(config, specs, workdir, mesh)
+    model, variables = serving_model(model, variables, prep, bool(config.fold_bn))
     labels = [] if config.features else class_labels(config)
     k = min(int(config.topk), int(config.num_classes))
     n_dev = mesh.devices.size
@@ -271,12 +281,12 @@ def run_infer(config, workdir: str) -> list[dict[str, Any]]:
     # per-batch re-layout of every convolution kernel); see flaxcls.layouts.
     images_sharding = parallel.batch_sharding(mesh)
     forward = CompiledForward(
-        make_predict_fn(model, prep, config.dtype, features=bool(config.features)), variables,
+        make_forward(model, prep, config.dtype, features=bool(config.features)), variables,
         weights_sharding=parallel.replicated(mesh), input_sharding=images_sharding)
     log.info("infer: %d input(s) from %s with %s (%s); preprocessing %s", len(paths),
              config.infer_path, config.model, source["checkpoint"], prep.to_json())
 
-    loader = ImageLoader(config)
+    loader = ImageLoader(specs.input)
     records: list[dict[str, Any]] = []
     feature_rows: list[np.ndarray] = []
     skipped: list[str] = []

@@ -166,16 +166,14 @@ class InputSpec:
             cache_eval=bool(c.cache_eval), seed=int(c.random_seed or 0))
 
     @classmethod
-    def for_eval(cls, prep: EvalPreprocessing | dict[str, Any], **reader: Any) -> InputSpec:
+    def for_eval(cls, prep: EvalPreprocessing | dict[str, Any]) -> InputSpec:
         """An eval-only spec from preprocessing values alone (an export's ``model.json``)."""
         p = prep.to_json() if isinstance(prep, EvalPreprocessing) else prep
-        fields = dict(model="", crop_size=int(p["crop_size"]),
-                      resize_short_size=int(p["resize_short_size"]),
-                      interpolation=str(p["interpolation"]), lower_scale=1.0, lower_ratio=1.0,
-                      upper_ratio=1.0, random_flip=False, rotate_degrees=0.0, jitter=None,
-                      reader_thread=0, reader_buf_size=0, cache_eval=False, seed=0)
-        fields.update(reader)
-        return cls(**fields)
+        return cls(model="", crop_size=int(p["crop_size"]),
+                   resize_short_size=int(p["resize_short_size"]),
+                   interpolation=str(p["interpolation"]), lower_scale=1.0, lower_ratio=1.0,
+                   upper_ratio=1.0, random_flip=False, rotate_degrees=0.0, jitter=None,
+                   reader_thread=0, reader_buf_size=0, cache_eval=False, seed=0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from flaxcls.train import losses
+from flaxcls.train.loss_scale import LossScale
 
 
 def test_onehot_smoothing_sums_to_one():
@@ -87,13 +88,15 @@ def _sgd_step(ds, params, x):
     def loss_fn(p):
         return jnp.sum(p["w"] * x)
 
-    new_ds, finite, loss, grads = ds.value_and_grad(loss_fn)(params)
-    stepped = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
-    return new_ds, finite, loss, ds.select(finite, stepped, params)
+    scaled_grads = jax.grad(lambda p: ds.scale_loss(loss_fn(p)))(params)
+    grads = ds.unscale(scaled_grads)
+    finite = losses.all_finite(grads)
+    stepped = jax.tree.map(lambda p, g: jnp.where(finite, p - 0.1 * g, p), params, grads)
+    return ds.update(finite), finite, loss_fn(params), stepped
 
 
-def test_dynamic_scale_skips_non_finite_steps_and_halves():
-    ds = losses.DynamicScale.create(1024.0, growth_interval=3)
+def test_loss_scale_skips_non_finite_steps_and_halves():
+    ds = LossScale.create(1024.0, growth_interval=3)
     params = {"w": jnp.ones(3)}
     step = jax.jit(_sgd_step)
     x = jnp.array([1.0, 2.0, 3.0])
@@ -109,8 +112,8 @@ def test_dynamic_scale_skips_non_finite_steps_and_halves():
     assert float(ds2.scale) == 512.0 and int(ds2.good_steps) == 0
 
 
-def test_dynamic_scale_grows_after_growth_interval_good_steps():
-    ds = losses.DynamicScale.create(8.0, growth_interval=3)
+def test_loss_scale_grows_after_growth_interval_good_steps():
+    ds = LossScale.create(8.0, growth_interval=3)
     update = jax.jit(lambda d, f: d.update(f))
     true = jnp.array(True)
     for expected_scale, expected_good in [(8.0, 1), (8.0, 2), (16.0, 0), (16.0, 1)]:
@@ -119,13 +122,13 @@ def test_dynamic_scale_grows_after_growth_interval_good_steps():
     ds = update(ds, jnp.array(False))
     assert (float(ds.scale), int(ds.good_steps)) == (8.0, 0)
     # The scale never falls below min_scale.
-    tiny = losses.DynamicScale.create(1.0)
+    tiny = LossScale.create(1.0)
     assert float(tiny.update(jnp.array(False)).scale) == 1.0
-    assert losses.DynamicScale.create().growth_interval == 2000
+    assert LossScale.create().growth_interval == 2000
 
 
-def test_dynamic_scale_manual_api_matches_train_step_usage():
-    ds = losses.DynamicScale.create(4.0)
+def test_loss_scale_manual_api_matches_train_step_usage():
+    ds = LossScale.create(4.0)
     assert float(ds.scale_loss(jnp.float32(2.0))) == 8.0
     grads = ds.unscale({"w": jnp.array([8.0, 4.0], jnp.float16)})
     assert grads["w"].dtype == jnp.float16

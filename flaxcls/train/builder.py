@@ -1,0 +1,96 @@
+"""From specs to a runnable train step: model, schedule, optimizer, state and the jitted steps.
+
+The loop and every benchmark build their chain here, so a new optimizer, state field or step
+option is one change in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from flaxcls import parallel
+from flaxcls.specs import Specs
+from flaxcls.train import optim
+from flaxcls.train.loss_scale import LossScale
+from flaxcls.train.state import TrainState, abstract_train_state, create_train_state
+from flaxcls.train.step import TRAIN_METRICS, make_eval_step, make_train_step, zeros_metrics
+
+
+@dataclasses.dataclass
+class Trainer:
+    """The built chain of one run on one mesh. The steps are jitted on first use."""
+
+    specs: Specs
+    mesh: Mesh
+    model: flax.linen.Module
+    schedule: optax.Schedule
+    tx: optax.GradientTransformation
+    head: frozenset[str] | None  # the classifier's parameter names while fine-tuning
+
+    @property
+    def image_size(self) -> int:
+        return self.specs.preprocessing.crop_size
+
+    @functools.cached_property
+    def train_step(self):
+        """``step(state, metrics, batch) -> (state, metrics)``, jitted over the mesh."""
+        return make_train_step(self.model, self.tx, self.specs.step, self.mesh, self.head)
+
+    @functools.cached_property
+    def eval_step(self):
+        """``step(variables, metrics, batch) -> metrics``, jitted over the mesh."""
+        return make_eval_step(self.model, self.specs.step, self.mesh)
+
+    def loss_scale(self) -> LossScale | None:
+        """float16 trains with a dynamic loss scale; other dtypes need none."""
+        if self.specs.step.dtype == "float16":
+            return LossScale.create(self.specs.run.loss_scale)
+        return None
+
+    def init_state(self) -> TrainState:
+        """Fresh parameters, optimizer state and loss scale, replicated on the mesh."""
+        return create_train_state(self.model, self.tx, image_size=self.image_size,
+                                  seed=self.specs.run.seed, mesh=self.mesh,
+                                  loss_scale=self.loss_scale())
+
+    def abstract_state(self) -> TrainState:
+        """Shapes, dtypes and shardings of ``init_state()``, computing nothing."""
+        return abstract_train_state(self.init_state, self.mesh)
+
+    def zeros_metrics(self) -> dict[str, jax.Array]:
+        return zeros_metrics(TRAIN_METRICS, self.mesh)
+
+    def abstract_inputs(self, batch_size: int) -> tuple[Any, dict[str, Any]]:
+        """(metrics, batch) as ShapeDtypeStructs on the mesh: what the train step takes besides
+        the state, for lowering it without data."""
+        rep, data = parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)
+        size = self.image_size
+        metrics = {k: jax.ShapeDtypeStruct((), jnp.float32, sharding=rep) for k in TRAIN_METRICS}
+        batch = {"image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8,
+                                               sharding=data),
+                 "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data)}
+        return metrics, batch
+
+
+def build(specs: Specs, mesh: Mesh, *, steps_per_epoch: int,
+          model: flax.linen.Module | None = None) -> Trainer:
+    """The chain of ``specs`` on ``mesh``. ``model`` replaces the spec's model (a benchmark's
+    variant of it, say); the learning-rate schedule counts ``steps_per_epoch`` steps an epoch."""
+    model = specs.model.build() if model is None else model
+    schedule = optim.make_schedule(specs.optim, steps_per_epoch, specs.run.batch_size)
+    head = None
+    if specs.optim.fine_tuning:
+        from flaxcls.weights import head_names
+
+        head = frozenset(n.removeprefix("params/") for n in
+                         head_names(specs.model, specs.preprocessing.crop_size))
+    tx = optim.make_optimizer(specs.optim, schedule, head)
+    return Trainer(specs, mesh, model, schedule, tx, head)
