@@ -22,6 +22,11 @@ def flat(tree: Any) -> dict[str, Any]:
     return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
 
 
+def flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """'/'-joined path -> shape, for every leaf that has one."""
+    return {k: tuple(v.shape) for k, v in flat(tree).items() if hasattr(v, "shape")}
+
+
 def _key_name(key: Any) -> str:
     for attr in ("key", "name", "idx"):
         if hasattr(key, attr):

@@ -13,13 +13,12 @@ import sys
 import jax
 import numpy as np
 
-import flaxcls
 from flaxcls import parallel
 from flaxcls.config import default_config
 from flaxcls.preprocessing import resolve_preprocessing
-from flaxcls.train import optim
-from flaxcls.train.state import create_train_state
-from flaxcls.train.step import TRAIN_METRICS, fetch_metrics, make_train_step, zeros_metrics
+from flaxcls.specs import Specs
+from flaxcls.train import builder
+from flaxcls.train.step import TRAIN_METRICS, fetch_metrics, zeros_metrics
 
 
 def main(out_path: str, model_name: str = "ResNet_tiny", bn_stats: str = "global",
@@ -33,11 +32,8 @@ def main(out_path: str, model_name: str = "ResNet_tiny", bn_stats: str = "global
     c.bn_impl = bn_impl
     resolve_preprocessing(c)  # image_mean/image_std: the model's, for the reference step
     mesh = parallel.make_mesh()
-    model = flaxcls.create_model(c.model, num_classes=c.num_classes)
-    schedule = optim.make_schedule(c, 10, c.batch_size)
-    tx = optim.make_optimizer(c, schedule)
-    state = create_train_state(model, tx, image_size=c.crop_size, seed=0, mesh=mesh)
-    step = make_train_step(model, tx, c, mesh)
+    trainer = builder.build(Specs.from_config(c), mesh, steps_per_epoch=10)  # the loop's chain
+    model, tx, state, step = trainer.model, trainer.tx, trainer.init_state(), trainer.train_step
     ref = jax.device_get(state) if bn_stats == "device" and not coordinator else None
     # Each process hands in its own consecutive slice of the global batch.
     per_process = 16 // jax.process_count()

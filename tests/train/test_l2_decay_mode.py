@@ -9,10 +9,9 @@ import pytest
 from flax import linen as nn
 
 from flaxcls import parallel
-from flaxcls.config import ConfigError, default_config
-from flaxcls.train import optim
-from flaxcls.train.state import create_train_state
-from flaxcls.train.step import TRAIN_METRICS, make_train_step, zeros_metrics
+from flaxcls.config import ConfigError, default_config, validate
+from flaxcls.specs import Specs, StepSpec
+from flaxcls.train import builder, optim
 
 
 class _ConvBNNet(nn.Module):
@@ -30,12 +29,10 @@ def _train(mode: str, steps: int = 3, exclude: bool = False):
     c.num_classes, c.batch_size, c.lr, c.l2_decay, c.momentum_rate = 3, 8, 0.5, 0.05, 0.9
     c.lr_strategy, c.l2_decay_mode = "constant", mode
     c.l2_decay_exclude_bn_bias = exclude
+    c.crop_size = c.resize_short_size = 8
     mesh = parallel.make_mesh(jax.devices()[:1])
-    model = _ConvBNNet()
-    tx = optim.make_optimizer(c, c.lr)
-    state = create_train_state(model, tx, image_size=8, seed=0, mesh=mesh)
-    step = make_train_step(model, tx, c, mesh)
-    metrics = zeros_metrics(TRAIN_METRICS, mesh)
+    trainer = builder.build(Specs.from_config(c), mesh, steps_per_epoch=1, model=_ConvBNNet())
+    state, step, metrics = trainer.init_state(), trainer.train_step, trainer.zeros_metrics()
     rng = np.random.RandomState(0)
     for _ in range(steps):
         batch = parallel.host_to_global({
@@ -59,15 +56,20 @@ def test_l2_penalty_value_and_mask():
     c = default_config()
     c.l2_decay, c.l2_decay_mode = 0.1, "loss"
     params = {"kernel": np.full((2, 2), 2.0, np.float32), "bias": np.ones(3, np.float32)}
-    assert float(optim.l2_penalty(params, c)) == pytest.approx(0.5 * 0.1 * (16.0 + 3.0))
+
+    def penalty():  # as the step computes it from its spec
+        spec = StepSpec.from_config(c)
+        return float(optim.l2_penalty(params, spec.l2_loss, spec.l2_exclude_bn_bias))
+
+    assert penalty() == pytest.approx(0.5 * 0.1 * (16.0 + 3.0))
     c.l2_decay_exclude_bn_bias = True
-    assert float(optim.l2_penalty(params, c)) == pytest.approx(0.5 * 0.1 * 16.0)
+    assert penalty() == pytest.approx(0.5 * 0.1 * 16.0)
     c.l2_decay_mode = "optimizer"
-    assert float(optim.l2_penalty(params, c)) == 0.0
+    assert penalty() == 0.0
 
 
 def test_bad_l2_decay_mode_names_the_field():
     c = default_config()
-    c.l2_decay_mode = "weights"
-    with pytest.raises(ConfigError, match="l2_decay_mode"):
-        optim.make_optimizer(c, 0.1)
+    c.l2_decay_mode, c.data_dir = "weights", "x"
+    with pytest.raises(ConfigError, match=r"^config\.l2_decay_mode='weights': must be one of"):
+        validate(c)

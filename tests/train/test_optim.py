@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from flaxcls.config import ConfigError, default_config
+from flaxcls.config import ConfigError, default_config, validate
+from flaxcls.specs import OptimSpec
 from flaxcls.train import optim
 
 SPE = 10  # steps per epoch; num_epochs=10 -> 100 steps in all
@@ -23,8 +24,13 @@ def cfg(**overrides):
     return c
 
 
+def schedule_of(config, steps_per_epoch=SPE, global_batch_size=None):
+    return optim.make_schedule(OptimSpec.from_config(config), steps_per_epoch,
+                               global_batch_size or config.batch_size)
+
+
 def lr_at(config, steps, **kw):
-    schedule = optim.make_schedule(config, SPE, **kw)
+    schedule = schedule_of(config, **kw)
     return [float(schedule(s)) for s in steps]
 
 
@@ -66,7 +72,7 @@ def test_schedule_values(strategy, overrides, expected):
 
 
 def test_schedule_jits_and_takes_step_arrays():
-    schedule = optim.make_schedule(cfg(lr_strategy="cosine_decay_warmup", warm_up_epochs=2.0), SPE)
+    schedule = schedule_of(cfg(lr_strategy="cosine_decay_warmup", warm_up_epochs=2.0))
     steps = jnp.array([0, 10, 60, 100], jnp.int32)
     got = jax.jit(schedule)(steps)
     assert got.dtype == jnp.float32
@@ -84,12 +90,23 @@ def test_lr_scales_with_global_batch():
 
 
 def test_schedule_config_errors():
+    """Checked with the other fields before a job starts (config.validate), and again by the
+    schedule where the epoch length matters."""
+    cases = [(cfg(lr_strategy="cosine_decay_warmup"), "warm_up_epochs"),
+             (cfg(lr_strategy="cosine_decay", warm_up_epochs=10.0), "warm_up_epochs"),
+             (cfg(lr_strategy="poly_decay"), "lr_strategy"),
+             (cfg(lr_strategy="exponential_decay", decay_epochs=0.0), "decay_epochs")]
+    for c, field in cases:
+        c.data_dir = "x"
+        with pytest.raises(ConfigError, match=rf"^config\.{field}="):
+            validate(c)
     with pytest.raises(ConfigError, match="warm_up_epochs"):
-        optim.make_schedule(cfg(lr_strategy="cosine_decay_warmup"), SPE)
+        schedule_of(cfg(lr_strategy="cosine_decay_warmup"))
     with pytest.raises(ConfigError, match="warm_up_epochs"):
-        optim.make_schedule(cfg(lr_strategy="cosine_decay", warm_up_epochs=10.0), SPE)
-    with pytest.raises(ConfigError, match="lr_strategy"):
-        optim.make_schedule(cfg(lr_strategy="poly_decay"), SPE)
+        schedule_of(cfg(lr_strategy="cosine_decay", warm_up_epochs=10.0))
+    # 0.05 epochs of 10 steps round to no warm-up step at all: only the epoch length tells.
+    with pytest.raises(ConfigError, match="warm_up_epochs.*at least one warm-up step"):
+        schedule_of(cfg(lr_strategy="cosine_decay_warmup", warm_up_epochs=0.04))
 
 
 def paddle_momentum_l2(params, grads_seq, lrs, mu, l2, nesterov, decay_mask=None):
@@ -111,8 +128,8 @@ def test_optimizer_matches_paddle_momentum_l2(nesterov, exclude):
     c = cfg(lr_strategy="linear_decay", end_lr=0.0, momentum_rate=0.9, l2_decay=0.01,
             nesterov=nesterov, num_epochs=1)
     c.l2_decay_exclude_bn_bias = exclude
-    schedule = optim.make_schedule(c, SPE)  # 0.1, 0.09, 0.08 for steps 0, 1, 2
-    tx = optim.make_optimizer(c, schedule)
+    schedule = schedule_of(c)  # 0.1, 0.09, 0.08 for steps 0, 1, 2
+    tx = optim.make_optimizer(OptimSpec.from_config(c), schedule)
     rng = np.random.default_rng(0)
     params = {"kernel": rng.normal(size=(2, 3)).astype(np.float32),
               "bias": rng.normal(size=(3,)).astype(np.float32)}
@@ -144,6 +161,6 @@ def test_original_with_warmup_spelling_is_accepted():
     for c, name in ((a, "cosine_decay_warmup"), (b, "cosine_decay_with_warmup")):
         c.lr_strategy, c.warm_up_epochs, c.num_epochs, c.data_dir = name, 2.0, 10, "x"
         validate(c)
-    sa, sb = optim.make_schedule(a, 100, 256), optim.make_schedule(b, 100, 256)
+    sa, sb = schedule_of(a, 100, 256), schedule_of(b, 100, 256)
     for step in (0, 50, 199, 200, 500, 999):
         assert float(sa(step)) == float(sb(step))

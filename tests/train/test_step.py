@@ -7,16 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import flaxcls
 from flaxcls import parallel
 from flaxcls.config import default_config
-from flaxcls.train import losses, optim
-from flaxcls.train.state import create_train_state
+from flaxcls.preprocessing import resolve_preprocessing
+from flaxcls.specs import Specs
+from flaxcls.train import builder, optim
 from flaxcls.train.step import (
     EVAL_METRICS,
     TRAIN_METRICS,
     fetch_metrics,
-    make_eval_step,
     make_train_step,
     normalize,
     zeros_metrics,
@@ -26,17 +25,15 @@ SIZE, BATCH = 16, 8
 
 
 def _setup(dtype="float32", size=SIZE, **overrides):
+    """The trainer's own chain (flaxcls.train.builder) for ResNet_tiny, and its fresh state."""
     c = default_config()
     c.model, c.num_classes, c.crop_size, c.resize_short_size = "ResNet_tiny", 10, size, size
     c.batch_size, c.dtype = BATCH, dtype
     for k, v in overrides.items():
         setattr(c, k, v)
-    mesh = parallel.make_mesh()
-    model = flaxcls.create_model(c.model, num_classes=c.num_classes, dtype=c.dtype)
-    tx = optim.make_optimizer(c, optim.make_schedule(c, 10, c.batch_size))
-    scale = losses.DynamicScale.create(c.loss_scale) if dtype == "float16" else None
-    state = create_train_state(model, tx, image_size=size, seed=0, mesh=mesh, loss_scale=scale)
-    return c, mesh, model, tx, state
+    resolve_preprocessing(c)
+    trainer = builder.build(Specs.from_config(c), parallel.make_mesh(), steps_per_epoch=10)
+    return trainer, trainer.init_state()
 
 
 def _batch(mesh, seed=0, n=BATCH, size=SIZE):
@@ -49,8 +46,8 @@ def _batch(mesh, seed=0, n=BATCH, size=SIZE):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_train_step_dtypes_keep_float32_params(dtype):
-    c, mesh, model, tx, state = _setup(dtype, use_mixup=True, use_label_smoothing=True)
-    step = make_train_step(model, tx, c, mesh)
+    t, state = _setup(dtype, use_mixup=True, use_label_smoothing=True)
+    mesh, step = t.mesh, t.train_step
     before = jax.tree.map(np.asarray, state.params)
     metrics = zeros_metrics(TRAIN_METRICS, mesh)
     for i in range(3):
@@ -65,8 +62,8 @@ def test_train_step_dtypes_keep_float32_params(dtype):
 
 
 def test_float16_overflow_skips_the_step_and_halves_the_scale():
-    c, mesh, model, tx, state = _setup("float16", loss_scale=2.0**40)  # overflows float16 grads
-    step = make_train_step(model, tx, c, mesh)
+    t, state = _setup("float16", loss_scale=2.0**40)  # overflows float16 grads
+    mesh, step = t.mesh, t.train_step
     before = jax.tree.map(np.asarray, state.params)
     metrics = zeros_metrics(TRAIN_METRICS, mesh)
     state, metrics = step(state, metrics, _batch(mesh))
@@ -85,8 +82,8 @@ def test_float16_overflow_skips_the_step_and_halves_the_scale():
 
 
 def test_metrics_accumulate_on_device_without_reset():
-    c, mesh, model, tx, state = _setup()
-    step = make_train_step(model, tx, c, mesh)
+    t, state = _setup()
+    mesh, step = t.mesh, t.train_step
     metrics = zeros_metrics(TRAIN_METRICS, mesh)
     state, metrics = step(state, metrics, _batch(mesh, 1))
     one = fetch_metrics(metrics)
@@ -98,8 +95,8 @@ def test_metrics_accumulate_on_device_without_reset():
 
 
 def test_eval_padding_counts_nowhere():
-    c, mesh, model, _, state = _setup()
-    eval_step = make_eval_step(model, c, mesh)
+    t, state = _setup()
+    mesh, eval_step = t.mesh, t.eval_step
     real = _batch(mesh, 5, n=6)
     m_real = fetch_metrics(eval_step(state.variables(), zeros_metrics(EVAL_METRICS, mesh),
                                      {**real, "mask": jnp.ones(6, bool)}))
@@ -128,9 +125,9 @@ def test_normalize_matches_numpy():
 def test_auxiliary_heads_are_trained():
     """GoogLeNet's aux heads get gradients through the 0.3-weighted aux losses, as in Paddle
     (googlenet's train.py: CE(main) + 0.3 CE(aux1) + 0.3 CE(aux2))."""
-    c, mesh, model, tx, state = _setup(size=64, model="GoogLeNet", l2_decay=0.0)
-    assert model.aux_loss_weights == {"aux1": 0.3, "aux2": 0.3}
-    step = make_train_step(model, tx, c, mesh)
+    t, state = _setup(size=64, model="GoogLeNet", l2_decay=0.0)
+    assert t.model.aux_loss_weights == {"aux1": 0.3, "aux2": 0.3}
+    mesh, step = t.mesh, t.train_step
     before = jax.tree.map(np.asarray, state.params)
     state, metrics = step(state, zeros_metrics(TRAIN_METRICS, mesh), _batch(mesh, size=64))
     assert np.isfinite(fetch_metrics(metrics)["loss"])
@@ -150,20 +147,17 @@ def test_frozen_backbone_gets_no_backward_pass(dtype, bn_stats):
     """freeze_backbone: only the head is differentiated. The backbone stays bit-equal, its
     BatchNorm statistics still follow the data, and the compiled step has no backward
     convolutions."""
-    c, mesh, model, _, state = _setup(dtype, freeze_backbone=True, bn_stats=bn_stats)
-    head = {optim.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]
-            if optim.path_name(p).startswith("head/")}
+    t, state = _setup(dtype, freeze_backbone=True, bn_stats=bn_stats)
+    head = t.head  # the builder finds the classifier's tensors
     assert head == {"head/kernel", "head/bias"}
-    tx = optim.make_optimizer(c, optim.make_schedule(c, 10, c.batch_size), head)
-    scale = losses.DynamicScale.create(c.loss_scale) if dtype == "float16" else None
-    state = create_train_state(model, tx, image_size=SIZE, seed=0, mesh=mesh, loss_scale=scale)
+    mesh, model, tx = t.mesh, t.model, t.tx
     metrics = zeros_metrics(TRAIN_METRICS, mesh)
 
     def conv_count(step) -> int:
         return step.lower(state, metrics, _batch(mesh)).compile().as_text().count(" convolution(")
 
-    frozen_step = make_train_step(model, tx, c, mesh, head)
-    full_step = make_train_step(model, tx, c, mesh)
+    frozen_step = t.train_step
+    full_step = make_train_step(model, tx, t.specs.step, mesh)
     n_convs = sum(1 for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]
                   if optim.path_name(p).endswith("kernel") and not optim.path_name(p).startswith("head"))
     assert conv_count(frozen_step) <= n_convs
