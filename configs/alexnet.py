@@ -10,20 +10,8 @@ The script sets no decay steps or momentum, so the train.py defaults apply: x0.1
 30/60/90 (the 2019 optimizer hard-coded 0.1) and momentum 0.9. Random-resized crop 224 + flip.
 """
 
-from flaxcls.config import default_config
+from flaxcls.recipes import paddle2019_config
 
 
 def get_config():
-    c = default_config()
-    c.model = "AlexNet"
-    c.num_classes = 1000
-    c.num_epochs = 120
-    c.batch_size = 256
-    c.lr_strategy = "piecewise_decay"
-    c.step_epochs = (30, 60, 90)
-    c.decay_rate = 0.1
-    c.lr = 0.01
-    c.lr_base_batch_size = 256
-    c.l2_decay = 1e-4
-    c.checkpoint_every_steps = 2000
-    return c
+    return paddle2019_config("AlexNet")

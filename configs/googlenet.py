@@ -11,18 +11,8 @@ The original loss also added 0.3 x the cross-entropy of each auxiliary head
 (flaxcls.models.googlenet.AUX_LOSS_WEIGHTS); the trainer's step does the same.
 """
 
-from flaxcls.config import default_config
+from flaxcls.recipes import paddle2019_config
 
 
 def get_config():
-    c = default_config()
-    c.model = "GoogLeNet"
-    c.num_classes = 1000
-    c.num_epochs = 200
-    c.batch_size = 256
-    c.lr_strategy = "cosine_decay"
-    c.lr = 0.01
-    c.lr_base_batch_size = 256
-    c.l2_decay = 1e-4
-    c.checkpoint_every_steps = 2000
-    return c
+    return paddle2019_config("GoogLeNet")

@@ -11,20 +11,8 @@ apply: x0.1 at epochs 30/60/90 (the 2019 optimizer hard-coded 0.1) and momentum 
 Random-resized crop 224 + flip.
 """
 
-from flaxcls.config import default_config
+from flaxcls.recipes import paddle2019_config
 
 
 def get_config():
-    c = default_config()
-    c.model = "MobileNetV1"
-    c.num_classes = 1000
-    c.num_epochs = 120
-    c.batch_size = 256
-    c.lr_strategy = "piecewise_decay"
-    c.step_epochs = (30, 60, 90)
-    c.decay_rate = 0.1
-    c.lr = 0.1
-    c.lr_base_batch_size = 256
-    c.l2_decay = 3e-5
-    c.checkpoint_every_steps = 2000
-    return c
+    return paddle2019_config("MobileNetV1")

@@ -10,18 +10,8 @@ Random-resized crop 224 + flip. 500 images do not split over 8 devices: there, p
 --config.batch_size=512 and the lr scales with it (0.1024).
 """
 
-from flaxcls.config import default_config
+from flaxcls.recipes import paddle2019_config
 
 
 def get_config():
-    c = default_config()
-    c.model = "MobileNetV2"
-    c.num_classes = 1000
-    c.num_epochs = 240
-    c.batch_size = 500
-    c.lr_strategy = "cosine_decay"
-    c.lr = 0.1
-    c.lr_base_batch_size = 500
-    c.l2_decay = 4e-5
-    c.checkpoint_every_steps = 2000
-    return c
+    return paddle2019_config("MobileNetV2")

@@ -8,21 +8,12 @@ ResNet50); the 2019 release's top-1 / top-5 of each is in the README's model tab
 values (epochs, schedule, lr for the recipe's global batch, L2, mixup, label smoothing, crop
 scale and aspect) are those of the model's original training script, listed with their
 gaps in flaxcls/recipes.py; input size and eval resize come with the model. A
-different --config.batch_size scales the lr linearly. The other recipes in configs/ are
-the same numbers for one model each, with their notes.
+different --config.batch_size scales the lr linearly. The other files in configs/ name one
+model's recipe each, with their notes.
 """
 
-from flaxcls.config import default_config
-from flaxcls.recipes import paddle2019_recipe
-from flaxcls.registry import get_model_cfg
+from flaxcls.recipes import paddle2019_config
 
 
 def get_config(model: str = "ResNet50"):
-    c = default_config()
-    c.model = get_model_cfg(model).name
-    c.num_classes = 1000
-    for field, value in paddle2019_recipe(model).items():
-        setattr(c, field, value)
-    c.test_batch_size = 256
-    c.checkpoint_every_steps = 2000
-    return c
+    return paddle2019_config(model)

@@ -11,22 +11,8 @@ mixup on without an alpha, so the train.py default 0.2 applies; momentum 0.9 is 
 train.py default. Random-resized crop 224 + flip.
 """
 
-from flaxcls.config import default_config
+from flaxcls.recipes import paddle2019_config
 
 
 def get_config():
-    c = default_config()
-    c.model = "ResNeXt50_vd_64x4d"
-    c.num_classes = 1000
-    c.num_epochs = 200
-    c.batch_size = 256
-    c.lr_strategy = "cosine_decay"
-    c.lr = 0.1
-    c.lr_base_batch_size = 256
-    c.l2_decay = 1e-4
-    c.use_mixup = True
-    c.mixup_alpha = 0.2
-    c.use_label_smoothing = True
-    c.label_smoothing_epsilon = 0.1
-    c.checkpoint_every_steps = 2000
-    return c
+    return paddle2019_config("ResNeXt50_vd_64x4d")

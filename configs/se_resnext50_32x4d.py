@@ -9,18 +9,8 @@ cosine decay, lr 0.1 for a global batch of 400 (scaled linearly if batch_size ch
 L2 1.2e-4; momentum 0.9 is the train.py default. Random-resized crop 224 + flip.
 """
 
-from flaxcls.config import default_config
+from flaxcls.recipes import paddle2019_config
 
 
 def get_config():
-    c = default_config()
-    c.model = "SE_ResNeXt50_32x4d"
-    c.num_classes = 1000
-    c.num_epochs = 200
-    c.batch_size = 400
-    c.lr_strategy = "cosine_decay"
-    c.lr = 0.1
-    c.lr_base_batch_size = 400
-    c.l2_decay = 1.2e-4
-    c.checkpoint_every_steps = 2000
-    return c
+    return paddle2019_config("SE_ResNeXt50_32x4d")

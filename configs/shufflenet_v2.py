@@ -13,19 +13,8 @@ all 240 epochs' steps, ending at about 0.1% of lr instead of 0; here it spans th
 remaining 235 epochs (see flaxcls.train.optim).
 """
 
-from flaxcls.config import default_config
+from flaxcls.recipes import paddle2019_config
 
 
 def get_config():
-    c = default_config()
-    c.model = "ShuffleNetV2"
-    c.num_classes = 1000
-    c.num_epochs = 240
-    c.batch_size = 1024
-    c.lr_strategy = "cosine_decay_warmup"
-    c.warm_up_epochs = 5.0
-    c.lr = 0.5
-    c.lr_base_batch_size = 1024
-    c.l2_decay = 4e-5
-    c.checkpoint_every_steps = 2000
-    return c
+    return paddle2019_config("ShuffleNetV2")

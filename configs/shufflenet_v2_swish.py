@@ -5,14 +5,11 @@
 
 The 2019 release reached top-1 0.7003 / top-5 0.8917 with this recipe.
 The original scripts/train/ShuffleNetV2_swish.sh sets the same schedule, lr, batch and L2 as
-ShuffleNetV2.sh (4 K40s, 240 epochs, about 156 h), so this is configs/shufflenet_v2.py with
-the model changed.
+ShuffleNetV2.sh (4 K40s, 240 epochs, about 156 h): the two recipes are the same numbers.
 """
 
-from configs import shufflenet_v2
+from flaxcls.recipes import paddle2019_config
 
 
 def get_config():
-    c = shufflenet_v2.get_config()
-    c.model = "ShuffleNetV2_swish"
-    return c
+    return paddle2019_config("ShuffleNetV2_swish")

@@ -9,18 +9,8 @@ lr 0.01 for a global batch of 256 (scaled linearly if batch_size changes), L2 3e
 momentum 0.9 is the train.py default. Random-resized crop 224 + flip.
 """
 
-from flaxcls.config import default_config
+from flaxcls.recipes import paddle2019_config
 
 
 def get_config():
-    c = default_config()
-    c.model = "VGG16"
-    c.num_classes = 1000
-    c.num_epochs = 90
-    c.batch_size = 256
-    c.lr_strategy = "cosine_decay"
-    c.lr = 0.01
-    c.lr_base_batch_size = 256
-    c.l2_decay = 3e-4
-    c.checkpoint_every_steps = 2000
-    return c
+    return paddle2019_config("VGG16")

@@ -11,19 +11,8 @@ batch_size changes), L2 1e-4, no mixup or label smoothing; momentum 0.9 is the t
 default.
 """
 
-from flaxcls.config import default_config
+from flaxcls.recipes import paddle2019_config
 
 
 def get_config():
-    c = default_config()
-    c.model = "Xception41"
-    c.num_classes = 1000
-    c.num_epochs = 120
-    c.batch_size = 256
-    # crop 299, resize 320: the model's own (ModelCfg), so --config.model=... brings its own
-    c.lr_strategy = "cosine_decay"
-    c.lr = 0.045
-    c.lr_base_batch_size = 256
-    c.l2_decay = 1e-4
-    c.checkpoint_every_steps = 2000
-    return c
+    return paddle2019_config("Xception41")

@@ -2,9 +2,11 @@
 
 Source: the original ``scripts/train/<Model>.sh`` of PaddlePaddle/models
 (PaddleCV/image_classification) as they stood at the end of 2019, with that ``train.py``'s
-defaults for every flag a script does not pass (lr 0.1, piecewise decay x0.1 at epochs
-30/60/90, 120 epochs, L2 1e-4, momentum 0.9, no mixup or label smoothing, random-resized
-crop scale 0.08-1 and aspect 3/4-4/3). ``cosine_decay_warmup`` hard-coded a 5-epoch linear
+defaults for every flag a script does not pass; those defaults are ``default_config()``'s
+(lr 0.1, piecewise decay x0.1 at epochs 30/60/90, 120 epochs, L2 1e-4, momentum 0.9, no mixup
+or label smoothing, random-resized crop scale 0.08-1 and aspect 3/4-4/3). This table is the
+one home of these numbers: ``configs/paddle2019.py:<Model>`` and the curated files in configs/
+name a recipe and add only what they change. ``cosine_decay_warmup`` hard-coded a 5-epoch linear
 warm-up. The 2019 code never scaled the learning rate with the batch: each lr here is for the
 recipe's global batch, which becomes ``lr_base_batch_size`` so that another ``batch_size``
 scales it linearly.
@@ -26,27 +28,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import ml_collections
+
+from flaxcls.config import default_config
 from flaxcls.registry import get_model_cfg
 
-# train.py's defaults for the fields every recipe sets (see the module docstring).
-_BASE: dict[str, Any] = {
-    "batch_size": 256,
-    "lr": 0.1,
-    "lr_strategy": "piecewise_decay",
-    "num_epochs": 120,
-    "l2_decay": 1e-4,
-    "step_epochs": (30, 60, 90),
-    "decay_rate": 0.1,
-    "warm_up_epochs": 0.0,
-    "momentum_rate": 0.9,
-    "use_mixup": False,
-    "mixup_alpha": 0.2,
-    "use_label_smoothing": False,
-    "label_smoothing_epsilon": 0.1,
-    "lower_scale": 0.08,
-    "lower_ratio": 3.0 / 4.0,
-    "upper_ratio": 4.0 / 3.0,
-}
+# The flags a 2019 script could pass. Those it leaves out take train.py's defaults, which are
+# default_config()'s (tests/train/test_recipes.py checks them against the 2019 train.py).
+RECIPE_FIELDS = ("batch_size", "lr", "lr_strategy", "num_epochs", "l2_decay", "step_epochs",
+                 "decay_rate", "warm_up_epochs", "momentum_rate", "use_mixup", "mixup_alpha",
+                 "use_label_smoothing", "label_smoothing_epsilon", "lower_scale", "lower_ratio",
+                 "upper_ratio")
+# What an ImageNet run of ours adds to every recipe (not a training choice of the script).
+RUN_FIELDS = {"num_classes": 1000, "test_batch_size": 256, "checkpoint_every_steps": 2000}
 
 
 def _cosine(epochs: int, **kw: Any) -> dict[str, Any]:
@@ -63,7 +57,7 @@ _SQUARE = {"lower_ratio": 1.0, "upper_ratio": 1.0}
 _SHUFFLE_SMALL = _cosine_warmup(batch_size=1024, lr=0.5, l2_decay=3e-5, lower_scale=0.64,
                                 lower_ratio=0.8, upper_ratio=1.2)
 
-# What each script passes beyond _BASE.
+# What each script passes beyond train.py's defaults.
 PADDLE2019: dict[str, dict[str, Any]] = {
     "AlexNet": {"lr": 0.01},
     "SqueezeNet1_0": _cosine(120, lr=0.02),
@@ -143,9 +137,20 @@ def paddle2019_recipe(model: str) -> dict[str, Any]:
             f"{name} was not in the 2019 release, so it has no 2019 recipe; start from the "
             f"recipe of a released model of its family, e.g. --config=configs/paddle2019.py:"
             f"{_closest_released(name)} --config.model={name}")
-    recipe = {**_BASE, **PADDLE2019[name]}
+    defaults = default_config()
+    recipe = {field: defaults[field] for field in RECIPE_FIELDS}
+    recipe.update(PADDLE2019[name])
     recipe["lr_base_batch_size"] = recipe["batch_size"]
     return recipe
+
+
+def paddle2019_config(model: str) -> ml_collections.ConfigDict:
+    """The full config of an ImageNet run of ``model`` with its 2019 recipe: what
+    ``configs/paddle2019.py:<Model>`` and the curated files in configs/ return."""
+    c = default_config()
+    c.model = get_model_cfg(model).name
+    c.update({**RUN_FIELDS, **paddle2019_recipe(model)})
+    return c
 
 
 def _closest_released(name: str) -> str:

@@ -8,9 +8,16 @@ from reference import RELEASED
 from test_configs import CONFIG_FILES, _load, _parse_like_launch
 
 import flaxcls
-from flaxcls.config import validate
+from flaxcls.config import default_config, validate
 from flaxcls.preprocessing import resolve_preprocessing
-from flaxcls.recipes import NO_RECIPE, PADDLE2019, NoRecipeError, paddle2019_recipe
+from flaxcls.recipes import (
+    NO_RECIPE,
+    PADDLE2019,
+    RECIPE_FIELDS,
+    NoRecipeError,
+    paddle2019_config,
+    paddle2019_recipe,
+)
 from flaxcls.registry import UnknownModelError
 
 CURATED = [p for p in CONFIG_FILES if p.stem not in ("paddle2019", "digits")]
@@ -34,13 +41,34 @@ def test_recipe_loads_validates_and_fits_the_model(name):
     assert resolve_preprocessing(c).crop_size == flaxcls.get_model_cfg(name).input_size
 
 
+# The flags of the 2019 PaddleCV train.py (PaddlePaddle/models, 4ffcb3b1) and their defaults,
+# which a script that does not pass a flag trains with.
+TRAIN_PY_DEFAULTS = {
+    "batch_size": 256, "lr": 0.1, "lr_strategy": "piecewise_decay", "num_epochs": 120,
+    "l2_decay": 1e-4, "step_epochs": (30, 60, 90), "decay_rate": 0.1, "warm_up_epochs": 0.0,
+    "momentum_rate": 0.9, "use_mixup": False, "mixup_alpha": 0.2, "use_label_smoothing": False,
+    "label_smoothing_epsilon": 0.1, "lower_scale": 0.08, "lower_ratio": 3.0 / 4.0,
+    "upper_ratio": 4.0 / 3.0,
+}
+
+
+def test_default_config_is_the_2019_train_py_defaults():
+    """The table lists what each script passes; the rest comes from default_config()."""
+    assert set(RECIPE_FIELDS) == set(TRAIN_PY_DEFAULTS)
+    c = default_config()
+    assert {k: c[k] for k in RECIPE_FIELDS} == TRAIN_PY_DEFAULTS
+    assert paddle2019_recipe("ResNet50") == {**TRAIN_PY_DEFAULTS, "lr_base_batch_size": 256}
+
+
 @pytest.mark.parametrize("path", CURATED, ids=[p.stem for p in CURATED])
 def test_curated_recipe_files_say_what_the_table_says(path):
+    """A curated file names its model's recipe and changes nothing of it."""
     c = _load(path).get_config()
-    recipe = paddle2019_recipe(c.model)
-    differ = {k: (c[k], v) for k, v in recipe.items()
-              if (tuple(c[k]) if isinstance(c[k], list | tuple) else c[k]) != v}
+    recipe = paddle2019_config(c.model)
+    differ = {k: (c[k], recipe[k]) for k in c if c[k] != recipe[k]}
     assert not differ, f"{path.name} (file, table): {differ}"
+    assert {k: c[k] for k in RECIPE_FIELDS} == {
+        k: v for k, v in paddle2019_recipe(c.model).items() if k in RECIPE_FIELDS}
 
 
 def test_known_values_from_the_scripts():

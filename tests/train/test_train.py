@@ -235,21 +235,6 @@ def test_batch_larger_than_dataset_names_the_field(tmp_path, digits_dir):
         train_and_evaluate(_config(digits_dir, batch_size=4096), str(tmp_path))
 
 
-@pytest.mark.parametrize("name", ["resnet50", "resnet50_vd", "digits"])
-def test_recipe_configs_validate(name):
-    import importlib
-
-    from flaxcls.config import validate
-
-    c = importlib.import_module(f"configs.{name}").get_config()
-    if not c.data_dir and not c.builtin_dataset:
-        c.data_dir = "/data/imagenet"
-    validate(c)
-    import flaxcls
-
-    flaxcls.get_model_cfg(c.model)
-
-
 def test_resnet50_recipe_is_the_original():
     from configs import resnet50
 
