@@ -6,7 +6,7 @@
 ``--weights_dir`` holds the files as downloaded, ``<Model>_pretrained.tar`` (the model name is
 taken from the file name; ``DarkNet53_ImageNet1k_pretrained.tar`` is DarkNet53). Each one is
 converted to ``<work_dir>/weights/<Model>`` (reused when its sidecar names the same source
-sha256) and evaluated by the trainer's own evaluation (``flaxcls.train.loop.evaluate_only``,
+sha256) and evaluated by the trainer's own evaluation (``flaxcls.evaluate.run_eval``,
 as ``launch.py --mode=eval --config.pretrained_model=...``) with the model's own preprocessing
 (resize short side, center crop, mean/std from its ModelCfg). ``--data_dir`` is read as
 ``launch.py`` reads it: ``val_list.txt`` (``path label`` lines) or class folders under
@@ -129,7 +129,7 @@ def _converted(tar: Path, model: str, out: Path) -> dict[str, Any]:
 
 def evaluate_tar(tar: Path, args: argparse.Namespace) -> dict[str, Any]:
     import flaxcls
-    from flaxcls.train.loop import evaluate_only
+    from flaxcls.evaluate import run_eval
 
     model = model_name_from_file(tar)
     cfg = flaxcls.get_model_cfg(model)
@@ -139,7 +139,7 @@ def evaluate_tar(tar: Path, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.time()
     sidecar = _converted(tar, cfg.name, work / "weights" / cfg.name)
     config = make_config(cfg.name, work / "weights" / cfg.name, args, sidecar["num_classes"])
-    result = evaluate_only(config, str(work / "eval" / cfg.name))
+    result = run_eval(config, str(work / "eval" / cfg.name))
     row.update(top1=result["top1"], top5=result["top5"], num_examples=result["num_examples"],
                seconds=round(time.time() - t0, 1))
     return row

@@ -47,7 +47,7 @@ def odd_images(tmp_path_factory):
 def test_eval_counts_every_image_once_on_8_devices(tmp_path, digits_dir, ckpt_dir):
     """359 eval images, a global eval batch of 64 (8 per device): the last batch is padded and
     masked; the result equals the single-device eval of the same checkpoint."""
-    from flaxcls.train.loop import evaluate_only
+    from flaxcls.evaluate import run_eval
 
     common = ["--config=configs/digits.py", f"--config.data_dir={digits_dir}",
               "--config.builtin_dataset=", f"--config.pretrained_model={ckpt_dir}",
@@ -59,7 +59,7 @@ def test_eval_counts_every_image_once_on_8_devices(tmp_path, digits_dir, ckpt_di
     assert num_val % 64 != 0
     assert eight["num_examples"] == num_val == 359
 
-    one = evaluate_only(_config(digits_dir, pretrained_model=str(ckpt_dir), test_batch_size=100),
+    one = run_eval(_config(digits_dir, pretrained_model=str(ckpt_dir), test_batch_size=100),
                         str(tmp_path / "one"))
     assert one["num_examples"] == num_val
     for k in ("top1", "top5", "loss"):
@@ -74,7 +74,7 @@ def test_eval_of_a_workdir_on_other_data_than_it_trained_on_warns(tmp_path, digi
     its config.json) is named in a warning, and eval_results.json records the data used."""
     import logging
 
-    from flaxcls.train.loop import evaluate_only
+    from flaxcls.evaluate import run_eval
 
     work = tmp_path / "run"
     work.mkdir()
@@ -82,7 +82,7 @@ def test_eval_of_a_workdir_on_other_data_than_it_trained_on_warns(tmp_path, digi
     trained = {"data_dir": "/data/cifar10", "builtin_dataset": "", "num_classes": 10}
     (work / "config.json").write_text(json.dumps(trained))
     caplog.set_level(logging.WARNING)
-    evaluate_only(_config(digits_dir), str(work))
+    run_eval(_config(digits_dir), str(work))
     assert "trained with data_dir='/data/cifar10'" in caplog.text
     assert f"this run has data_dir='{digits_dir}'" in caplog.text
     data = json.loads((work / "eval_results.json").read_text())["data"]
@@ -90,27 +90,27 @@ def test_eval_of_a_workdir_on_other_data_than_it_trained_on_warns(tmp_path, digi
 
     caplog.clear()
     (work / "config.json").write_text(json.dumps({**trained, "data_dir": str(digits_dir)}))
-    evaluate_only(_config(digits_dir), str(work))
+    run_eval(_config(digits_dir), str(work))
     assert "trained with" not in caplog.text
 
 
 def test_eval_refuses_a_head_of_another_class_count(tmp_path, digits_dir, ckpt_dir):
     from flaxcls.checkpoint import CheckpointError
-    from flaxcls.train.loop import evaluate_only
+    from flaxcls.evaluate import run_eval
 
     with pytest.raises(CheckpointError, match=r"num_classes=12.*head.*|head.*num_classes=12"):
-        evaluate_only(_config(digits_dir, pretrained_model=str(ckpt_dir), num_classes=12),
+        run_eval(_config(digits_dir, pretrained_model=str(ckpt_dir), num_classes=12),
                       str(tmp_path))
 
 
 def test_eval_without_a_checkpoint_says_what_to_do(tmp_path, digits_dir):
     from flaxcls.config import ConfigError
-    from flaxcls.train.loop import evaluate_only
+    from flaxcls.evaluate import run_eval
 
     with pytest.raises(ConfigError, match="no checkpoint in .*pretrained_model"):
-        evaluate_only(_config(digits_dir), str(tmp_path))
+        run_eval(_config(digits_dir), str(tmp_path))
     with pytest.raises(ConfigError, match="no checkpoint in"):  # before writing a data set
-        evaluate_only(_config("", builtin_dataset="digits"), str(tmp_path / "w"))
+        run_eval(_config("", builtin_dataset="digits"), str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
 
 
@@ -144,11 +144,12 @@ def test_infer_any_format_and_skips_the_unreadable(tmp_path, ckpt_dir, odd_image
     from PIL import Image
 
     from flaxcls.infer import ImageLoader
+    from flaxcls.specs import InputSpec
 
     rgb_png = tmp_path / "rgb.png"
     with Image.open(odd_images / "d_rgba.png") as im:
         im.convert("RGB").save(rgb_png)
-    load = ImageLoader(c)
+    load = ImageLoader(InputSpec.from_config(c))
     np.testing.assert_array_equal(load(str(odd_images / "d_rgba.png")), load(str(rgb_png)))
     np.testing.assert_array_equal(load(str(odd_images / "g_tiff.tif")), load(str(rgb_png)))
     grey = load(str(odd_images / "c_grey.jpg"))
@@ -257,7 +258,7 @@ def test_same_jpeg_same_answer_in_eval_infer_and_export(tmp_path, ckpt_dir, expo
     from flaxcls.export import load_exported
     from flaxcls.infer import ImageLoader, run_infer
     from flaxcls.preprocessing import resolve_preprocessing
-    from flaxcls.train.loop import evaluate_only
+    from flaxcls.evaluate import run_eval
 
     data = tmp_path / "data"
     (data / "img").mkdir(parents=True)
@@ -275,7 +276,7 @@ def test_same_jpeg_same_answer_in_eval_infer_and_export(tmp_path, ckpt_dir, expo
 
     (data / "train_list.txt").write_text(f"img/x.jpg {label}\n")
     (data / "val_list.txt").write_text(f"img/x.jpg {label}\n")
-    ev = evaluate_only(_config(data, model="ResNet_tiny", pretrained_model=str(ckpt_dir),
+    ev = run_eval(_config(data, model="ResNet_tiny", pretrained_model=str(ckpt_dir),
                                crop_size=None, resize_short_size=None, batch_size=8,
                                test_batch_size=8), str(tmp_path / "eval"))  # unset: the model's
     assert ev["num_examples"] == 1 and ev["top1"] == 0.0 and ev["top5"] == 1.0

@@ -156,3 +156,14 @@ def test_none_on_the_command_line_unsets_a_preprocessing_field():
         apply_none_overrides(c, ["batch_size"])
     with pytest.raises(ConfigError, match=r"config.crop_sise=None: no such field"):
         apply_none_overrides(c, ["crop_sise"])
+
+
+def test_every_field_is_in_the_readme_table():
+    """The README's Configuration section names every field default_config() declares."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Configuration"):text.index("## Python API")]
+    named = set(re.findall(r"`([a-z_0-9]+)`", section))
+    missing = [k for k in default_config().keys() if k not in named]
+    assert not missing, f"README's Configuration section does not name: {missing}"
