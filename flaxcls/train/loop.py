@@ -47,8 +47,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, start_step, skipped_before = _starting_state(trainer, ckpt, steps_per_epoch)
 
     writer = MetricWriter(workdir)
+    config_json = json.loads(config.to_json_best_effort())  # resolved: what this run used
     if jax.process_index() == 0:
-        write_json_atomic(os.path.join(workdir, "config.json"), _config_json(config))
+        write_json_atomic(os.path.join(workdir, "config.json"), config_json)
     log.info(
         "model %s (%s), %d train / %d eval images, %d classes; global batch %d (%d per process) "
         "on %s; %d steps per epoch, %d steps in all", specs.model.name, specs.model.dtype,
@@ -73,7 +74,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def save(step: int, state: TrainState, force: bool = False) -> None:
         check_weights(step, state.variables())
-        meta = _checkpoint_metadata(config, step, steps_per_epoch, skipped())
+        meta = {"step": int(step), "epoch": int(step // steps_per_epoch),
+                "step_in_epoch": int(step % steps_per_epoch), "model": specs.model.name,
+                "num_classes": specs.model.num_classes, "skipped_images": int(skipped()),
+                "flaxcls_version": flaxcls.__version__, "config": config_json}
         ckpt.save(step, state, meta, force=force)
 
     def run_eval(step: int, state: TrainState) -> dict[str, Any]:
@@ -166,20 +170,3 @@ def _starting_state(trainer: builder.Trainer, ckpt: Checkpointer,
             trainer.specs.model, trainer.image_size)
         state = state.replace(params=merged["params"], batch_stats=merged.get("batch_stats", {}))
     return state, 0, 0
-
-
-def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return json.loads(config.to_json_best_effort())
-
-
-def _checkpoint_metadata(config, step: int, steps_per_epoch: int, skipped: int) -> dict[str, Any]:
-    return {
-        "step": int(step),
-        "epoch": int(step // steps_per_epoch),
-        "step_in_epoch": int(step % steps_per_epoch),
-        "model": config.model,
-        "num_classes": int(config.num_classes),
-        "skipped_images": int(skipped),
-        "flaxcls_version": flaxcls.__version__,
-        "config": _config_json(config),
-    }
