@@ -72,20 +72,25 @@ def _write_list(split, folder: str) -> str:
 
 
 def _prepare(args, tmp: str, stack: contextlib.ExitStack):
-    """(config, number of train images, mean file KB, rewrite settings); all setup, untimed.
+    """(source, input spec, number of train images, mean file KB, rewrite settings); all setup,
+    untimed.
 
     An extracted tar stays on disk until `stack` closes (the list source reads it in place)."""
+    from flaxcls import data
     from flaxcls.config import default_config
-    from flaxcls.data import rewrite, sources
+    from flaxcls.data import record_source, rewrite
+    from flaxcls.preprocessing import resolve_preprocessing
+    from flaxcls.specs import DataSpec, InputSpec
 
     c = default_config()
     c.crop_size = args.crop  # resize_short_size (eval only) stays the model's
     c.reader_thread, c.random_seed = args.workers, 0
     settings = {"max_side": "", "side": "", "quality": ""}
-    index_path = os.path.join(args.data, sources.RECORDS_INDEX)
+    index_path = os.path.join(args.data, record_source.RECORDS_INDEX)
     if args.format == "rewritten" and os.path.isfile(index_path):
         c.data_dir, c.data_source = args.data, "records"
-        index = sources.read_records_index(args.data)
+        index = record_source.read_records_index(args.data)
+        c.num_classes = max(c.num_classes, int(index["num_classes"]))
         settings = {k: index.get("settings", {}).get(k, "") for k in settings}
     else:
         images = stack.enter_context(rewrite.open_images(args.data))
@@ -99,14 +104,14 @@ def _prepare(args, tmp: str, stack: contextlib.ExitStack):
                                   quality=args.quality, shards=args.shards, seed=0)
             c.data_dir, c.data_source = out, "records"
             settings = {"max_side": args.max_side, "side": args.side, "quality": args.quality}
-    src = sources.resolve_source(c)
-    c.num_classes = max(c.num_classes, src.num_classes)
-    if c.data_source == "list":
+    resolve_preprocessing(c)
+    src = data.open_source(DataSpec.from_config(c))
+    if src.keys_are_paths:
         sizes = [os.path.getsize(p) for p in src.train.paths]
     else:
         sizes = [os.path.getsize(p) for p in src.train.files]
-    n = len(src.train)
-    return c, n, sum(sizes) / n / 1024, settings
+    n = src.train_size
+    return src, InputSpec.from_config(c), n, sum(sizes) / n / 1024, settings
 
 
 def main() -> None:
@@ -145,10 +150,10 @@ def main() -> None:
     load_avg = os.getloadavg()[0]
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="flaxcls-input-bench-"))
-        c, n, mean_kb, settings = _prepare(args, tmp, stack)
+        source, spec, n, mean_kb, settings = _prepare(args, tmp, stack)
         if n < args.batch:
             raise SystemExit(f"--batch {args.batch} is larger than the {n} images")
-        it = pipeline.train_iterator(c, global_batch_size=args.batch)
+        it = pipeline.train_iterator(source, spec, global_batch_size=args.batch)
         for _ in range(args.warmup):
             next(it)
         batches = max(1, round(args.epochs * n / args.batch)) if args.epochs > 0 else 0
@@ -163,7 +168,7 @@ def main() -> None:
             cpu_rates.append(done * args.batch / cpu)
         if b["image"].shape != (args.batch, args.crop, args.crop, 3) or b["image"].dtype != np.uint8:
             raise SystemExit(f"unexpected batch {b['image'].shape} {b['image'].dtype}")
-        del it  # stops the prefetching threads before the extracted files go
+        del it, source  # stops the prefetching threads before the extracted files go
         gc.collect()
 
     rate = statistics.median(rates)

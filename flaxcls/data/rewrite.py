@@ -35,16 +35,14 @@ from typing import Self
 
 import numpy as np
 
-from flaxcls.data.sources import (
+from flaxcls.data.file_source import (
     IMAGE_SUFFIXES,
-    RECORDS_FORMAT,
-    RECORDS_INDEX,
-    DataError,
     FileSplit,
-    _raise_problems,
     parse_list_file,
     scan_class_folders,
 )
+from flaxcls.data.record_source import RECORDS_FORMAT, RECORDS_INDEX
+from flaxcls.data.sources import DataError, raise_problems
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +99,7 @@ def open_images(src: str, num_classes: int = 0) -> ImageSet:
     problems: list[str] = []
     if os.path.isfile(src):  # a list file: paths relative to its folder
         split = parse_list_file(src, os.path.dirname(src), bound, problems)
-        _raise_problems(problems, src)
+        raise_problems(problems, src)
         return ImageSet({"train": split}, num_classes or _label_count(split), None)
     if os.path.isfile(os.path.join(src, "train_list.txt")):
         splits = {}
@@ -109,7 +107,7 @@ def open_images(src: str, num_classes: int = 0) -> ImageSet:
             path = os.path.join(src, f"{name}_list.txt")
             if os.path.isfile(path):
                 splits[name] = parse_list_file(path, src, bound, problems)
-        _raise_problems(problems, "the list files")
+        raise_problems(problems, "the list files")
         return ImageSet(splits, num_classes or max(_label_count(s) for s in splits.values()),
                         None)
     if os.path.isdir(os.path.join(src, "train")):
@@ -144,7 +142,7 @@ def _class_folders(roots: dict[str, str], num_classes: int) -> ImageSet:
     for split, root in roots.items():
         classes = train if split == "train" else scan_class_folders(root)
         unknown = [n for n in classes if n not in index]
-        _raise_problems([f"{os.path.join(root, n)}: class folder not in {roots['train']}"
+        raise_problems([f"{os.path.join(root, n)}: class folder not in {roots['train']}"
                          for n in unknown], root)
         paths = [p for n in classes for p in classes[n]]
         labels = [index[n] for n in classes for _ in classes[n]]

@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from flaxcls.config import ConfigError, default_config, validate
-from flaxcls.data import DataError, dataset_info
+from flaxcls.data import DataError, Shard, dataset_info, open_source
+from flaxcls.preprocessing import resolve_preprocessing
+from flaxcls.specs import DataSpec, InputSpec
 
 pipeline = pytest.importorskip("flaxcls.data.pipeline")  # needs tensorflow
 from flaxcls.data import eval_iterator, rewrite, train_iterator
@@ -74,7 +76,18 @@ def _cfg(data_dir, **overrides):
               "crop_size": 16, "resize_short_size": 20, "reader_thread": 2,
               "reader_buf_size": 16})
     c.update(overrides)
+    resolve_preprocessing(c)
     return c
+
+
+def _data(data_dir, **overrides) -> DataSpec:
+    return DataSpec.from_config(_cfg(data_dir, **overrides))
+
+
+def _opened(data_dir, **overrides):
+    """The source and the input spec of a config, as a run makes them."""
+    c = _cfg(data_dir, **overrides)
+    return open_source(DataSpec.from_config(c)), InputSpec.from_config(c)
 
 
 def test_rewrite_bounds_the_longer_side_and_keeps_labels(src, records):
@@ -148,13 +161,14 @@ def test_rewrite_errors(tmp_path, src, records, capsys):
 
 
 def test_records_train_stream(records):
-    cfg = _cfg(records)
-    info = dataset_info(cfg)
+    source, spec = _opened(records)
+    info = dataset_info(_data(records))
     assert (info.num_train, info.num_eval, info.num_classes) == (18, 6, 3)
     assert info.class_names == list(CLASSES)
+    assert (source.kind, source.keys_are_paths) == ("records", False)
     labels = {int(ex["index"]): int(ex["label"]) for f in sorted(records.glob("train-*"))
               for ex in _read(f)}
-    it = train_iterator(cfg, global_batch_size=6)
+    it = train_iterator(source, spec, global_batch_size=6)
     batches = [next(it) for _ in range(6)]  # two epochs of 3 steps
     for b in batches:
         assert b["image"].shape == (6, 16, 16, 3) and b["image"].dtype == np.uint8
@@ -165,36 +179,38 @@ def test_records_train_stream(records):
         assert seen == collections.Counter(labels.values())
     assert not all(np.array_equal(a["label"], b["label"]) for a, b in zip(batches[:3], batches[3:]))
     # Deterministic, and a resumed stream continues exactly where the first one was.
-    again = train_iterator(cfg, global_batch_size=6, start_step=4)
+    again = train_iterator(open_source(_data(records)), spec, global_batch_size=6, start_step=4)
     for want in batches[4:]:
         got = next(again)
         np.testing.assert_array_equal(got["image"], want["image"])
         np.testing.assert_array_equal(got["label"], want["label"])
     # auto finds the records when there are no list files or class folders.
-    assert dataset_info(_cfg(records, data_source="auto")).num_train == 18
+    auto = open_source(_data(records, data_source="auto"))
+    assert (auto.kind, auto.num_train) == ("records", 18)
 
 
 def test_records_process_shards_and_eval(records):
-    cfg = _cfg(records)
+    source, spec = _opened(records)
     index = json.loads((records / "records.json").read_text())
     counts = [s["count"] for s in index["splits"]["train"]["shards"]]
     starts = np.cumsum([0, *counts])
     own = set(range(starts[0], starts[1])) | set(range(starts[2], starts[3]))
-    it = train_iterator(cfg, global_batch_size=6, process_index=0, process_count=2)
+    it = train_iterator(source, spec, global_batch_size=6, process_index=0, process_count=2)
     for _ in range(3):
         b = next(it)
         assert b["image"].shape == (3, 16, 16, 3)
     assert not it.num_skipped
     # Which records process 0 read: its shards are 0 and 2 (shard i -> process i % 2).
-    batches = pipeline._record_train_batches(
-        pipeline.resolve_source(cfg), cfg, pipeline._Shard(0, 2, 6, 3), 3, 0, 0)
+    batches = next(source.train_keys(spec, Shard(0, 2, 6), steps_per_epoch=3, start_epoch=0,
+                                     skip=0))
     read = {int(i) for b in batches.take(6) for i in b["index"].numpy()}
     assert read <= own and read
-    with pytest.raises(DataError, match="--shards >= 8"):
-        next(train_iterator(cfg, global_batch_size=8, process_index=5, process_count=8))
+    with pytest.raises(DataError, match="--shards >= 8"):  # when the stream is made
+        train_iterator(source, spec, global_batch_size=8, process_index=5, process_count=8)
     seen = []
     for p in range(2):
-        for b in eval_iterator(cfg, global_batch_size=4, process_index=p, process_count=2):
+        for b in eval_iterator(source, spec, global_batch_size=4, process_index=p,
+                               process_count=2):
             seen.extend(b["label"][b["mask"]].tolist())
     assert sorted(seen) == [0, 0, 1, 1, 2, 2]
 
@@ -212,10 +228,17 @@ def test_corrupt_shard_error_names_the_file(records, tmp_path):
     data = bytearray(shard.read_bytes())
     data[len(data) // 2: len(data) // 2 + 8] = b"\xff" * 8  # same size: only reading finds it
     shard.write_bytes(bytes(data))
-    it = train_iterator(_cfg(bad), global_batch_size=6)
+    it = train_iterator(*_opened(bad), global_batch_size=6)
     with pytest.raises(DataError, match=f"{shard}: damaged record file"):
         for _ in range(12):
             next(it)
+    # The eval stream names a damaged shard too.
+    val = min(bad.glob("val-*"))
+    data = bytearray(val.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 8] = b"\xff" * 8
+    val.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=f"{val}: damaged record file"):
+        list(eval_iterator(*_opened(bad), global_batch_size=2))
 
 
 def test_missing_truncated_and_malformed(records, tmp_path):
@@ -224,17 +247,17 @@ def test_missing_truncated_and_malformed(records, tmp_path):
     shards[0].unlink()
     shards[2].write_bytes(shards[2].read_bytes()[:-5])
     with pytest.raises(DataError) as e:
-        dataset_info(_cfg(bad))
+        open_source(_data(bad))
     assert f"{shards[0]}: shard 0 of split 'train' is missing" in str(e.value)
     assert f"{shards[2]}: " in str(e.value) and "truncated" in str(e.value)
     (bad / "records.json").write_text('{"format": "flaxcls-records-v1", "splits": ')
     with pytest.raises(DataError, match="records.json: not a valid record index"):
-        dataset_info(_cfg(bad))
+        open_source(_data(bad))
     (bad / "records.json").unlink()
     with pytest.raises(DataError, match="records.json' not found"):
-        dataset_info(_cfg(bad))
+        open_source(_data(bad))
     with pytest.raises(DataError, match="3 classes but config.num_classes=2"):
-        dataset_info(_cfg(records, num_classes=2))
+        open_source(_data(records, num_classes=2))
 
 
 def test_config_accepts_records():
@@ -264,15 +287,23 @@ def test_model_sizes_the_bounds_and_small_records_are_warned_about(src, records,
     assert rewrite.main(["--src", str(src), "--out", str(tmp_path / "x"), "--model", "NoSuch"]) == 2
 
     # The fixture's records bound train images at 40 px (longer) and eval at 25 px (shorter).
-    source = pipeline.resolve_source(_cfg(records))
-    assert pipeline.warn_if_records_are_too_small(source, _cfg(records), train=True) is None
-    assert pipeline.warn_if_records_are_too_small(source, _cfg(records), train=False) is None
-    big = _cfg(records, crop_size=64, resize_short_size=72)
+    source, spec = _opened(records)
+    assert source.input_warnings(spec, "train") == source.input_warnings(spec, "eval") == []
+    big = InputSpec.from_config(_cfg(records, crop_size=64, resize_short_size=72))
     with caplog.at_level("WARNING"):
-        train_msg = pipeline.warn_if_records_are_too_small(source, big, train=True)
-        eval_msg = pipeline.warn_if_records_are_too_small(source, big, train=False)
+        [train_msg] = source.warn(big, "train")
+        [eval_msg] = source.warn(big, "eval")
     assert "longer side at most 40 px, below config.crop_size=64" in train_msg
     assert "--max-side 64" in train_msg
     assert "shorter side at most 25 px, below config.resize_short_size=72" in eval_msg
     assert "--eval-max-side 72" in eval_msg
     assert train_msg in caplog.text and eval_msg in caplog.text
+    # Said once per source (not at every evaluation); the streams say it when they start.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert source.warn(big, "eval") == [eval_msg]
+        list(eval_iterator(source, big, global_batch_size=6))
+    assert eval_msg not in caplog.text
+    with caplog.at_level("WARNING"):
+        list(eval_iterator(open_source(_data(records)), big, global_batch_size=6))
+    assert eval_msg in caplog.text
