@@ -44,12 +44,6 @@ class EvalPreprocessing:
                 "std": list(self.std)}
 
 
-def is_resolved(config, fields: tuple[str, ...] = tuple(_FIELDS)) -> bool:
-    """True when none of ``fields`` (all five by default) is left unset; any object with these
-    attributes will do."""
-    return all(getattr(config, field, None) is not None for field in fields)
-
-
 def preprocessing_of(config) -> EvalPreprocessing:
     """The preprocessing `config` asks for, as `resolve_preprocessing` would fill it, without
     changing the config (for code that may get a config nobody resolved, like the step)."""

@@ -254,11 +254,11 @@ def test_same_jpeg_same_answer_in_eval_infer_and_export(tmp_path, ckpt_dir, expo
     from PIL import Image
 
     from flaxcls.config import default_config
-    from flaxcls.data import eval_iterator
+    from flaxcls.data import eval_iterator, open_source
+    from flaxcls.evaluate import run_eval
     from flaxcls.export import load_exported
     from flaxcls.infer import ImageLoader, run_infer
-    from flaxcls.preprocessing import resolve_preprocessing
-    from flaxcls.evaluate import run_eval
+    from flaxcls.specs import resolve
 
     data = tmp_path / "data"
     (data / "img").mkdir(parents=True)
@@ -287,9 +287,8 @@ def test_same_jpeg_same_answer_in_eval_infer_and_export(tmp_path, ckpt_dir, expo
     np.testing.assert_allclose(predict(crop[None])[0], probs, rtol=1e-5, atol=1e-6)
 
     # and the eval pipeline's own uint8 crop is the infer loader's, byte for byte
-    cfg = _config(data, model="ResNet_tiny")
-    resolve_preprocessing(cfg)
-    batch = next(iter(eval_iterator(cfg, global_batch_size=1)))
+    specs = resolve(_config(data, model="ResNet_tiny"))
+    batch = next(iter(eval_iterator(open_source(specs.data), specs.input, global_batch_size=1)))
     np.testing.assert_array_equal(batch["image"][0], crop)
 
 

@@ -165,5 +165,5 @@ def test_every_field_is_in_the_readme_table():
     text = (REPO / "README.md").read_text()
     section = text[text.index("## Configuration"):text.index("## Python API")]
     named = set(re.findall(r"`([a-z_0-9]+)`", section))
-    missing = [k for k in default_config().keys() if k not in named]
+    missing = [k for k in default_config() if k not in named]
     assert not missing, f"README's Configuration section does not name: {missing}"
