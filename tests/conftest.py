@@ -21,14 +21,21 @@ SHARED = Path(os.environ.get("FLAXCLS_SHARED", REPO.parent / "shared"))
 
 @pytest.fixture(autouse=True)
 def _subprocesses_only_when_marked(request, monkeypatch):
-    """Keeps the fast subset honest: only tests marked ``subprocess`` may start processes."""
+    """Keeps the fast subset honest: only tests marked ``subprocess`` may start a python
+    process (libraries' own helpers, such as ``uname`` behind ``platform``, may still run)."""
     if request.node.get_closest_marker("subprocess") is not None:
         return
-    def refuse(self, args, *a, **kw):
-        raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}): mark it "
-                             "@pytest.mark.subprocess")
+    real_init = subprocess.Popen.__init__
 
-    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    def guarded(self, args, *a, **kw):
+        program = args if isinstance(args, (str, bytes, os.PathLike)) else args[0]
+        if os.path.basename(os.fsdecode(program)).split()[0].startswith("python") or \
+                os.fsdecode(program) == sys.executable:
+            raise AssertionError(f"{request.node.nodeid} starts a python process ({args!r}): "
+                                 "mark it @pytest.mark.subprocess")
+        real_init(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
 
 
 def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
@@ -59,9 +66,9 @@ def checkpoint_params(workdir) -> dict[str, np.ndarray]:
     """params and batch_stats of the newest checkpoint in a workdir, flattened to path -> array."""
     import jax
 
-    from flaxcls.checkpoint import Checkpointer
+    from flaxcls.checkpoint import read_variables
 
-    variables = Checkpointer.read_variables(str(workdir))
+    variables = read_variables(str(workdir))
     return {jax.tree_util.keystr(p): np.asarray(v)
             for p, v in jax.tree_util.tree_leaves_with_path(variables)}
 
