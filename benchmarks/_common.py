@@ -11,7 +11,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -181,10 +180,6 @@ def time_calls(run: Callable[[], Any], sync: Callable[[Any], Any], *, warmup: in
     if warmup:
         sync(out)
     return first, time_windows(run, sync, calls=calls, repeats=repeats)
-
-
-def median_ms(seconds: Sequence[float]) -> float:
-    return round(statistics.median(seconds) * 1e3, 4)
 
 
 def emit(result: dict[str, Any], csv_path: str | None) -> None:
