@@ -7,7 +7,7 @@
 # Everything lands in $OUT (default ./bench_out): results.jsonl (every JSON line),
 # train_throughput.csv, infer_latency.csv, infer_table.md, summary.md, session.log and
 # profiles.tar.gz (optimized HLO and per-op device times of each profiled program, for study
-# on a machine without a GPU: `python benchmarks/gpu_hlo.py report`); one
+# on a machine without a GPU: `python benchmarks/analysis/gpu_hlo.py report`); one
 # NAME.out / NAME.err per step go to BENCH_SCRATCH (default $OUT/steps). Steps run in priority order, each under its own `timeout`,
 # and a step that would start after BENCH_BUDGET_S seconds (default 390) is skipped.
 # ONLY="step names" or SKIP="step names" select steps (e.g. for a second attempt).
@@ -112,8 +112,8 @@ run lever_fused 200 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:plain:flax" \
   --setting "$R50:$B:bfloat16:optimizer:0:plain:fused" $TIMING --compile-cache "$CACHE"
 # The BatchNorm that ran faster there goes into the combined levers and the other models
 # (flax when lever_fused did not run or failed). Compiled for an H200 without a GPU
-# (gpu_hlo.py), MobileNetV2 bf16 batch 256 moves 53.2 GB per step fused against 60.1 GB with
-# Flax's BatchNorm.
+# (analysis/gpu_hlo.py), MobileNetV2 bf16 batch 256 moves 53.2 GB per step fused against
+# 60.1 GB with Flax's BatchNorm.
 BN=$("$PY" - "$SCRATCH/lever_fused.out" <<'PYEOF'
 import json, sys
 best = {}
@@ -132,7 +132,7 @@ log "--- BatchNorm for the levers below: $BN"
 # 2. Where the time goes, and where batch-1 inference time goes (device vs wall).
 PROFILES="$SCRATCH/profiles"
 # The default step (flax BatchNorm): per-kernel device times and the optimized HLO, for
-# `gpu_hlo.py report --ops` (achieved bandwidth per kernel) on any machine afterwards.
+# `analysis/gpu_hlo.py report --ops` (achieved bandwidth per kernel) on any machine afterwards.
 run profile_flax 150 $PY $HERE/profile_step.py --model "$R50" --batch "$B" --dtype bfloat16 \
   --bn-impl flax --top 15 --dump "$PROFILES" $IMG
 run profile_infer_b1 120 $PY $HERE/profile_step.py --infer --model "$R50" --batch 1 \
@@ -143,9 +143,9 @@ run profile_infer_b1 120 $PY $HERE/profile_step.py --infer --model "$R50" --batc
 run lever_infer_layout 150 $INFER --models "$R50" --batch "1,$B" --dtype bfloat16 $ITIMING \
   --weights-layout compiler,default --tag layout
 # 3. Everything that paid, together: space-to-depth stem at the larger batches, bf16 and fp16,
-# with the BatchNorm that won lever_fused. Compiled for an H200 without a GPU (gpu_hlo.py),
-# ResNet50 bf16 batch 256 moves 88.8 GB per step fused (BatchNorm, shortcut add and ReLU as one
-# op) against 96.1 GB with Flax's BatchNorm.
+# with the BatchNorm that won lever_fused. Compiled for an H200 without a GPU
+# (analysis/gpu_hlo.py), ResNet50 bf16 batch 256 moves 88.8 GB per step fused (BatchNorm,
+# shortcut add and ReLU as one op) against 96.1 GB with Flax's BatchNorm.
 run lever_combined 300 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:s2d:$BN" \
   --setting "$R50:$((2 * B2)):bfloat16:optimizer:0:s2d:$BN" \
   --setting "$R50:$B:float16:optimizer:0:s2d:$BN" \
@@ -153,9 +153,9 @@ run lever_combined 300 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:s2d:$BN" \
 # 4. XLA flags (a flag this XLA does not know fails the step at once, nothing else).
 run lever_xla_cudnn 120 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:plain:flax" $TIMING \
   --tag xla_cudnn "--xla-flags=${LEVER_XLA_FLAGS:---xla_gpu_cudnn_gemm_fusion_level=2}"
-# The train step is about 1,080 kernels (gpu_hlo.py), 315 of them tiny second stages of the
-# BatchNorm reductions: CUDA graphs that also take in the cuDNN convolutions, so the launches
-# of a whole step go out as a few graphs.
+# The train step is about 1,080 kernels (analysis/gpu_hlo.py), 315 of them tiny second stages
+# of the BatchNorm reductions: CUDA graphs that also take in the cuDNN convolutions, so the
+# launches of a whole step go out as a few graphs.
 run lever_train_graphs 120 $TRAIN --setting "$R50:$B:bfloat16:optimizer:0:plain:flax" $TIMING \
   --tag graphs_cudnn "--xla-flags=${TRAIN_GRAPH_FLAGS:---xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN,CUSTOM_CALL --xla_gpu_graph_min_graph_size=1}"
 # Batch 1: cuDNN convolutions inside XLA's CUDA graphs too, so one graph covers the forward

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -37,8 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", default="1,256", help="comma list of batch sizes (1 = latency)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--param-dtype", default="", help="'' = the compute dtype; or float32")
-    p.add_argument("--image-size", type=int, default=0, help="0: the model's native size")
-    p.add_argument("--num-classes", type=int, default=1000)
+    _common.add_input_size(p)
     p.add_argument("--no-fold", action="store_true", help="keep BatchNorm (for comparison)")
     p.add_argument("--stem-space-to-depth", action="store_true",
                    help="ResNet family: the stem's stride-2 conv on the space-to-depth image")
@@ -48,14 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=20, help="calls per throughput window")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--latency-iters", type=int, default=200)
-    p.add_argument("--csv", default=_common.default_csv("infer_latency"),
-                   help="append results here ('' = don't)")
     p.add_argument("--markdown", default="", help="also write the table to this file")
-    p.add_argument("--xla-flags", default="")
-    p.add_argument("--tag", default="")
-    p.add_argument("--torch-peer", action="store_true")
-    p.add_argument("--peer-only", action="store_true")
-    p.add_argument("--torch-compile-mode", default="default")
+    _common.add_run_flags(p, "infer_latency")
     args = p.parse_args(argv)
     args.model_list = _common.split_list(args.models)
     args.batches = _common.split_list(args.batch, int)
@@ -125,25 +117,11 @@ def measure(args, name: str, layout: str = "compiler") -> list[dict]:
     for batch in args.batches:
         rng = np.random.RandomState(0)
         x = jax.device_put(rng.normal(size=(batch, size, size, 3)).astype(args.dtype))
-        t0 = time.perf_counter()
-        jax.block_until_ready(call(x))
-        first_s = time.perf_counter() - t0
-        for _ in range(5):
-            out = call(x)
-        jax.block_until_ready(out)
-        times = []
-        if batch == 1:
-            for _ in range(args.latency_iters):
-                t0 = time.perf_counter()
-                jax.block_until_ready(call(x))
-                times.append(time.perf_counter() - t0)
-        else:
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                for _ in range(args.iters):
-                    out = call(x)
-                jax.block_until_ready(out)
-                times.append((time.perf_counter() - t0) / args.iters)
+        # Batch 1: each call ended by block_until_ready (a single request's latency); larger
+        # batches: windows of --iters calls (throughput).
+        calls, repeats = (1, args.latency_iters) if batch == 1 else (args.iters, args.repeats)
+        first_s, times = _common.time_calls(lambda x=x: call(x), jax.block_until_ready, warmup=5,
+                                            calls=calls, repeats=repeats)
         t = float(np.median(times))
         results.append({
             "benchmark": "inference", "framework": "jax", "model": cfg.name, "batch": batch,

@@ -4,18 +4,21 @@
     python benchmarks/profile_step.py --model ResNet50 --batch 256 --bn-impl fused
     python benchmarks/profile_step.py --infer --model ResNet50 --batch 1   # folded inference
 
-Builds the trainer's own jitted step (as ``train_throughput.py`` does), runs it a few times
-under ``jax.profiler.trace`` and reads the trace back with ``jax.profiler.ProfileData`` (no
-TensorBoard, no TensorFlow). Prints one JSON line per op group (convolutions forward, the two
-convolution backward passes, fusions, copies, collectives ...) with its share of device time,
-then the slowest single ops. ``--keep DIR`` keeps the raw ``.xplane.pb`` for other viewers.
+Builds the trainer's own jitted step (the loop's builder, as ``train_throughput.py`` does),
+runs it a few times under ``jax.profiler.trace`` and reads the trace back with
+``jax.profiler.ProfileData`` (no TensorBoard, no TensorFlow). Prints one JSON line per op group
+(``analysis/hlo.py``'s groups, as ``gpu_hlo.py report`` prints them: convolutions forward, the
+two convolution backward passes, reduction / elementwise / transpose fusions, copies,
+collectives ...; each op grouped as its kernel in the program's optimized HLO) with its share
+of device time, then the slowest single ops. ``--keep DIR`` keeps the raw ``.xplane.pb`` for
+other viewers.
 ``--infer`` traces the BatchNorm-folded forward of ``infer_latency.py`` instead, one blocked
 call at a time, so that at batch 1 the device time per call can be set against the wall time
 per call (the difference is launch and dispatch overhead).
 ``--dump DIR`` writes, for offline study on any machine, ``LABEL.hlo.txt`` (the optimized HLO
 of the profiled program, as compiled on this device) and ``LABEL.ops.json`` (every op's name,
-group, event count and total device time in the trace), which ``gpu_hlo.py report --ops``
-joins by instruction name.
+group, event count and total device time in the trace), which
+``analysis/gpu_hlo.py report --ops`` joins by instruction name.
 """
 
 from __future__ import annotations
@@ -25,57 +28,31 @@ import collections
 import glob
 import json
 import os
-import re
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# This folder (_common, infer_latency), analysis/ (hlo); _common adds the repository's.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "analysis"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-
-def step_parts(model_name: str, batch_size: int, dtype: str, image_size: int, bn_impl: str,
-               **model_kw):
-    """(config, model, optimizer, loss scale or None, image size) of the trainer's step for a
-    synthetic benchmark; ``gpu_hlo.py`` builds its deviceless step from the same parts."""
-    import flaxcls
-    from flaxcls.config import default_config
-    from flaxcls.train import losses, optim
-
-    cfg = flaxcls.get_model_cfg(model_name)
-    size = image_size or cfg.input_size
-    c = default_config()
-    c.model, c.dtype, c.batch_size, c.bn_impl = cfg.name, dtype, batch_size, bn_impl
-    c.crop_size = c.resize_short_size = size
-    model = flaxcls.create_model(cfg.name, num_classes=c.num_classes, dtype=dtype, **model_kw)
-    tx = optim.make_optimizer(c, optim.make_schedule(c, 1000, batch_size))
-    scale = losses.DynamicScale.create(c.loss_scale) if dtype == "float16" else None
-    return c, model, tx, scale, size
+import _common
+import hlo
 
 
 def build_step(model_name: str, batch_size: int, dtype: str, image_size: int,
-               bn_impl: str = "flax", **model_kw):
+               bn_impl: str = "flax", stem_space_to_depth: bool = False):
+    """(compiled step, state, metrics, batch) of the trainer's step for a synthetic config, one
+    step already taken; ``analysis/gpu_hlo.py`` compiles the same config's step without a GPU."""
     import jax
-    import numpy as np
 
-    from flaxcls import parallel
-    from flaxcls.train.state import create_train_state
-    from flaxcls.train.step import TRAIN_METRICS, make_train_step, zeros_metrics
-
-    c, model, tx, scale, size = step_parts(model_name, batch_size, dtype, image_size, bn_impl,
-                                           **model_kw)
-    mesh = parallel.make_mesh()
-    state = create_train_state(model, tx, image_size=size, seed=0, mesh=mesh, loss_scale=scale)
-    rng = np.random.RandomState(0)
-    batch = parallel.host_to_global(
-        {"image": rng.randint(0, 256, (batch_size, size, size, 3)).astype(np.uint8),
-         "label": rng.randint(0, c.num_classes, (batch_size,)).astype(np.int32)},
-        mesh,
-    )
-    metrics = zeros_metrics(TRAIN_METRICS, mesh)
+    c = _common.bench_config(model_name, image_size=image_size, batch_size=batch_size,
+                             dtype=dtype, bn_impl=bn_impl, stem_space_to_depth=stem_space_to_depth)
+    trainer = _common.build_trainer(c)
+    state, metrics = trainer.init_state(), trainer.zeros_metrics()
+    batch = _common.synthetic_batch(trainer)
     # Compiled once, outside the trace; the trace runs this executable and --dump writes its
     # HLO, so the dumped instruction names are the profiled ones.
-    step = make_train_step(model, tx, c, mesh).lower(state, metrics, batch).compile()
+    step = trainer.train_step.lower(state, metrics, batch).compile()
     state, metrics = step(state, metrics, batch)
     jax.block_until_ready(state)
     return step, state, metrics, batch
@@ -92,26 +69,6 @@ def build_infer(args):
     x = jax.device_put(np.random.RandomState(0).normal(
         size=(args.batch, size, size, 3)).astype(args.dtype))
     return call, x
-
-
-_GROUPS = [
-    ("conv backward filter", re.compile(r"bw-filter|backward.?filter|wgrad", re.IGNORECASE)),
-    ("conv backward input", re.compile(r"bw-input|backward.?input|dgrad", re.IGNORECASE)),
-    # "conv" but not "convert" (XLA names dtype-conversion fusions "..._convert_fusion").
-    ("conv forward", re.compile(r"cudnn-conv|conv(?!ert)|fprop", re.IGNORECASE)),
-    ("gemm", re.compile(r"gemm|cublas|dot", re.IGNORECASE)),
-    ("all-reduce / collectives", re.compile(r"all-reduce|nccl|collective|all-gather", re.IGNORECASE)),
-    ("reduction fusions (BN statistics)", re.compile(r"reduce", re.IGNORECASE)),
-    ("other fusions (BN apply, ReLU, optimizer ...)", re.compile(r"fusion", re.IGNORECASE)),
-    ("copies / transposes", re.compile(r"copy|transpose|memcpy|memset", re.IGNORECASE)),
-]
-
-
-def group_of(name: str) -> str:
-    for label, pattern in _GROUPS:
-        if pattern.search(name):
-            return label
-    return "other"
 
 
 def _events(planes, line_filter) -> list[tuple[str, int]]:
@@ -157,7 +114,6 @@ def main() -> None:
 
     import jax
 
-    kw = {"stem_space_to_depth": True} if args.stem_space_to_depth else {}
     if args.infer:
         call, x = build_infer(args)
 
@@ -168,7 +124,8 @@ def main() -> None:
             return call.compiled(x.shape, x.dtype).as_text()
     else:
         step, state, metrics, batch = build_step(args.model, args.batch, args.dtype,
-                                                 args.image_size, args.bn_impl, **kw)
+                                                 args.image_size, args.bn_impl,
+                                                 args.stem_space_to_depth)
 
         def hlo_text():
             return step.as_text()
@@ -204,6 +161,7 @@ def main() -> None:
             "stem_space_to_depth": args.stem_space_to_depth, "bn_impl": args.bn_impl}
     if args.infer:  # the layout that ran (CompiledForward falls back to the default one)
         base["weights_layout"] = "compiler" if call.auto_layout else "default"
+    group_of = op_groups(hlo_text())
     total = sum(d for _, d in events)
     if not events:
         print(json.dumps({**base, "error": "no op events", "lines": lines_seen[:40]}))
@@ -238,6 +196,16 @@ def main() -> None:
         with open(os.path.join(args.dump, label + ".hlo.txt"), "w") as f:
             f.write(hlo_text())
         print(json.dumps({**base, "dumped": label, "ops": len(by_name)}))
+
+
+def op_groups(hlo_text: str):
+    """``group(op name)``: the group of the op's kernel in the profiled program's optimized HLO
+    (``hlo.op_grouper``, the groups ``gpu_hlo.py report`` prints), else of its name."""
+    try:
+        return hlo.op_grouper(hlo_text)
+    except ValueError as e:  # HLO text the parser cannot read: names alone still group most ops
+        print(f"profile_step: {e}; ops grouped by their names", file=sys.stderr)
+        return hlo.group_of_name
 
 
 def dump_label(args) -> str:

@@ -5,20 +5,12 @@
 
 from __future__ import annotations
 
-import json
+import os
+import sys
+from collections.abc import Callable
 
-
-def load(path: str) -> list[dict]:
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("{"):
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    return rows
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common
 
 
 def _peer(rows: list[dict], benchmark: str, batch: int) -> dict | None:
@@ -52,50 +44,58 @@ def _profiles(rows: list[dict]) -> list[str]:
     return out
 
 
+def _get(key: str, default: str = "") -> Callable[[dict], str]:
+    return lambda r: f"{r.get(key, default)}"
+
+
+# (header, cell, measured): an error row leaves the measured cells empty.
+_TRAIN_COLUMNS = [
+    ("framework", _get("framework", "jax"), False), ("model", _get("model"), False),
+    ("batch", _get("batch"), False), ("dtype", _get("dtype"), False),
+    ("l2", _get("l2_decay_mode"), False), ("pad", _get("pad_input_channels"), False),
+    ("stem", _stem, False), ("BN", _get("bn_impl"), False),
+    ("img/s", lambda r: f"{r['images_per_sec']:,.0f}", True),
+    ("step ms", lambda r: f"{r['step_ms']:.2f}", True),
+    ("compile s", _get("compile_s"), True), ("first step s", _get("first_step_s"), True),
+    ("cache", _get("compile_cache"), False), ("tag", _get("tag"), False),
+]
+_INFER_COLUMNS = [
+    ("framework", _get("framework", "jax"), False), ("model", _get("model"), False),
+    ("batch", _get("batch"), False), ("dtype", _get("dtype"), False),
+    ("folded BN", _get("folded_bn"), False), ("stem", _stem, False),
+    ("weights layout", _get("weights_layout"), False),
+    ("ms per call", lambda r: f"{r['latency_ms']:.3f}", True),
+    ("min ms", _get("latency_ms_min"), True),
+    ("img/s", lambda r: f"{r['images_per_sec']:,.0f}", True), ("tag", _get("tag"), False),
+]
+
+
+def _table(rows: list[dict], benchmark: str, title: str, columns: list) -> list[str]:
+    """The ``benchmark`` rows as a table, each jax row with its img/s over the torch peer's at
+    the same batch; an error row carries its message in the first measured column."""
+    picked = [r for r in rows if r.get("benchmark") == benchmark]
+    if not picked:
+        return []
+    heads = [head for head, _, _ in columns] + ["vs torch"]
+    out = [title, "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for r in picked:
+        if "error" in r:
+            cells = ["" if measured else cell(r) for _, cell, measured in columns] + [""]
+            first = next(i for i, (_, _, measured) in enumerate(columns) if measured)
+            cells[first] = f"error: {r['error'][:80]}"
+        else:
+            peer = _peer(rows, benchmark, r["batch"])
+            ratio = (f"{r['images_per_sec'] / peer['images_per_sec']:.2f}x"
+                     if peer and r.get("framework") == "jax" else "")
+            cells = [cell(r) for _, cell, _ in columns] + [ratio]
+        out.append("| " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def summarize(rows: list[dict]) -> str:
-    out = []
-    train = [r for r in rows if r.get("benchmark") == "train_step"]
-    if train:
-        out += ["## Train step (synthetic device-resident data)", "",
-                ("| framework | model | batch | dtype | l2 | pad | stem | BN | img/s | step ms "
-                 "| compile s | first step s | cache | tag | vs torch |"),
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in train:
-            if "error" in r:
-                out.append(f"| {r.get('framework', '')} | {r.get('model')} | {r.get('batch')} | "
-                           f"{r.get('dtype')} | | | | {r.get('bn_impl', '')} | "
-                           f"error: {r['error'][:80]} | | | | | | |")
-                continue
-            peer = _peer(rows, "train_step", r["batch"])
-            ratio = (f"{r['images_per_sec'] / peer['images_per_sec']:.2f}x"
-                     if peer and r.get("framework") == "jax" else "")
-            out.append(
-                f"| {r.get('framework', 'jax')} | {r['model']} | {r['batch']} | {r['dtype']} | "
-                f"{r.get('l2_decay_mode', '')} | {r.get('pad_input_channels', '')} | "
-                f"{_stem(r)} | {r.get('bn_impl', '')} | {r['images_per_sec']:,.0f} | {r['step_ms']:.2f} | {r.get('compile_s', '')} | "
-                f"{r.get('first_step_s', '')} | {r.get('compile_cache', '')} | "
-                f"{r.get('tag', '')} | {ratio} |")
-        out.append("")
-    infer = [r for r in rows if r.get("benchmark") == "inference"]
-    if infer:
-        out += ["## Inference", "",
-                ("| framework | model | batch | dtype | folded BN | stem | weights layout "
-                 "| ms per call | min ms | img/s | tag | vs torch |"),
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in infer:
-            if "error" in r:
-                out.append(f"| {r.get('framework')} | {r.get('model')} | | | | | | "
-                           f"error: {r['error'][:80]} | | | | |")
-                continue
-            peer = _peer(rows, "inference", r["batch"])
-            ratio = (f"{r['images_per_sec'] / peer['images_per_sec']:.2f}x"
-                     if peer and r.get("framework") == "jax" else "")
-            out.append(f"| {r.get('framework')} | {r['model']} | {r['batch']} | {r['dtype']} | "
-                       f"{r.get('folded_bn')} | {_stem(r)} | {r.get('weights_layout', '')} | "
-                       f"{r['latency_ms']:.3f} | "
-                       f"{r.get('latency_ms_min', '')} | {r['images_per_sec']:,.0f} | "
-                       f"{r.get('tag', '')} | {ratio} |")
-        out.append("")
+    out = _table(rows, "train_step", "## Train step (synthetic device-resident data)",
+                 _TRAIN_COLUMNS)
+    out += _table(rows, "inference", "## Inference", _INFER_COLUMNS)
     out += _profiles(rows)
     devices = sorted({r.get("device", "") for r in rows if r.get("device")})
     out.append(f"Devices: {', '.join(devices)}; jax {next((r['jax'] for r in rows if 'jax' in r), '?')}")
@@ -107,4 +107,4 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description="A markdown summary of a session's results.jsonl.")
     ap.add_argument("results", help="results.jsonl written by benchmarks/gpu_session.sh")
-    print(summarize(load(ap.parse_args().results)))
+    print(summarize(_common.read_jsonl(ap.parse_args().results)))

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import time
 from typing import Any
+
+import _common
 
 
 def _torch_device() -> tuple[Any, Any, str] | None:
@@ -87,20 +88,8 @@ def train_throughput(
             scaler.step(opt)
             scaler.update()
 
-    t0 = time.perf_counter()
-    step()
-    _sync(torch, device)
-    first = time.perf_counter() - t0
-    for _ in range(warmup):
-        step()
-    _sync(torch, device)
-    windows = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(torch, device)
-        windows.append((time.perf_counter() - t0) / steps)
+    first, windows = _common.time_calls(step, lambda _: _sync(torch, device), warmup=warmup,
+                                        calls=steps, repeats=repeats)
     step_s = statistics.median(windows)
     out = {"benchmark": "train_step", "model": "torchvision_resnet50", "batch": batch,
            "image_size": image_size, "dtype": dtype,
@@ -133,27 +122,10 @@ def inference(
             with torch.inference_mode(), _autocast(torch, device, dtype):
                 return cmodel(x)
 
-        t0 = time.perf_counter()
-        forward()
-        _sync(torch, device)
-        first = time.perf_counter() - t0
-        for _ in range(5):
-            forward()
-        _sync(torch, device)
-        times = []
-        if batch == 1:
-            for _ in range(latency_iters):
-                t0 = time.perf_counter()
-                forward()
-                _sync(torch, device)
-                times.append(time.perf_counter() - t0)
-        else:
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for _ in range(iters):
-                    forward()
-                _sync(torch, device)
-                times.append((time.perf_counter() - t0) / iters)
+        # Batch 1: each call synchronised (the latency); larger batches: windows of ``iters``.
+        calls, windows = (1, latency_iters) if batch == 1 else (iters, repeats)
+        first, times = _common.time_calls(forward, lambda _: _sync(torch, device), warmup=5,
+                                          calls=calls, repeats=windows)
         t = statistics.median(times)
         results.append({
             "benchmark": "inference", "model": "torchvision_resnet50", "batch": batch,

@@ -4,11 +4,12 @@
     python benchmarks/train_throughput.py --model resnet50 --batch 256 --torch-peer
 
 Times the same jitted, sharded, donated step the trainer runs (normalise, forward, loss,
-backward, momentum update, on-device metrics) over every local device. Per setting: state
-creation, then the step's compile (``compile_s``; with ``--compile-cache DIR`` it is read
-from the persistent cache when a previous process compiled it), the first step, warm-up
-steps, then ``--repeats`` timed windows of ``--steps`` steps each, every window ended by
-``block_until_ready``; reports the median window. Needs no TensorFlow and no data.
+backward, momentum update, on-device metrics) over every local device, built as the loop
+builds it (``flaxcls.train.builder`` from a default config with the fields below set). Per
+setting: state creation, then the step's compile (``compile_s``; with ``--compile-cache DIR``
+it is read from the persistent cache when a previous process compiled it), the first step,
+warm-up steps, then ``--repeats`` timed windows of ``--steps`` steps each, every window ended
+by ``block_until_ready``; reports the median window. Needs no TensorFlow and no data.
 
 Comma lists in ``--model``, ``--batch``, ``--dtype``, ``--l2-decay-mode``,
 ``--pad-input-channels``, ``--stem`` and ``--bn-impl`` run every combination in one process. Levers:
@@ -39,9 +40,7 @@ import _common
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="resnet50", help="comma list of registered models")
-    p.add_argument("--batch", default="256", help="comma list of global batch sizes")
-    p.add_argument("--dtype", default="bfloat16", help="comma list: float32,bfloat16,float16")
+    _common.add_model_lists(p, model="resnet50")
     p.add_argument("--l2-decay-mode", default="optimizer", help="comma list: optimizer,loss")
     p.add_argument("--pad-input-channels", default="0",
                    help="comma list; 0 = off, 4 = zero-pad RGB to 4 channels for the stem")
@@ -53,21 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--setting", action="append", default=[],
                    help="MODEL:BATCH[:DTYPE[:L2MODE[:PAD[:STEM[:BN]]]]], repeatable; replaces "
                         "the product of the lists above")
-    p.add_argument("--image-size", type=int, default=0, help="0: the model's native size")
-    p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--steps", type=int, default=20, help="steps per timed window")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--csv", default=_common.default_csv("train_throughput"),
-                   help="append results here ('' = don't)")
     p.add_argument("--compile-cache", default="",
                    help="persistent compilation cache dir ('' = off, as for a first run)")
-    p.add_argument("--xla-flags", default="", help="extra XLA flags (appended to $XLA_FLAGS)")
-    p.add_argument("--tag", default="", help="free label stored with each result")
-    p.add_argument("--torch-peer", action="store_true",
-                   help="also time torchvision ResNet50 at the same batch sizes (first)")
-    p.add_argument("--peer-only", action="store_true", help="only the torchvision peer")
-    p.add_argument("--torch-compile-mode", default="default")
+    _common.add_run_flags(p, "train_throughput")
     args = p.parse_args(argv)
     args.models = _common.split_list(args.model)
     args.batches = _common.split_list(args.batch, int)
@@ -99,21 +89,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.pads = sorted({s[4] for s in args.runs})
     args.stems = sorted({s[5] for s in args.runs})
     args.bn_impls = sorted({s[6] for s in args.runs})
-    for d in args.dtypes:
-        if d not in ("float32", "bfloat16", "float16"):
-            p.error(f"--dtype {d!r}: must be float32, bfloat16 or float16")
-    for m in args.l2_modes:
-        if m not in ("optimizer", "loss"):
-            p.error(f"--l2-decay-mode {m!r}: must be optimizer or loss")
-    for c in args.pads:
-        if c not in (0, 4):
-            p.error(f"--pad-input-channels {c}: must be 0 or 4")
-    for stem in args.stems:
-        if stem not in ("plain", "s2d"):
-            p.error(f"--stem {stem!r}: must be plain or s2d")
-    for impl in args.bn_impls:
-        if impl not in ("flax", "fused"):
-            p.error(f"--bn-impl {impl!r}: must be flax or fused")
+    _common.check_choices(p, "--dtype", args.dtypes, _common.DTYPES)
+    _common.check_choices(p, "--l2-decay-mode", args.l2_modes, ("optimizer", "loss"))
+    _common.check_choices(p, "--pad-input-channels", args.pads, (0, 4))
+    _common.check_choices(p, "--stem", args.stems, ("plain", "s2d"))
+    _common.check_choices(p, "--bn-impl", args.bn_impls, _common.BN_IMPLS)
     return args
 
 
@@ -160,46 +140,24 @@ def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pa
     import jax
     import numpy as np
 
-    import flaxcls
-    from flaxcls import parallel
-    from flaxcls.config import default_config
-    from flaxcls.train import losses, optim
-    from flaxcls.train.state import create_train_state
-    from flaxcls.train.step import TRAIN_METRICS, make_train_step, zeros_metrics
-
-    cfg = flaxcls.get_model_cfg(model_name)
-    size = args.image_size or cfg.input_size
-    c = default_config()
-    c.model, c.num_classes, c.dtype, c.batch_size = cfg.name, args.num_classes, dtype, batch_size
-    c.crop_size = c.resize_short_size = size
-    c.l2_decay_mode, c.bn_impl = l2_mode, bn_impl
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(batch_size, mesh)
-    overrides = {"stem_space_to_depth": True} if stem == "s2d" else {}
-    model = flaxcls.create_model(cfg.name, num_classes=args.num_classes, dtype=dtype, **overrides)
-    if pad:
-        model = padded_input_model(model, pad)
-    tx = optim.make_optimizer(c, optim.make_schedule(c, 1000, batch_size))
-    loss_scale = losses.DynamicScale.create(c.loss_scale) if dtype == "float16" else None
+    c = _common.bench_config(
+        model_name, image_size=args.image_size, num_classes=args.num_classes, dtype=dtype,
+        batch_size=batch_size, l2_decay_mode=l2_mode, bn_impl=bn_impl,
+        stem_space_to_depth=stem == "s2d")
+    wrap = (lambda model: padded_input_model(model, pad)) if pad else None
+    trainer = _common.build_trainer(c, wrap_model=wrap)
+    size = trainer.image_size
     entries_before = _cache_entries(args.compile_cache)
 
     t0 = time.perf_counter()
-    state = create_train_state(model, tx, image_size=size, seed=0, mesh=mesh,
-                               loss_scale=loss_scale)
+    state = trainer.init_state()
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
-    rng = np.random.RandomState(0)
-    batch = parallel.host_to_global(
-        {
-            "image": rng.randint(0, 256, (batch_size, size, size, 3)).astype(np.uint8),
-            "label": rng.randint(0, args.num_classes, (batch_size,)).astype(np.int32),
-        },
-        mesh,
-    )
-    metrics = zeros_metrics(TRAIN_METRICS, mesh)
+    batch = _common.synthetic_batch(trainer)
+    metrics = trainer.zeros_metrics()
 
     t0 = time.perf_counter()
-    step = make_train_step(model, tx, c, mesh).lower(state, metrics, batch).compile()
+    step = trainer.train_step.lower(state, metrics, batch).compile()
     compile_s = time.perf_counter() - t0
     state, metrics = step(state, metrics, batch)
     jax.block_until_ready(state)
@@ -208,20 +166,20 @@ def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pa
         state, metrics = step(state, metrics, batch)
     jax.block_until_ready(state)
 
-    windows = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            state, metrics = step(state, metrics, batch)
-        jax.block_until_ready((state, metrics))
-        windows.append((time.perf_counter() - t0) / args.steps)
+    def run():
+        nonlocal state, metrics
+        state, metrics = step(state, metrics, batch)
+        return state, metrics
+
+    windows = _common.time_windows(run, jax.block_until_ready, calls=args.steps,
+                                   repeats=args.repeats)
     step_s = float(np.median(windows))
     skipped = float(jax.device_get(metrics["skipped_steps"]))
     info = _common.run_info()
     return {
         "benchmark": "train_step",
         "framework": "jax",
-        "model": cfg.name,
+        "model": c.model,
         "batch": batch_size,
         "image_size": size,
         "dtype": dtype,

@@ -8,11 +8,14 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import REPO, subprocess_env
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks" / "analysis"))
 import _common
+import hlo
 import scaling
 
 
@@ -84,6 +87,30 @@ def test_train_setting_list_parses():
             train_throughput.parse_args(bad)
 
 
+def test_bench_config_and_trainer_are_the_loops_chain():
+    """The benchmarks' train step: a default config with the fields they vary, built by
+    ``flaxcls.train.builder`` as the loop builds it; a wrapped model replaces only the model."""
+    c = _common.bench_config("resnet_tiny", image_size=32, batch_size=4, dtype="float16",
+                             bn_impl="fused", l2_decay_mode="loss", num_classes=10)
+    assert c.model == "ResNet_tiny" and c.crop_size == c.resize_short_size == 32
+    assert c.image_mean is not None and c.interpolation  # the rest from the model's ModelCfg
+    with pytest.raises(KeyError, match="bn_implementation"):
+        _common.bench_config("resnet_tiny", bn_implementation="fused")
+    wrapped = []
+    trainer = _common.build_trainer(c, wrap_model=lambda m: wrapped.append(m) or m)
+    assert trainer.model is wrapped[0] and trainer.image_size == 32
+    assert (trainer.model.num_classes, trainer.model.dtype) == (10, "float16")
+    step = trainer.specs.step
+    assert (step.bn_impl, step.l2_loss, step.dtype, step.bn_stats) == (
+        "fused", 1e-4, "float16", "global")
+    assert trainer.loss_scale() is not None and trainer.head is None
+    batch = _common.synthetic_batch(trainer)
+    assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.uint8
+    assert batch["label"].shape == (4,) and int(batch["label"].max()) < 10
+    again = _common.synthetic_batch(trainer)
+    assert np.array_equal(np.asarray(batch["image"]), np.asarray(again["image"]))
+
+
 def test_append_csv_keeps_old_rows_when_columns_grow(tmp_path):
     path = str(tmp_path / "r.csv")
     _common.append_csv(path, {"a": 1, "b": 2})
@@ -101,7 +128,7 @@ def test_sharded_step_reduces_gradients_in_few_combined_all_reduces(tmp_path):
     41 parameter arrays): 20 all-reduces; 16 carry only BatchNorm statistics and their
     gradients (global-batch BN, combined per layer level), and the 14 weight gradients travel
     in 4 combined all-reduces. One all-reduce per parameter would give >= 41."""
-    proc = _run([REPO / "benchmarks" / "scaling.py", "hlo", "--model", "ResNet_tiny",
+    proc = _run([REPO / "benchmarks" / "analysis" / "scaling.py", "hlo", "--model", "ResNet_tiny",
                  "--image-size", "32", "--per-device-batch", "2"], subprocess_env(8))
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["devices"] == 8 and r["param_leaves"] == 41 and r["batchnorms"] == 13
@@ -116,7 +143,7 @@ def test_sharded_step_reduces_gradients_in_few_combined_all_reduces(tmp_path):
 
 @pytest.mark.subprocess
 def test_per_device_batchnorm_compiles_to_one_all_reduce_per_step():
-    proc = _run([REPO / "benchmarks" / "scaling.py", "hlo", "--model", "ResNet_tiny",
+    proc = _run([REPO / "benchmarks" / "analysis" / "scaling.py", "hlo", "--model", "ResNet_tiny",
                  "--image-size", "32", "--per-device-batch", "2", "--bn-stats", "device"],
                 subprocess_env(8))
     r = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -128,10 +155,11 @@ def test_per_device_batchnorm_compiles_to_one_all_reduce_per_step():
 
 
 def test_collective_summary_parses_tuple_and_single_all_reduces():
-    hlo = ("  %ar.1 = (f32[16]{0}, f32[3,3,4,16]{3,2,1,0}) all-reduce(%a, %b), channel_id=1\n"
-           "  %ar.2 = bf16[8,8]{1,0} all-reduce-start(%c), channel_id=2\n"
-           "  %x = f32[4]{0} add(%y, %z)\n")
-    s = scaling.collective_summary(hlo)
+    text = ("  %ar.1 = (f32[16]{0}, f32[3,3,4,16]{3,2,1,0}) all-reduce(%a, %b), channel_id=1\n"
+            "  %ar.2 = bf16[8,8]{1,0} all-reduce-start(%c), channel_id=2\n"
+            "  %ard = bf16[8,8]{1,0} all-reduce-done(%ar.2)\n"
+            "  %x = f32[4]{0} add(%y, %z)\n")
+    s = hlo.collective_summary(text)
     assert s["all_reduce_ops"] == 2 and s["all_reduce_operands"] == 3
     assert s["all_reduce_bytes"] == 4 * (16 + 576) + 2 * 64
     assert s["weight_gradient_elements"] == 576 + 64 and s["ops_with_weight_gradients"] == 2
@@ -194,6 +222,8 @@ def test_summary_tells_levers_apart_and_reads_profiles():
 
 
 def test_profile_groups_name_gpu_and_cpu_ops_and_keep_converts_out_of_convolutions():
+    """An op the profiled program's HLO does not name is grouped by its name, into the groups
+    of ``gpu_hlo.py report``."""
     import argparse
 
     import profile_step
@@ -204,14 +234,22 @@ def test_profile_groups_name_gpu_and_cpu_ops_and_keep_converts_out_of_convolutio
         "cudnn-conv-bw-filter.4": "conv backward filter",
         "cudnn-conv-bw-input.7": "conv backward input",
         "convolution-base-dilated.1": "conv forward",
-        "loop_convert_fusion.3": "other fusions (BN apply, ReLU, optimizer ...)",
+        "loop_convert_fusion.3": "elementwise fusions",
         "wrapped_convert.12": "other",
-        "input_reduce_fusion.40": "reduction fusions (BN statistics)",
+        "input_reduce_fusion.40": "reduction fusions",
+        "loop_transpose_fusion.2": "transpose fusions",
+        "select-and-scatter.1": "pooling / scatter fusions",
         "cublas-gemm.2": "gemm",
-        "all-reduce-start.1": "all-reduce / collectives",
-        "copy.9": "copies / transposes",
+        "all-reduce-start.1": "collectives",
+        "reduce-scatter.2": "collectives",
+        "copy.9": "copies",
+        "memcpy": "copies",
     }
-    assert {name: profile_step.group_of(name) for name in expect} == expect
+    assert {name: hlo.group_of_name(name) for name in expect} == expect
+    assert set(expect.values()) <= set(hlo.GROUPS)
+    assert profile_step.op_groups("")("copy.9") == "copies"  # no HLO: names alone
+    # HLO text the parser cannot read: names alone, and the profile still goes on.
+    assert profile_step.op_groups("ENTRY %e {\n  %x = f32[2]{0} add(%a\n}\n") is hlo.group_of_name
     ns = argparse.Namespace(model="ResNet50", batch=256, dtype="bfloat16", infer=False,
                             bn_impl="fused", stem_space_to_depth=True, weights_layout="compiler")
     assert profile_step.dump_label(ns) == "ResNet50_256_bfloat16_fused_s2d"

@@ -1,5 +1,6 @@
-"""benchmarks/gpu_hlo.py report: kernels, groups and bytes of an optimized GPU HLO text (a
-hand-written excerpt in XLA:GPU's format; no GPU, no CUDA plugin)."""
+"""benchmarks/analysis/hlo.py and ``gpu_hlo.py report``: kernels, groups and bytes of an
+optimized GPU HLO text (a hand-written excerpt in XLA:GPU's format; no GPU, no CUDA plugin),
+and ``gpu_hlo.py compile``'s step, built by the loop's builder."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks" / "analysis"))
 import gpu_hlo
+import hlo
 
 # Sizes: x bf16[8,4,4,16] = 4096 B, w f32[3,3,16,16] = 9216 B, wt bf16[16,3,3,16] = 4608 B,
 # h bf16[8,256] = 4096 B, k bf16[256,10] = 5120 B, f32[16] = 64 B, f32[8,10] = 320 B.
@@ -111,13 +114,13 @@ EXPECTED = {
     ("f8e4m3fn[5]{0}", 5), ("(f32[2]{0}, (s32[], u8[3]{0}))", 15),
 ])
 def test_shape_bytes(type_text, nbytes):
-    assert gpu_hlo.shape_bytes(type_text) == nbytes
+    assert hlo.shape_bytes(type_text) == nbytes
 
 
 def test_kernels_groups_and_bytes():
-    comps = gpu_hlo.parse_hlo(HLO)
+    comps = hlo.parse_hlo(HLO)
     assert [c.name for c in comps.values() if c.entry] == ["main.9"]
-    kernels = gpu_hlo.entry_kernels(comps)
+    kernels = hlo.entry_kernels(comps)
     got = {k.name: (k.group, k.bytes_read, k.bytes_written) for k in kernels}
     assert got == EXPECTED
     assert [k.name for k in kernels] == list(EXPECTED)
@@ -129,9 +132,9 @@ def test_kernels_groups_and_bytes():
 
 
 def test_report_json_lines(tmp_path, capsys):
-    hlo = tmp_path / "step.hlo.txt"
-    hlo.write_text(HLO)
-    gpu_hlo.main(["report", str(hlo), "--bandwidth-gbs", "1", "--top", "3"])
+    path = tmp_path / "step.hlo.txt"
+    path.write_text(HLO)
+    gpu_hlo.main(["report", str(path), "--bandwidth-gbs", "1", "--top", "3"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     groups = {r["group"]: r for r in rows if "group" in r and "rank" not in r}
     assert list(groups) == ["conv forward", "conv backward input", "conv backward filter", "gemm",
@@ -151,15 +154,15 @@ def test_report_json_lines(tmp_path, capsys):
 
 
 def test_report_joins_measured_times(tmp_path, capsys):
-    hlo, ops = tmp_path / "a.hlo.txt", tmp_path / "a.ops.json"
-    hlo.write_text(HLO)
+    path, ops = tmp_path / "a.hlo.txt", tmp_path / "a.ops.json"
+    path.write_text(HLO)
     ops.write_text(json.dumps({"ops": [
         {"name": "cudnn-conv-bw-filter.1", "group": "conv backward filter", "events": 5,
          "ns_per_step": 1000},
         {"name": "input_reduce_fusion", "group": "reduction fusions", "events": 5,
          "ns_per_step": 4160},
         {"name": "not-in-this-hlo", "group": "other", "events": 5, "ns_per_step": 7}]}))
-    gpu_hlo.main(["report", str(hlo), "--ops", str(ops), "--top", "1"])
+    gpu_hlo.main(["report", str(path), "--ops", str(ops), "--top", "1"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     red = next(r for r in rows if r.get("group") == "reduction fusions" and "rank" not in r)
     assert (red["measured_kernels"], red["measured_ms"], red["achieved_gbs"]) == (1, 0.0042, 1.0)
@@ -216,7 +219,7 @@ ENTRY %e (x: f32[256], k: s32[]) -> f32[256] {
   ROOT %sel = f32[256]{0} conditional(s32[] %k, f32[256]{0} %r, f32[256]{0} %r), branch_computations={%branch_a, %branch_b}
 }
 """
-    kernels = gpu_hlo.entry_kernels(gpu_hlo.parse_hlo(text))
+    kernels = hlo.entry_kernels(hlo.parse_hlo(text))
     got = [(k.name, k.group, k.bytes_read, k.bytes_written, k.computation) for k in kernels]
     assert got == [
         ("lt", "other", 8, 1, "cond"),  # an unfused compare in the loop condition
@@ -235,7 +238,7 @@ def test_cpu_compiled_hlo_parses():
 
     x = jax.ShapeDtypeStruct((32, 64), jnp.float32)
     text = jax.jit(lambda x: (x * x).sum()).lower(x).compile().as_text()
-    kernels = gpu_hlo.entry_kernels(gpu_hlo.parse_hlo(text))
+    kernels = hlo.entry_kernels(hlo.parse_hlo(text))
     assert (kernels[0].bytes_read, kernels[0].bytes_written) == (8192, 8192)
     assert kernels[0].op_name.endswith("/mul")
     assert kernels[-1].bytes_written == 4 and kernels[-1].group == "reduction fusions"
@@ -259,13 +262,59 @@ def test_target_configs_are_h100_and_h200():
 def test_operand_index_comments_are_not_types():
     """XLA:GPU writes /*index=5*/ before every fifth operand of a long operand list; that is
     not an inline type, and the operand's bytes come from its definition."""
-    ins = gpu_hlo.parse_instruction(
+    ins = hlo.parse_instruction(
         "%f = bf16[8,16]{1,0} fusion(%a, %b, %c, %d, %e, /*index=5*/%g, %h), kind=kLoop, "
         "calls=%fused")
     assert ins.operands == ["a", "b", "c", "d", "e", "g", "h"]
     assert ins.operand_types == {}
-    typed = gpu_hlo.parse_instruction(
+    typed = hlo.parse_instruction(
         "%f = f32[2]{0} fusion(f32[2]{0} %a, f32[2]{0} %b, f32[2]{0} %c, f32[2]{0} %d, "
         "f32[2]{0} %e, /*index=5*/f32[4]{0} %g), kind=kLoop, calls=%fused")
     assert typed.operand_types["g"] == "f32[4]{0}"
-    assert gpu_hlo.shape_bytes(typed.operand_types["g"]) == 16
+    assert hlo.shape_bytes(typed.operand_types["g"]) == 16
+
+
+def test_profiled_ops_take_their_kernels_group_from_the_hlo():
+    """``profile_step.py`` groups an op as ``report`` groups its kernel: a fusion named like
+    an elementwise one that holds a reduce is a reduction; a name the HLO lacks goes by name."""
+    text = """\
+HloModule m
+
+%region (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %s = f32[] add(%a, %b)
+}
+
+%fused (p: f32[64]) -> f32[] {
+  %p = f32[64]{0} parameter(0)
+  %z = f32[] constant(0)
+  ROOT %r = f32[] reduce(%p, %z), dimensions={0}, to_apply=%region
+}
+
+ENTRY %e (x: f32[64]) -> f32[] {
+  %x = f32[64]{0} parameter(0)
+  ROOT %fusion.7 = f32[] fusion(%x), kind=kInput, calls=%fused
+}
+"""
+    group = hlo.op_grouper(text)
+    assert hlo.group_of_name("fusion.7") == "elementwise fusions"
+    assert group("fusion.7") == "reduction fusions"
+    assert group("memcpy") == "copies" and group("something-else") == "other"
+    assert hlo.op_grouper(HLO)("cudnn-conv-bw-input.1") == "conv backward input"
+
+
+def test_compile_builds_the_trainers_step_from_shapes():
+    """``gpu_hlo.py compile``'s step is the loop's (``flaxcls.train.builder``) for the flags'
+    config, on the given devices, and lowers without any array being made."""
+    import jax
+    import jax.numpy as jnp
+
+    step, state, metrics, batch = gpu_hlo.abstract_step(
+        "ResNet_tiny", 4, "float16", 32, "fused", jax.devices()[:1])
+    assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == jnp.uint8
+    assert batch["label"].shape == (4,) and set(metrics) >= {"loss", "count", "skipped_steps"}
+    assert state.loss_scale is not None  # float16 trains with a dynamic loss scale
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state))
+    text = step.lower(state, metrics, batch).as_text()
+    assert "f16" in text and len(jax.tree.leaves(state.params)) == 41

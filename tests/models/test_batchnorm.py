@@ -19,7 +19,7 @@ from model_checks import random_variables
 import flaxcls
 from flaxcls.models.batchnorm import batch_norm_train, batchnorm_impl, fused_batchnorm
 
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks" / "analysis"))
 import bn_residuals
 
 # Relative precision of each compute dtype (one ulp is at most EPS * |value|).
@@ -328,7 +328,7 @@ def test_resnet_tiny_train_step_matches(dtype):
 
 
 def test_residual_benchmark_fused_saves_less(capsys):
-    """benchmarks/bn_residuals.py on a tiny model: one JSON line per bn_impl, and the fused
+    """benchmarks/analysis/bn_residuals.py on a tiny model: one JSON line per bn_impl, and the fused
     BatchNorm keeps fewer bytes for the backward (no float32 activation copies)."""
     results = bn_residuals.main(["--model", "ResNet_tiny", "--batch", "4", "--dtype", "bfloat16",
                                  "--image-size", "16", "--num-classes", "10"])

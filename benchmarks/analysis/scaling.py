@@ -3,22 +3,22 @@ gradient all-reduce would cost on 8 GPUs over NVLink and on 2-32 hosts over a ne
 
     # what XLA emits (run with fake devices on a CPU, or on real ones):
     XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \\
-        python benchmarks/scaling.py hlo --model ResNet_tiny --image-size 32
+        python benchmarks/analysis/scaling.py hlo --model ResNet_tiny --image-size 32
     # the estimate, from a measured single-GPU step time (ms) at the per-GPU batch:
-    python benchmarks/scaling.py estimate --model ResNet50 --step-ms STEP_MS
-    python benchmarks/scaling.py estimate --results bench_out/results.jsonl
+    python benchmarks/analysis/scaling.py estimate --model ResNet50 --step-ms STEP_MS
+    python benchmarks/analysis/scaling.py estimate --results bench_out/results.jsonl
 
-The estimate uses the textbook ring all-reduce cost, ``2 (n - 1) / n * bytes / bandwidth +
-2 (n - 1) * latency``, hierarchically across hosts (reduce-scatter over NVLink, all-reduce
-of one eighth across hosts on each GPU's own NIC, all-gather over NVLink). Bandwidths and
-latencies are ASSUMPTIONS given as arguments (defaults: NVLink 4 bus bandwidth 400 GB/s per
-GPU; 400 Gb/s InfiniBand, one NIC per GPU, 45 GB/s; 15 us for a small all-reduce inside a
-node, 5 us per tree level across hosts), not measurements. Efficiency is stated twice: with the all-reduce exposed (after the
-backward pass) and with it overlapped with the backward pass (taken as 2/3 of the step).
-Global-batch BatchNorm adds small latency-bound all-reduces per step; their count comes from
-the compiled HLO (``hlo``) and is charged at the latency term only. With per-device BatchNorm
-(``--bn-stats device``, ``config.bn_stats``) the step has one all-reduce, after the whole
-backward pass, so nothing overlaps it: both columns then give the exposed cost.
+The estimate uses the textbook ring all-reduce cost, ``2 (n - 1) / n * bytes / bandwidth + 2 (n
+- 1) * latency``, hierarchically across hosts (reduce-scatter over NVLink, all-reduce of one
+eighth across hosts on each GPU's own NIC, all-gather over NVLink). Bandwidths and latencies
+are ASSUMPTIONS given as arguments (defaults: NVLink 4 bus bandwidth 400 GB/s per GPU; 400 Gb/s
+InfiniBand, one NIC per GPU, 45 GB/s; 15 us for a small all-reduce inside a node, 5 us per tree
+level across hosts), not measurements. Efficiency is stated twice: with the all-reduce exposed
+(after the backward pass) and with it overlapped with the backward pass (taken as 2/3 of the
+step). Global-batch BatchNorm adds small latency-bound all-reduces per step; their count comes
+from the compiled HLO (``hlo``) and is charged at the latency term only. With per-device
+BatchNorm (``--bn-stats device``, ``config.bn_stats``) the step has one all-reduce, after the
+whole backward pass, so nothing overlaps it: both columns then give the exposed cost.
 """
 
 from __future__ import annotations
@@ -26,90 +26,54 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
+import os
+import sys
 from typing import Any
 
-_ALL_REDUCE = re.compile(r"=\s*(\(.*?\)|\S+)\s+all-reduce(?:-start)?\(")
-_ARRAY = re.compile(r"\b(pred|[fsu]\d+|bf16)\[([\d,]*)\]")
-_BYTES = {"pred": 1, "bf16": 2}
+# This folder (hlo), the benchmarks' (_common); _common adds the repository's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common
+import hlo
 
 
-def _dtype_bytes(name: str) -> int:
-    return _BYTES.get(name, max(int(re.sub(r"\D", "", name) or 8) // 8, 1))
+def abstract_state(model_name: str, image_size: int, per_device_batch: int, **fields: Any):
+    """(trainer, abstract train state) of the loop's chain for ``model_name`` on every visible
+    device, ``per_device_batch`` images on each."""
+    import jax
+
+    c = _common.bench_config(model_name, image_size=image_size,
+                             batch_size=per_device_batch * jax.device_count(), **fields)
+    trainer = _common.build_trainer(c)
+    return trainer, trainer.abstract_state()
 
 
-def collective_summary(hlo_text: str) -> dict[str, Any]:
-    """All-reduce instructions of a compiled HLO module: how many, how many operands, bytes,
-    and the ones that carry rank >= 2 arrays (weight gradients, not BatchNorm statistics)."""
-    ops = []
-    for line in hlo_text.splitlines():
-        m = _ALL_REDUCE.search(line)
-        if not m:
-            continue
-        arrays = [(dt, [int(d) for d in dims.split(",") if d]) for dt, dims in
-                  _ARRAY.findall(m.group(1))]
-        ops.append({
-            "operands": len(arrays),
-            "bytes": sum(_dtype_bytes(dt) * _prod(shape) for dt, shape in arrays),
-            "rank2_elements": sum(_prod(shape) for _, shape in arrays if len(shape) >= 2),
-        })
-    grad_ops = [o for o in ops if o["rank2_elements"]]
-    return {
-        "all_reduce_ops": len(ops),
-        "all_reduce_operands": sum(o["operands"] for o in ops),
-        "all_reduce_bytes": sum(o["bytes"] for o in ops),
-        "ops_with_weight_gradients": len(grad_ops),
-        "weight_gradient_elements": sum(o["rank2_elements"] for o in ops),
-        "largest_op_bytes": max((o["bytes"] for o in ops), default=0),
-    }
+def param_facts(state) -> dict[str, int]:
+    """Parameter arrays and elements (all, and those of rank >= 2: weights) and BatchNorms."""
+    import jax
 
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+    params = [p.shape for p in jax.tree.leaves(state.params)]
+    stats = [s.shape for s in jax.tree.leaves(state.batch_stats)]
+    return {"param_leaves": len(params), "params": sum(map(math.prod, params)),
+            "weight_elements": sum(math.prod(p) for p in params if len(p) >= 2),
+            "batchnorms": len(stats) // 2, "batch_stats_elements": sum(map(math.prod, stats))}
 
 
 def compiled_step_hlo(model_name: str, image_size: int, per_device_batch: int,
                       bn_stats: str = "global") -> tuple[str, dict]:
-    """The train step's compiled HLO text on every visible device, from abstract inputs."""
+    """The train step's compiled HLO text on every visible device, from abstract inputs (10
+    classes, float32)."""
     import jax
-    import numpy as np
 
-    import flaxcls
-    from flaxcls import parallel
-    from flaxcls.config import default_config
-    from flaxcls.train import optim
-    from flaxcls.train.state import create_train_state
-    from flaxcls.train.step import TRAIN_METRICS, make_train_step
-
-    cfg = flaxcls.get_model_cfg(model_name)
-    size = image_size or cfg.input_size
-    batch = per_device_batch * jax.device_count()
-    c = default_config()
-    c.model, c.num_classes, c.batch_size, c.bn_stats = cfg.name, 10, batch, bn_stats
-    mesh = parallel.make_mesh()
-    model = flaxcls.create_model(cfg.name, num_classes=10)
-    tx = optim.make_optimizer(c, 0.1)
-    rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    state = jax.eval_shape(lambda: create_train_state(model, tx, image_size=size, seed=0,
-                                                      mesh=mesh))
-    state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), state)
-    metrics = {k: jax.ShapeDtypeStruct((), np.float32, sharding=rep) for k in TRAIN_METRICS}
-    images = jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8, sharding=data)
-    labels = jax.ShapeDtypeStruct((batch,), np.int32, sharding=data)
-    step = make_train_step(model, tx, c, mesh)
-    text = step.lower(state, metrics, {"image": images, "label": labels}).compile().as_text()
-    params = jax.tree.leaves(state.params)
+    trainer, state = abstract_state(model_name, image_size, per_device_batch, num_classes=10,
+                                    bn_stats=bn_stats)
+    batch = trainer.specs.run.batch_size
+    metrics, inputs = trainer.abstract_inputs(batch)
+    text = trainer.train_step.lower(state, metrics, inputs).compile().as_text()
     facts = {
-        "model": cfg.name, "devices": jax.device_count(), "platform": jax.default_backend(),
-        "image_size": size, "batch": batch, "bn_stats": bn_stats, "param_leaves": len(params),
-        "params": sum(_prod(p.shape) for p in params),
-        "weight_elements": sum(_prod(p.shape) for p in params if len(p.shape) >= 2),
-        "batchnorms": len(jax.tree.leaves(state.batch_stats)) // 2,
-        "batch_stats_elements": sum(_prod(s.shape) for s in jax.tree.leaves(state.batch_stats)),
-        "jax": jax.__version__,
+        "model": trainer.specs.model.name, "devices": jax.device_count(),
+        "platform": jax.default_backend(), "image_size": trainer.image_size, "batch": batch,
+        "bn_stats": bn_stats, **param_facts(state), "jax": jax.__version__,
     }
     return text, facts
 
@@ -154,9 +118,7 @@ def estimate(grad_bytes: float, step_s: float, small_allreduces: int, *, gpus_pe
 def _step_from_results(path: str, model: str) -> tuple[float, int]:
     """The fastest measured jax train step of ``model`` in a results.jsonl: (seconds, batch)."""
     best = None
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.startswith("{")]
-    for r in rows:
+    for r in _common.read_jsonl(path):
         if (r.get("benchmark") == "train_step" and r.get("framework", "jax") == "jax"
                 and r.get("model") == model and "step_ms" in r and r.get("devices", 1) == 1
                 and (best is None or r["images_per_sec"] > best["images_per_sec"])):
@@ -200,23 +162,16 @@ def main(argv=None) -> None:
     if args.cmd == "hlo":
         text, facts = compiled_step_hlo(args.model, args.image_size, args.per_device_batch,
                                         args.bn_stats)
-        print(json.dumps({**facts, **collective_summary(text)}), flush=True)
+        print(json.dumps({**facts, **hlo.collective_summary(text)}), flush=True)
         return
 
-    import jax
-    import jax.numpy as jnp
-
-    import flaxcls
-
-    model = flaxcls.create_model(args.model, num_classes=1000)
-    size = flaxcls.get_model_cfg(args.model).input_size
-    shapes = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
-    params = sum(_prod(x.shape) for x in jax.tree.leaves(shapes["params"]))
-    bns = len(jax.tree.leaves(shapes.get("batch_stats", {}))) // 2
+    trainer, state = abstract_state(args.model, 0, 1)
+    model = trainer.specs.model.name
+    facts = param_facts(state)
+    params, bns = facts["params"], facts["batchnorms"]
     step_s, batch = args.step_ms / 1e3, args.batch
     if args.results:
-        step_s, batch = _step_from_results(args.results, flaxcls.get_model_cfg(args.model).name)
+        step_s, batch = _step_from_results(args.results, model)
     if step_s <= 0:
         p.error("estimate needs --step-ms (the measured step time) or --results")
     small = 2 * bns if args.batchnorm_allreduces < 0 else args.batchnorm_allreduces
