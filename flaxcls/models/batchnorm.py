@@ -100,7 +100,7 @@ def _batch_norm_bwd(act, epsilon, dtype, stats_dtype, residuals, cotangents):
     With ``act`` the activation's mask is recomputed from ``x`` (and the residual) instead of being
     kept, and nothing of the size of ``x`` is written but dx (and, with a residual, the
     residual's gradient). Two details keep XLA from writing more (checked on the optimized
-    XLA:GPU program, ``benchmarks/gpu_hlo.py``): the two sums are the real and imaginary part of
+    XLA:GPU program, ``benchmarks/analysis/gpu_hlo.py``): the two sums are the real and imaginary part of
     one complex sum, so they are one reduce and the masked gradient feeding it is not written
     out for a second one; and the dx pass states the same mask as ``select(pre <= 0, 0, dy)``
     rather than ``select(pre > 0, dy, 0)``, so XLA does not share one mask tensor between the
