@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from flaxcls.data.sources import (
     EVAL,
+    RECORDS_FORMAT,
+    RECORDS_INDEX,
     SPLIT_ALIASES,
     TRAIN,
     DataError,
@@ -31,8 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RECORDS_INDEX = "records.json"  # written last by `python -m flaxcls.data.rewrite`
-RECORDS_FORMAT = "flaxcls-records-v1"
 _RECORD_FEATURES = {"image": "string", "label": "int64", "index": "int64"}
 
 

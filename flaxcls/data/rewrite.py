@@ -41,8 +41,7 @@ from flaxcls.data.file_source import (
     parse_list_file,
     scan_class_folders,
 )
-from flaxcls.data.record_source import RECORDS_FORMAT, RECORDS_INDEX
-from flaxcls.data.sources import DataError, raise_problems
+from flaxcls.data.sources import RECORDS_FORMAT, RECORDS_INDEX, DataError, raise_problems
 
 log = logging.getLogger(__name__)
 

@@ -150,6 +150,9 @@ class Source(abc.ABC):
                 f"classes={self.num_classes})")
 
 
+RECORDS_INDEX = "records.json"  # written last by `python -m flaxcls.data.rewrite`
+RECORDS_FORMAT = "flaxcls-records-v1"
+
 # data_source -> the module and class of that kind, imported when used
 _KINDS = {
     "list": ("flaxcls.data.file_source", "ListSource"),
@@ -184,8 +187,6 @@ def dataset_info(spec: DataSpec) -> DatasetInfo:
 
 
 def _detect(spec: DataSpec) -> str:
-    from flaxcls.data.record_source import RECORDS_INDEX
-
     data_dir = spec.data_dir
     train_list = os.path.join(data_dir, spec.train_list)
     train_root = os.path.join(data_dir, spec.train_split)
