@@ -75,8 +75,9 @@ class Source(abc.ABC):
     be pure functions of their arguments: the train stream is resumed by rebuilding it.
 
     Subclasses implement `train_keys`, `eval_keys` and `describe`; `explain`, `read_error` and
-    `input_warnings` are optional; a kind `open_source` knows also has `from_spec(DataSpec)`. `flaxcls.data.keys` has the shared orders (a seeded
-    permutation per epoch over random-access keys, padded eval batches).
+    `input_warnings` are optional; a kind `open_source` knows also has `from_spec(DataSpec)`.
+    `flaxcls.data.keys` has the shared orders (a seeded permutation per epoch over random-access
+    keys, padded eval batches).
     """
 
     kind: ClassVar[str] = ""  # what data_source would name it
