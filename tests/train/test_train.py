@@ -170,6 +170,34 @@ def test_divergence_stops_before_non_finite_weights_are_saved(tmp_path, digits_d
     assert not (work / "eval_results.json").exists()
 
 
+@pytest.mark.subprocess
+def test_divergence_exits_3_with_one_error_line(tmp_path, digits_dir):
+    """launch.py on a run that diverges (lr 1e9 from the first step): exit code 3 and one ERROR
+    line naming the step and the way back, no traceback; the checkpoints it kept are finite."""
+    work = tmp_path / "run"
+    proc = run_launch([
+        "--config=configs/digits.py", f"--workdir={work}", f"--config.data_dir={digits_dir}",
+        "--config.builtin_dataset=", "--config.compilation_cache=False",
+        f"--config.val_list={NO_EVAL}", "--config.batch_size=128", "--config.crop_size=16",
+        "--config.resize_short_size=16", "--config.lr_strategy=constant", "--config.lr=1e9",
+        "--config.lr_base_batch_size=0", "--config.warm_up_epochs=0",
+        "--config.num_train_steps=10", "--config.log_every_steps=1",
+        "--config.checkpoint_every_steps=1"], check=False, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 3, out[-3000:]
+    errors = [line for line in out.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "training diverged: " in errors[0], out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    steps = sorted(int(p.name) for p in (work / "checkpoints").iterdir())
+    assert steps and steps[-1] < 10, steps
+    assert f"the newest checkpoint, step {steps[-1]}, was saved before that" in errors[0]
+    assert (f"after step {steps[-1] + 1} " in errors[0]
+            or f"loss of step {steps[-1] + 1} " in errors[0]), errors[0]
+    for k, v in checkpoint_params(work).items():
+        assert np.isfinite(v).all(), k
+    assert not (work / "eval_results.json").exists()
+
+
 def test_float16_that_overflows_every_step_says_so(tmp_path, digits_dir, caplog):
     import logging
 
