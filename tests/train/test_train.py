@@ -170,6 +170,56 @@ def test_divergence_stops_before_non_finite_weights_are_saved(tmp_path, digits_d
     assert not (work / "eval_results.json").exists()
 
 
+def _checkpoint_meta(path) -> dict:
+    """The metadata saved with a checkpoint (a workdir's newest, or checkpoints/<step>)."""
+    import jax
+    import jax.numpy as jnp
+
+    from flaxcls import parallel
+    from flaxcls.checkpoint import restore_from
+
+    rep = parallel.replicated(parallel.make_mesh())
+    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
+    return restore_from(path, {"step": step}, partial=True)[1]
+
+
+def test_corrupt_images_are_counted_in_logs_metrics_and_checkpoints(tmp_path, digits_dir,
+                                                                     caplog):
+    """1,024 train images, 8 of them corrupt JPEGs, batch 128: each epoch (8 steps) reads every
+    image once, so 8 are skipped an epoch. The count is on the log line, in metrics.jsonl and
+    in each checkpoint's metadata, and a resumed run carries it on."""
+    import logging
+
+    from flaxcls.train.loop import train_and_evaluate
+
+    data = tmp_path / "data"
+    (data / "bad").mkdir(parents=True)
+    good = (digits_dir / "train_list.txt").read_text().splitlines()[:1016]
+    lines = [f"{digits_dir / path} {label}" for path, label in map(str.split, good)]
+    first = (digits_dir / good[0].split()[0]).read_bytes()
+    for i in range(8):
+        bad = data / "bad" / f"{i}.jpg"
+        bad.write_bytes(first[: len(first) // 3] if i % 2 else b"not a jpeg" * 20)
+        lines.insert(127 * i, f"{bad} {i}")
+    (data / "train_list.txt").write_text("\n".join(lines) + "\n")
+    assert len(lines) == 1024
+
+    kw = {"batch_size": 128, "crop_size": 16, "resize_short_size": 16, "eval_every_epochs": 100,
+          "log_every_steps": 4, "checkpoint_every_steps": 4, "val_list": NO_EVAL}
+    work = tmp_path / "run"
+    caplog.set_level(logging.INFO)
+    train_and_evaluate(_config(data, num_train_steps=8, **kw), str(work))
+    assert "skipped images 8" in caplog.text
+    assert _checkpoint_meta(work / "checkpoints" / "8")["skipped_images"] == 8
+    caplog.clear()
+    train_and_evaluate(_config(data, num_train_steps=16, **kw), str(work))  # resumes at 8
+    assert "resumed from" in caplog.text and "skipped images 16" in caplog.text
+    assert _checkpoint_meta(work / "checkpoints" / "16")["skipped_images"] == 16
+    train = [r for r in map(json.loads, (work / "metrics.jsonl").read_text().splitlines())
+             if r["split"] == "train"]
+    assert [(r["step"], r["skipped_images"]) for r in train][1::2] == [(8, 8), (16, 16)], train
+
+
 @pytest.mark.subprocess
 def test_divergence_exits_3_with_one_error_line(tmp_path, digits_dir):
     """launch.py on a run that diverges (lr 1e9 from the first step): exit code 3 and one ERROR
