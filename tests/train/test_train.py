@@ -115,6 +115,40 @@ def test_config_mistakes_get_one_line_not_a_traceback(tmp_path, args, says):
     assert says in out and "Traceback" not in out, out[-3000:]
 
 
+def test_config_checkpoint_starts_a_fresh_workdir_once(tmp_path, digits_dir, caplog):
+    """config.checkpoint=<another run's checkpoints/2>: a fresh workdir resumes from that step
+    (and reaches the other run's step-4 weights exactly); once it has checkpoints of its own, a
+    re-run resumes from those and warns that config.checkpoint is not used."""
+    import logging
+
+    from flaxcls.train.loop import train_and_evaluate
+
+    kw = {"batch_size": 128, "crop_size": 16, "resize_short_size": 16, "eval_every_epochs": 100,
+          "log_every_steps": 2, "checkpoint_every_steps": 2, "val_list": NO_EVAL}
+    first, fresh = tmp_path / "first", tmp_path / "fresh"
+    train_and_evaluate(_config(digits_dir, num_train_steps=4, **kw), str(first))
+    start = first / "checkpoints" / "2"
+    caplog.set_level(logging.INFO)
+    train_and_evaluate(_config(digits_dir, num_train_steps=4, checkpoint=str(start), **kw),
+                       str(fresh))
+    assert f"resumed from config.checkpoint={start} at step 2" in caplog.text
+    assert sorted(p.name for p in (fresh / "checkpoints").iterdir()) == ["4"]
+    a, b = checkpoint_params(first), checkpoint_params(fresh)
+    assert a.keys() == b.keys() and len(a) > 10
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+    caplog.clear()
+    train_and_evaluate(_config(digits_dir, num_train_steps=6, checkpoint=str(start), **kw),
+                       str(fresh))
+    assert (f"config.checkpoint={start} is not used: this workdir has checkpoints of its own "
+            "(newest: step 4)") in caplog.text
+    assert f"resumed from {fresh / 'checkpoints'} at step 4" in caplog.text
+    assert "resumed from config.checkpoint" not in caplog.text
+    assert sorted(int(p.name) for p in (fresh / "checkpoints").iterdir()) == [4, 6]
+    assert sorted(int(p.name) for p in (first / "checkpoints").iterdir()) == [2, 4]  # untouched
+
+
 # Orbax's restore that failed leaves an asyncio callback for a closed loop; not ours to fix.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_unreadable_newest_checkpoint_names_it_and_the_way_back(tmp_path, digits_dir, caplog):
