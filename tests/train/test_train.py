@@ -332,6 +332,34 @@ def test_input_bound_run_says_so(tmp_path, digits_dir, monkeypatch, caplog):
 
 
 @pytest.mark.subprocess
+def test_compilation_cache_through_launch(tmp_path, digits_dir):
+    """launch.py --compilation_cache_dir=DIR with config.compilation_cache: the first run writes
+    its train step's executable to DIR, the second loads it from there (jax's own log lines,
+    at DEBUG for jax._src.compiler) and writes no new one."""
+    import re
+
+    cache = tmp_path / "cache"
+    args = ["--config=configs/digits.py", f"--config.data_dir={digits_dir}",
+            "--config.builtin_dataset=", "--config.compilation_cache=True",
+            f"--compilation_cache_dir={cache}", f"--config.val_list={NO_EVAL}",
+            "--config.batch_size=128", "--config.crop_size=16", "--config.resize_short_size=16",
+            "--config.num_train_steps=1"]
+    runs = []
+    for name in ("cold", "warm"):
+        proc = run_launch([*args, f"--workdir={tmp_path / name}"],
+                          JAX_DEBUG_LOG_MODULES="jax._src.compiler")
+        runs.append((proc.stdout + proc.stderr, sorted(p.name for p in cache.iterdir())))
+    (cold, cold_entries), (warm, warm_entries) = runs
+    misses = re.findall(r"PERSISTENT COMPILATION CACHE MISS for 'jit_step' with key '([^']+)'",
+                        cold)
+    assert misses and misses[0] + "-cache" in cold_entries, (misses, cold_entries)
+    assert f"Persistent compilation cache hit for 'jit_step' with key '{misses[0]}'" in warm
+    assert f"CACHE MISS for 'jit_step' with key '{misses[0]}'" not in warm
+    assert [e for e in warm_entries if e.startswith("jit_step")] == \
+        [e for e in cold_entries if e.startswith("jit_step")]
+
+
+@pytest.mark.subprocess
 def test_bad_config_value_names_the_field(tmp_path):
     proc = run_launch(["--config=configs/digits.py", f"--workdir={tmp_path}",
                        "--config.lr_strategy=sawtooth"], check=False, timeout=120)
