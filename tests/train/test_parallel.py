@@ -35,8 +35,10 @@ def test_sharded_step_matches_single_device(tmp_path, bn_impl):
         np.testing.assert_allclose(one[k], eight[k], rtol=2e-4, atol=2e-5, err_msg=k)
 
 
-# The fused variant (about a minute of CPU) is in the slow set: the fused BatchNorm under
-# shard_map is covered by tests/test_batchnorm.py and the 8-device global-BN check.
+# The fused variant (about a minute of CPU) is in the slow set, which CI runs after the fast
+# one (.ci/run); in the fast set the fused BatchNorm under shard_map on 8 devices is covered by
+# tests/models/test_batchnorm.py::test_inside_shard_map_per_device_statistics and the
+# 8-device global-BN check above.
 @pytest.mark.subprocess
 @pytest.mark.parametrize("bn_impl", ["flax", pytest.param("fused", marks=pytest.mark.slow)])
 def test_per_device_batchnorm_equals_per_slice_gradients_averaged(tmp_path, bn_impl):

@@ -331,7 +331,9 @@ def test_input_bound_run_says_so(tmp_path, digits_dir, monkeypatch, caplog):
     assert caplog.text.count("input-bound") == 1  # said once, not at every log line
 
 
+# Two launch.py processes (about a minute on 2 loaded cores): in the slow set, which CI runs too.
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_compilation_cache_through_launch(tmp_path, digits_dir):
     """launch.py --compilation_cache_dir=DIR with config.compilation_cache: the first run writes
     its train step's executable to DIR, the second loads it from there (jax's own log lines,
