@@ -3,11 +3,16 @@
 Tests live by area (models/, data/, train/, convert/, serve/, benchmarks/). A test that starts
 a python process carries ``@pytest.mark.subprocess``; the fixture below fails any other test
 that tries, so ``pytest -m "not slow and not subprocess"`` is the fast in-process subset.
+
+A test that needs N devices carries ``@pytest.mark.devices(N)`` (and ``subprocess``): where the
+process has another device count (in-process tests see one CPU device; XLA_FLAGS fakes more only
+for a new process), the test runs itself in a child pytest with N fake CPU devices.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +41,44 @@ def _subprocesses_only_when_marked(request, monkeypatch):
         real_init(self, args, *a, **kw)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
+DEVICES_ENV = "FLAXCLS_TEST_DEVICES"  # set in the child pytest that runs a devices(N) test
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """``@pytest.mark.devices(N)``: run the test where ``jax.device_count() == N``. In a process
+    with another count it is run again, alone, in a child pytest with N fake CPU devices, and
+    passes, fails or skips as the child does."""
+    marker = pyfuncitem.get_closest_marker("devices")
+    if marker is None:
+        return None
+    (wanted,) = marker.args
+    if pyfuncitem.get_closest_marker("subprocess") is None:
+        raise AssertionError(f"{pyfuncitem.nodeid}: a devices({wanted}) test may start a "
+                             "python process: mark it @pytest.mark.subprocess too")
+    import jax
+
+    if os.environ.get(DEVICES_ENV) == str(wanted):  # the child: the flag must have worked
+        assert jax.device_count() == wanted, (
+            f"{pyfuncitem.nodeid} needs {wanted} devices, got {jax.device_count()}")
+        return None
+    if jax.device_count() == wanted:
+        return None
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "-rs", pyfuncitem.nodeid],
+        cwd=pyfuncitem.config.rootpath, env=subprocess_env(wanted, **{DEVICES_ENV: str(wanted)}),
+        capture_output=True, text=True, timeout=900, check=False)
+    out = proc.stdout + proc.stderr
+    tail = out[-6000:]
+    if proc.returncode == 0 and re.search(r"^1 passed\b", out, re.MULTILINE):
+        return True
+    if proc.returncode == 0 and re.search(r"^1 skipped\b", out, re.MULTILINE):
+        pytest.skip(f"skipped on {wanted} devices:\n{tail}")
+    pytest.fail(f"{pyfuncitem.nodeid} on {wanted} fake devices (child pytest exited "
+                f"{proc.returncode}):\n{tail}", pytrace=False)
 
 
 def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ unreadable example never shifts another batch.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -48,6 +49,10 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         self._empty_run = 0
         self.num_skipped = 0
         self.skipped: list[str] = []
+        self._yielded = 0  # batches handed out
+        # (batches handed out, num_skipped then), for skipped_in_first; read from another thread
+        self._marks: collections.deque[tuple[int, int]] = collections.deque()
+        self._through = 0
 
     def __iter__(self) -> BatchIterator:
         return self
@@ -69,10 +74,21 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
                         f"check the files and the transform settings")
                 continue
             self._empty_run = 0
+            self._yielded += 1
+            self._marks.append((self._yielded, self.num_skipped))
             out = {"image": b["image"], "label": b["label"]}
             if not self._train:
                 out["mask"] = b["mask"]
             return out
+
+    def skipped_in_first(self, batches: int) -> int:
+        """Examples skipped while the first ``batches`` batches were built: what a consumer
+        that has used that many batches has missed, however far ahead of it the reading
+        runs (``num_skipped`` counts the batches read ahead too). Asked with non-decreasing
+        ``batches``."""
+        while self._marks and self._marks[0][0] <= batches:
+            self._through = self._marks.popleft()[1]
+        return self._through
 
     def _record(self, expected: np.ndarray, valid: np.ndarray, missing: int) -> None:
         self.num_skipped += missing

@@ -69,14 +69,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         writer)
     check_weights = WeightCheck(trainer.schedule, ckpt.latest_step)
 
-    def skipped() -> int:
-        return skipped_before + int(getattr(host_iter, "num_skipped", 0))
+    def skipped(step: int) -> int:
+        """Images skipped so far in the batches of the steps trained (the prefetch reads
+        ahead; the images it skipped there count once their steps run)."""
+        count = getattr(host_iter, "skipped_in_first", None)
+        return skipped_before + (int(count(step - start_step)) if count else 0)
 
     def save(step: int, state: TrainState, force: bool = False) -> None:
         check_weights(step, state.variables())
         meta = {"step": int(step), "epoch": int(step // steps_per_epoch),
                 "step_in_epoch": int(step % steps_per_epoch), "model": specs.model.name,
-                "num_classes": specs.model.num_classes, "skipped_images": int(skipped()),
+                "num_classes": specs.model.num_classes, "skipped_images": skipped(step),
                 "flaxcls_version": flaxcls.__version__, "config": config_json}
         ckpt.save(step, state, meta, force=force)
 
@@ -97,7 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if at_log:
                 m = fetch_metrics(metrics)  # the only host sync in the loop
                 metrics = trainer.zeros_metrics()
-                progress.report(step, m, state.loss_scale, skipped(), ckpt.latest_step)
+                progress.report(step, m, state.loss_scale, skipped(step), ckpt.latest_step)
             if step % specs.run.checkpoint_every_steps == 0 or step == total_steps:
                 save(step, state)
             if step % steps_per_epoch == 0:

@@ -247,12 +247,16 @@ def test_context_variants_and_errors():
         batchnorm_impl("cudnn")
 
 
+@pytest.mark.subprocess
+@pytest.mark.devices(8)
 def test_inside_shard_map_per_device_statistics():
     """Under shard_map (per-device statistics, as bn_stats="device" runs the step) the
-    replicated scale and bias get the same summed gradients as with Flax's BatchNorm."""
+    replicated scale and bias get the same summed gradients as with Flax's BatchNorm. On 8
+    fake devices (conftest: a child pytest), 2 examples per device."""
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
+    assert len(jax.devices()) == 8
     mesh = Mesh(np.array(jax.devices()), ("data",))
     module = _bn(jnp.bfloat16)
     x, variables, weights = _random_bn_inputs((2 * len(jax.devices()), 3, 3, 8), "bfloat16")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,6 +235,42 @@ def test_export_reloads_in_a_fresh_process_without_model_code(tmp_path, ckpt_dir
     np.testing.assert_allclose(three, live, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(one[0], live[0], rtol=1e-5, atol=1e-6)
     assert np.ptp(live[:, 0]) > 1e-4  # the images are told apart: a real comparison
+
+
+def test_export_is_lowered_for_cuda_and_takes_float32_when_asked(tmp_path, ckpt_dir, exported):
+    """Made on a machine without a GPU, the artifact is lowered for CPU and CUDA (model.json and
+    the serialized function say so). ``export_input="float32"`` takes images already normalised
+    with model.json's mean/std and gives the uint8 artifact's probabilities."""
+    import jax
+
+    from flaxcls.config import default_config
+    from flaxcls.export import MODEL_FILE, export_model, load_exported
+
+    c = default_config()
+    c.model, c.num_classes, c.pretrained_model = "ResNet_tiny", NUM_CLASSES, str(ckpt_dir)
+    c.export_input = "float32"
+    f32_dir = export_model(c, str(tmp_path))
+    assert jax.default_backend() == "cpu"
+    for directory in (exported[1], f32_dir):
+        meta = json.loads(Path(directory, "model.json").read_text())
+        with open(f"{directory}/{MODEL_FILE}", "rb") as f:
+            serialized = jax.export.deserialize(bytearray(f.read()))
+        assert sorted(meta["platforms"]) == sorted(serialized.platforms) == ["cpu", "cuda"]
+
+    predict_u8, meta_u8 = load_exported(str(exported[1]))
+    predict_f32, meta_f32 = load_exported(f32_dir)
+    assert (meta_u8["input_dtype"], meta_u8["input_normalised"]) == ("uint8", False)
+    assert (meta_f32["input_dtype"], meta_f32["input_normalised"]) == ("float32", True)
+    prep = meta_f32["preprocessing"]
+    assert prep == meta_u8["preprocessing"]
+    images = np.random.default_rng(6).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    normalised = ((images / 255.0 - np.asarray(prep["mean"])) / np.asarray(prep["std"]))
+    want = predict_u8(images)
+    np.testing.assert_allclose(predict_f32(normalised.astype(np.float32)), want, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(want, _live_probs(ckpt_dir, images), rtol=1e-5, atol=1e-6)
+    # the float32 artifact does not normalise again: raw pixel values give other answers
+    assert not np.allclose(predict_f32(images.astype(np.float32)), want, atol=1e-3)
 
 
 def test_export_saved_model_for_tf_serving(ckpt_dir, exported):

@@ -81,6 +81,8 @@ def assert_same(a: Any, b: Any) -> None:
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.subprocess
+@pytest.mark.devices(8)
 def test_roundtrip_onto_given_shardings(tmp_path):
     state = make_state()
     config = ml_collections.ConfigDict({"model": "ResNet50", "lr": 0.1})
@@ -92,17 +94,19 @@ def test_roundtrip_onto_given_shardings(tmp_path):
         ckpt.wait()
         assert ckpt.latest_step() == 7
 
-        # Restore with the fc kernel split over the data axis (8 rows: any device count up to 8
-        # that divides 8; the other leaves replicated).
-        n = len(jax.devices())
-        split = NamedSharding(mesh(), PartitionSpec("data")) if 8 % n == 0 else None
-        target = abstract(state, {(8, 5): split} if split else None)
+        # Restore with the fc kernel split over the data axis of 8 fake devices (conftest: a
+        # child pytest), one row each; the other leaves replicated.
+        assert len(jax.devices()) == 8
+        split = NamedSharding(mesh(), PartitionSpec("data"))
+        target = abstract(state, {(8, 5): split})
         restored, got_meta = ckpt.restore(None, target)
 
     assert isinstance(restored, State)
     assert_same(restored, state)
     for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(target), strict=True):
         assert got.sharding == want.sharding
+    fc = restored.params["fc"]["kernel"]
+    assert [s.data.shape for s in fc.addressable_shards] == [(1, 5)] * 8
     assert restored.loss_scale.growth_interval == 2000
     key = jax.random.wrap_key_data(restored.rng)  # the PRNG key survives
     np.testing.assert_array_equal(jax.random.key_data(jax.random.split(key)[0]),
@@ -198,7 +202,9 @@ def test_another_architecture_gives_one_clear_error(tmp_path):
 # The child saves step 1, then starts saving a 200 MB step 2 and is SIGKILLed by the test while
 # step 2 is in its tmp directory. Orbax's final rename (its "commit") is replaced by a hook that
 # marks the point and waits forever, so the kill always lands before step 2 could be renamed into
-# place: without it a fast disk could finish the save before the signal arrives.
+# place: without it a fast disk could finish the save before the signal arrives. To kill with
+# the arrays partly written, the test stops the child (SIGSTOP) once some of step 2 is on disk,
+# checks what is there, and kills it stopped: the kill lands on exactly what it checked.
 CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
@@ -218,12 +224,14 @@ CHILD = textwrap.dedent("""
         time.sleep(3600)
 
     atomicity.on_commit_callback = commit_never
-    # Random, so that it does not compress: 200 MB really go to disk.
-    big = {"w": jax.random.uniform(jax.random.key(0), (4, 12_500_000)),
+    # Random bits, so that it does not compress: 200 MB really go to disk. (Uniform floats
+    # would: their exponents repeat.)
+    big = {"w": jax.random.bits(jax.random.key(0), (4, 12_500_000), jnp.uint32),
            "step": jnp.asarray(2, jnp.int32)}
     ckpt.save(2, big, {"epoch": 2})
     """)
 PARTLY_WRITTEN = 16 << 20  # bytes of step 2 on disk before the kill
+ARRAY_BYTES = 4 * 12_500_000 * 4  # step 2's array: all of it is on disk once written
 
 
 def _bytes_under(path: Path) -> int:
@@ -249,11 +257,14 @@ def test_killed_while_saving_keeps_the_previous_checkpoint(tmp_path, kill_at):
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ckpt_dir, all_written = tmp_path / "checkpoints", tmp_path / "all_written"
 
-    def time_to_kill() -> bool:
-        if kill_at == "all_written_not_renamed" or all_written.exists():
-            return all_written.exists()
+    def step2_bytes() -> int:
         tmp = list(ckpt_dir.glob("2.orbax-checkpoint-tmp*"))
-        return bool(tmp) and _bytes_under(tmp[0]) >= PARTLY_WRITTEN
+        return _bytes_under(tmp[0]) if tmp else 0
+
+    def time_to_kill() -> bool:
+        if kill_at == "all_written_not_renamed":
+            return all_written.exists()
+        return all_written.exists() or step2_bytes() >= PARTLY_WRITTEN
 
     deadline = time.time() + 60
     try:
@@ -261,7 +272,11 @@ def test_killed_while_saving_keeps_the_previous_checkpoint(tmp_path, kill_at):
             if child.poll() is not None or time.time() > deadline:
                 out = child.stdout.read().decode()[-3000:] if child.stdout else ""
                 pytest.fail(f"child never got to {kill_at} (rc={child.returncode}):\n{out}")
-            time.sleep(0.01)
+            time.sleep(0.002)
+        os.kill(child.pid, signal.SIGSTOP)
+        _, status = os.waitpid(child.pid, os.WUNTRACED)  # returns once it is stopped
+        assert os.WIFSTOPPED(status)
+        at_kill, finished = step2_bytes(), all_written.exists()
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.kill()
@@ -269,6 +284,11 @@ def test_killed_while_saving_keeps_the_previous_checkpoint(tmp_path, kill_at):
     assert child.returncode == -signal.SIGKILL
     tmp_dirs = list(ckpt_dir.glob("2.orbax-checkpoint-tmp*"))
     assert tmp_dirs and not (ckpt_dir / "2").exists()  # killed mid-save, step 2 unfinished
+    assert step2_bytes() == at_kill  # nothing was written after the check
+    if kill_at == "arrays_partly_written":  # the kill landed inside the array writes
+        assert not finished and PARTLY_WRITTEN <= at_kill < ARRAY_BYTES, (finished, at_kill)
+    else:  # every byte written, only the rename missing
+        assert finished and at_kill >= ARRAY_BYTES, at_kill
 
     small = {"w": jnp.arange(1000, dtype=jnp.float32), "step": jnp.asarray(1, jnp.int32)}
     target = abstract(small)

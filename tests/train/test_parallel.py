@@ -35,8 +35,10 @@ def test_sharded_step_matches_single_device(tmp_path, bn_impl):
         np.testing.assert_allclose(one[k], eight[k], rtol=2e-4, atol=2e-5, err_msg=k)
 
 
-# The fused variant (about a minute of CPU) is in the slow set: the fused BatchNorm under
-# shard_map is covered by tests/test_batchnorm.py and the 8-device global-BN check.
+# The fused variant (about a minute of CPU) is in the slow set, which CI runs after the fast
+# one (.ci/run); in the fast set the fused BatchNorm under shard_map on 8 devices is covered by
+# tests/models/test_batchnorm.py::test_inside_shard_map_per_device_statistics and the
+# 8-device global-BN check above.
 @pytest.mark.subprocess
 @pytest.mark.parametrize("bn_impl", ["flax", pytest.param("fused", marks=pytest.mark.slow)])
 def test_per_device_batchnorm_equals_per_slice_gradients_averaged(tmp_path, bn_impl):
@@ -133,3 +135,77 @@ def test_two_processes_train_like_one(tmp_path, digits_dir):
     num_val = len((digits_dir / "val_list.txt").read_text().split())  // 2
     assert ra["num_examples"] == rb["num_examples"] == num_val
     assert abs(ra["top1"] - rb["top1"]) < 1e-6
+
+
+
+def _palindrome_batch(rng, devices: int, per_device: int, size: int, *,
+                      within_shares: bool) -> dict[str, np.ndarray]:
+    """A global batch that reads the same backwards within each device's share ([a, b, b, a]
+    on every device) or as a whole (share i mirrors share devices-1-i, each share distinct)."""
+    half = devices * per_device // 2
+    out = {"image": rng.randint(0, 256, (half, size, size, 3)).astype(np.uint8),
+           "label": rng.randint(0, 10, (half,)).astype(np.int32)}
+    for k, x in out.items():
+        if within_shares:
+            shares = x.reshape(devices, per_device // 2, *x.shape[1:])
+            out[k] = np.concatenate([shares, shares[:, ::-1]], 1).reshape(2 * half, *x.shape[1:])
+        else:
+            out[k] = np.concatenate([x, x[::-1]])
+    return out
+
+
+@pytest.mark.subprocess
+@pytest.mark.devices(8)
+def test_mixup_pairs_examples_within_each_devices_share():
+    """bn_stats="device": mixup pairs each example with its partner in the reversed share of
+    its own device (README, "Several GPUs"). A batch whose every share of 4 reads [a, b, b, a]
+    is left as it is by that pairing, whatever lam: the step equals the step without mixup. A
+    batch that reads the same backwards only as a whole (what mixup over the global batch would
+    leave alone) is mixed: the step differs."""
+    import jax
+
+    import flaxcls
+    from flaxcls.config import default_config
+    from flaxcls.preprocessing import resolve_preprocessing
+    from flaxcls.specs import Specs
+    from flaxcls.train import builder
+    from flaxcls.train.step import fetch_metrics
+
+    assert jax.device_count() == 8
+    mesh = parallel.make_mesh()
+    size, batch = 16, 32
+
+    def trainer(use_mixup: bool) -> builder.Trainer:
+        c = default_config()
+        c.model, c.num_classes, c.crop_size, c.resize_short_size = "ResNet_tiny", 10, size, size
+        c.batch_size, c.lr, c.bn_stats = batch, 0.1, "device"
+        c.use_mixup, c.mixup_alpha, c.use_label_smoothing = use_mixup, 1.0, True
+        resolve_preprocessing(c)
+        small = flaxcls.create_model("ResNet_tiny", num_classes=10, stage_sizes=(1, 1),
+                                     widths=(8, 16))  # BatchNorm in every block; quick to compile
+        return builder.build(Specs.from_config(c), mesh, steps_per_epoch=10, model=small)
+
+    def one_step(t: builder.Trainer, host_batch) -> tuple[float, dict[str, np.ndarray]]:
+        state, metrics = t.train_step(t.init_state(), t.zeros_metrics(),
+                                      parallel.host_to_global(host_batch, mesh))
+        return fetch_metrics(metrics)["loss"], {
+            jax.tree_util.keystr(p): np.asarray(v)
+            for p, v in jax.tree_util.tree_leaves_with_path(state.params)}
+
+    def worst(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+        """The largest parameter difference, relative to that tensor's largest value."""
+        return max(float(np.abs(a[k] - b[k]).max() / np.abs(b[k]).max()) for k in a)
+
+    mixup, plain = trainer(True), trainer(False)
+    rng = np.random.RandomState(0)
+    for within_shares in (True, False):
+        b = _palindrome_batch(rng, 8, batch // 8, size, within_shares=within_shares)
+        (loss_m, params_m), (loss_p, params_p) = one_step(mixup, b), one_step(plain, b)
+        print(f"within_shares={within_shares}: loss {loss_m} vs {loss_p}, "
+              f"params {worst(params_m, params_p):.3g}")
+        if within_shares:
+            assert loss_m == pytest.approx(loss_p, rel=1e-6)
+            assert worst(params_m, params_p) < 1e-5
+        else:
+            assert abs(loss_m - loss_p) > 1e-3 * loss_p
+            assert worst(params_m, params_p) > 1e-3

@@ -115,6 +115,40 @@ def test_config_mistakes_get_one_line_not_a_traceback(tmp_path, args, says):
     assert says in out and "Traceback" not in out, out[-3000:]
 
 
+def test_config_checkpoint_starts_a_fresh_workdir_once(tmp_path, digits_dir, caplog):
+    """config.checkpoint=<another run's checkpoints/2>: a fresh workdir resumes from that step
+    (and reaches the other run's step-4 weights exactly); once it has checkpoints of its own, a
+    re-run resumes from those and warns that config.checkpoint is not used."""
+    import logging
+
+    from flaxcls.train.loop import train_and_evaluate
+
+    kw = {"batch_size": 128, "crop_size": 16, "resize_short_size": 16, "eval_every_epochs": 100,
+          "log_every_steps": 2, "checkpoint_every_steps": 2, "val_list": NO_EVAL}
+    first, fresh = tmp_path / "first", tmp_path / "fresh"
+    train_and_evaluate(_config(digits_dir, num_train_steps=4, **kw), str(first))
+    start = first / "checkpoints" / "2"
+    caplog.set_level(logging.INFO)
+    train_and_evaluate(_config(digits_dir, num_train_steps=4, checkpoint=str(start), **kw),
+                       str(fresh))
+    assert f"resumed from config.checkpoint={start} at step 2" in caplog.text
+    assert sorted(p.name for p in (fresh / "checkpoints").iterdir()) == ["4"]
+    a, b = checkpoint_params(first), checkpoint_params(fresh)
+    assert a.keys() == b.keys() and len(a) > 10
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+    caplog.clear()
+    train_and_evaluate(_config(digits_dir, num_train_steps=6, checkpoint=str(start), **kw),
+                       str(fresh))
+    assert (f"config.checkpoint={start} is not used: this workdir has checkpoints of its own "
+            "(newest: step 4)") in caplog.text
+    assert f"resumed from {fresh / 'checkpoints'} at step 4" in caplog.text
+    assert "resumed from config.checkpoint" not in caplog.text
+    assert sorted(int(p.name) for p in (fresh / "checkpoints").iterdir()) == [4, 6]
+    assert sorted(int(p.name) for p in (first / "checkpoints").iterdir()) == [2, 4]  # untouched
+
+
 # Orbax's restore that failed leaves an asyncio callback for a closed loop; not ours to fix.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_unreadable_newest_checkpoint_names_it_and_the_way_back(tmp_path, digits_dir, caplog):
@@ -170,6 +204,84 @@ def test_divergence_stops_before_non_finite_weights_are_saved(tmp_path, digits_d
     assert not (work / "eval_results.json").exists()
 
 
+def _checkpoint_meta(path) -> dict:
+    """The metadata saved with a checkpoint (a workdir's newest, or checkpoints/<step>)."""
+    import jax
+    import jax.numpy as jnp
+
+    from flaxcls import parallel
+    from flaxcls.checkpoint import restore_from
+
+    rep = parallel.replicated(parallel.make_mesh())
+    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
+    return restore_from(path, {"step": step}, partial=True)[1]
+
+
+def test_corrupt_images_are_counted_in_logs_metrics_and_checkpoints(tmp_path, digits_dir,
+                                                                     caplog):
+    """1,024 train images, 8 of them corrupt JPEGs, batch 128: each epoch (8 steps) reads every
+    image once, so 8 are skipped an epoch. The count is on the log line, in metrics.jsonl and
+    in each checkpoint's metadata, and a resumed run carries it on."""
+    import logging
+
+    from flaxcls.train.loop import train_and_evaluate
+
+    data = tmp_path / "data"
+    (data / "bad").mkdir(parents=True)
+    good = (digits_dir / "train_list.txt").read_text().splitlines()[:1016]
+    lines = [f"{digits_dir / path} {label}" for path, label in map(str.split, good)]
+    first = (digits_dir / good[0].split()[0]).read_bytes()
+    for i in range(8):
+        bad = data / "bad" / f"{i}.jpg"
+        bad.write_bytes(first[: len(first) // 3] if i % 2 else b"not a jpeg" * 20)
+        lines.insert(127 * i, f"{bad} {i}")
+    (data / "train_list.txt").write_text("\n".join(lines) + "\n")
+    assert len(lines) == 1024
+
+    kw = {"batch_size": 128, "crop_size": 16, "resize_short_size": 16, "eval_every_epochs": 100,
+          "log_every_steps": 4, "checkpoint_every_steps": 4, "val_list": NO_EVAL}
+    work = tmp_path / "run"
+    caplog.set_level(logging.INFO)
+    train_and_evaluate(_config(data, num_train_steps=8, **kw), str(work))
+    assert "skipped images 8" in caplog.text
+    assert _checkpoint_meta(work / "checkpoints" / "8")["skipped_images"] == 8
+    caplog.clear()
+    train_and_evaluate(_config(data, num_train_steps=16, **kw), str(work))  # resumes at 8
+    assert "resumed from" in caplog.text and "skipped images 16" in caplog.text
+    assert _checkpoint_meta(work / "checkpoints" / "16")["skipped_images"] == 16
+    train = [r for r in map(json.loads, (work / "metrics.jsonl").read_text().splitlines())
+             if r["split"] == "train"]
+    assert [(r["step"], r["skipped_images"]) for r in train][1::2] == [(8, 8), (16, 16)], train
+
+
+@pytest.mark.subprocess
+def test_divergence_exits_3_with_one_error_line(tmp_path, digits_dir):
+    """launch.py on a run that diverges (lr 1e9 from the first step): exit code 3 and one ERROR
+    line naming the step and the way back, no traceback; the checkpoints it kept are finite."""
+    work = tmp_path / "run"
+    proc = run_launch([
+        "--config=configs/digits.py", f"--workdir={work}", f"--config.data_dir={digits_dir}",
+        "--config.builtin_dataset=", "--config.compilation_cache=False",
+        f"--config.val_list={NO_EVAL}", "--config.batch_size=128", "--config.crop_size=16",
+        "--config.resize_short_size=16", "--config.lr_strategy=constant", "--config.lr=1e9",
+        "--config.lr_base_batch_size=0", "--config.warm_up_epochs=0",
+        "--config.num_train_steps=10", "--config.log_every_steps=1",
+        "--config.checkpoint_every_steps=1"], check=False, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 3, out[-3000:]
+    errors = [line for line in out.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "training diverged: " in errors[0], out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    steps = sorted(int(p.name) for p in (work / "checkpoints").iterdir())
+    assert steps and steps[-1] < 10, steps
+    assert f"the newest checkpoint, step {steps[-1]}, was saved before that" in errors[0]
+    assert (f"after step {steps[-1] + 1} " in errors[0]
+            or f"loss of step {steps[-1] + 1} " in errors[0]), errors[0]
+    for k, v in checkpoint_params(work).items():
+        assert np.isfinite(v).all(), k
+    assert not (work / "eval_results.json").exists()
+
+
 def test_float16_that_overflows_every_step_says_so(tmp_path, digits_dir, caplog):
     import logging
 
@@ -217,6 +329,36 @@ def test_input_bound_run_says_so(tmp_path, digits_dir, monkeypatch, caplog):
     assert "input-bound: the loop waited for batches" in caplog.text
     assert "config.reader_thread" in caplog.text
     assert caplog.text.count("input-bound") == 1  # said once, not at every log line
+
+
+# Two launch.py processes (about a minute on 2 loaded cores): in the slow set, which CI runs too.
+@pytest.mark.subprocess
+@pytest.mark.slow
+def test_compilation_cache_through_launch(tmp_path, digits_dir):
+    """launch.py --compilation_cache_dir=DIR with config.compilation_cache: the first run writes
+    its train step's executable to DIR, the second loads it from there (jax's own log lines,
+    at DEBUG for jax._src.compiler) and writes no new one."""
+    import re
+
+    cache = tmp_path / "cache"
+    args = ["--config=configs/digits.py", f"--config.data_dir={digits_dir}",
+            "--config.builtin_dataset=", "--config.compilation_cache=True",
+            f"--compilation_cache_dir={cache}", f"--config.val_list={NO_EVAL}",
+            "--config.batch_size=128", "--config.crop_size=16", "--config.resize_short_size=16",
+            "--config.num_train_steps=1"]
+    runs = []
+    for name in ("cold", "warm"):
+        proc = run_launch([*args, f"--workdir={tmp_path / name}"],
+                          JAX_DEBUG_LOG_MODULES="jax._src.compiler")
+        runs.append((proc.stdout + proc.stderr, sorted(p.name for p in cache.iterdir())))
+    (cold, cold_entries), (warm, warm_entries) = runs
+    misses = re.findall(r"PERSISTENT COMPILATION CACHE MISS for 'jit_step' with key '([^']+)'",
+                        cold)
+    assert misses and misses[0] + "-cache" in cold_entries, (misses, cold_entries)
+    assert f"Persistent compilation cache hit for 'jit_step' with key '{misses[0]}'" in warm
+    assert f"CACHE MISS for 'jit_step' with key '{misses[0]}'" not in warm
+    assert [e for e in warm_entries if e.startswith("jit_step")] == \
+        [e for e in cold_entries if e.startswith("jit_step")]
 
 
 @pytest.mark.subprocess
