@@ -20,6 +20,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from paddle_writers import combined_bytes, tensor_desc, tensor_record, write_per_variable
 from reference import PADDLE_BYTES
 
 from flaxcls.convert.readers import (
@@ -29,7 +30,6 @@ from flaxcls.convert.readers import (
     read_tensor_bytes,
     read_tensor_file,
 )
-from flaxcls.convert.writers import combined_bytes, tensor_desc, tensor_record, write_per_variable
 
 PADDLE_VALUES = {
     "conv1_weights": np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2) / 7 - 1,
