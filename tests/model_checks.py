@@ -1,11 +1,21 @@
-"""Helpers shared by the model-family tests: shape-only init, numpy weights, one train step."""
+"""Helpers shared by the model tests: shapes without compiling (cached per model and size),
+numpy weights, the representative model of each family, and one checked train step."""
 
 from __future__ import annotations
+
+import functools
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import linen as nn
+from reference import FIXTURES
+
+import flaxcls
+from flaxcls import zoo
+from flaxcls.models.layers import DowngradeDropout
 
 
 def count(tree) -> int:
@@ -18,9 +28,82 @@ def abstract_variables(model, size: int, batch: int = 1):
     return jax.eval_shape(model.init, jax.random.key(0), x)
 
 
+def variables_of(name: str, size: int | None = None, num_classes: int | None = None,
+                 **overrides) -> dict:
+    """``abstract_variables`` of a registered model (``size`` default: its input size), cached;
+    at the defaults the very trace the README table's row is computed from."""
+    return _variables(name, size, num_classes, tuple(sorted(overrides.items())))
+
+
+@functools.cache
+def _variables(name: str, size: int | None, num_classes: int | None, overrides: tuple) -> dict:
+    if size is None and num_classes is None and not overrides:
+        return zoo.abstract_variables(flaxcls.get_model_cfg(name).name)
+    model = flaxcls.create_model(name, num_classes=num_classes, **dict(overrides))
+    return abstract_variables(model, size or flaxcls.get_model_cfg(name).input_size)
+
+
+def params_of(name: str, size: int | None = None, **overrides) -> dict:
+    return variables_of(name, size, **overrides)["params"]
+
+
+def outputs_of(name: str, size: int | None = None, num_classes: int | None = None,
+               batch: int = 1, **overrides):
+    """(logits, features) shapes of ``apply(..., return_features=True)``, cached."""
+    return _outputs(name, size, num_classes, batch, tuple(sorted(overrides.items())))
+
+
+@functools.cache
+def _outputs(name: str, size: int | None, num_classes: int | None, batch: int,
+             overrides: tuple):
+    model = flaxcls.create_model(name, num_classes=num_classes, **dict(overrides))
+    variables = _variables(name, size, num_classes, overrides)
+    size = size or flaxcls.get_model_cfg(name).input_size
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    return jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True), variables, x)
+
+
+def features_of(name: str, size: int | None = None, **overrides) -> dict[str, tuple[int, ...]]:
+    """The shapes of a model's ``return_features`` maps, as tuples."""
+    return {k: tuple(v.shape) for k, v in outputs_of(name, size, **overrides)[1].items()}
+
+
+def classifier_of(params: dict, name: str) -> dict:
+    """The classifier's parameters (``ModelCfg.classifier``) inside ``params``."""
+    node = params
+    for part in flaxcls.get_model_cfg(name).classifier.split("/"):
+        node = node[part]
+    return node
+
+
+def fixture_param_counts() -> dict[str, int]:
+    """Trainable parameters of every fixture model (the fixture's own count)."""
+    counts = {}
+    for path in sorted(FIXTURES.glob("*.json")):
+        with path.open() as f:  # the count sits near the top; the params list follows
+            counts[path.stem] = json.load(f)["total_params_trainable"]
+    return counts
+
+
+def representatives() -> dict[str, str]:
+    """family -> the model that stands for it in the generic tests: the family's smallest
+    fixture model (fewest trainable parameters, then name), or without a fixture its first
+    member by name. A new family with a fixture is covered with no test edit."""
+    sizes = fixture_param_counts()
+    out: dict[str, str] = {}
+    for name in flaxcls.list_models():  # sorted
+        family = flaxcls.get_model_cfg(name).family
+        best = out.get(family)
+        key = (name not in sizes, sizes.get(name, 0), name)
+        if best is None or key < (best not in sizes, sizes.get(best, 0), best):
+            out[family] = name
+    return dict(sorted(out.items()))
+
+
 def random_variables(model, size: int, seed: int = 0, random_bn: bool = False) -> dict:
     """He-normal kernels from numpy (threefry init takes seconds per shape to compile on a
-    small CPU). BatchNorm is the identity with zero biases, or random with ``random_bn``."""
+    small CPU). Every other leaf (BatchNorm, biases) is the identity / zero, or random with
+    ``random_bn``."""
     rng = np.random.RandomState(seed)
 
     def make(path, leaf):
@@ -37,33 +120,54 @@ def random_variables(model, size: int, seed: int = 0, random_bn: bool = False) -
     return jax.tree_util.tree_map_with_path(make, abstract_variables(model, size))
 
 
-def train_step_checks(model, size: int, random_bn: bool = False) -> None:
-    """One jitted train-mode forward/backward on a batch of 2: float32 finite logits of the
-    model's class count, a finite nonzero gradient for every parameter, and every BatchNorm's
-    running statistics updated."""
+def train_step_checks(model, size: int) -> None:
+    """One jitted train-mode forward/backward on a batch of 2, with random weights, biases and
+    BatchNorm, and the auxiliary losses the train step adds (``aux_loss_weights``): float32
+    finite logits of the model's class count, a finite nonzero gradient for every parameter,
+    every BatchNorm's running statistics updated (nothing else), and every dropout of nonzero rate
+    in training mode, drawing from the ``dropout`` stream (another key, other logits)."""
     x = np.random.RandomState(1).standard_normal((2, size, size, 3)).astype(np.float32)
     labels = jnp.array([3, 7])
-    variables = random_variables(model, size, random_bn=random_bn)
+    variables = random_variables(model, size, random_bn=True)
     params, stats = variables["params"], variables.get("batch_stats", {})
-    rngs = {"dropout": jax.random.key(2, impl="rbg")}
+    aux_weights = dict(getattr(model, "aux_loss_weights", None) or {})
+    dropouts = []
+
+    def spy(next_fun, args, kwargs, context):
+        module = context.module
+        if isinstance(module, DowngradeDropout) and module.rate > 0:
+            training = kwargs.get("train", args[1] if len(args) > 1 else False)
+            dropouts.append((module.name, training))
+        return next_fun(*args, **kwargs)
 
     @jax.jit
-    def loss_and_grads(params, stats):
+    def loss_and_grads(params, stats, key):
         def loss_fn(params):
-            logits, updates = model.apply({"params": params, "batch_stats": stats}, x,
-                                          train=True, mutable=["batch_stats"], rngs=rngs)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, (logits, updates["batch_stats"])
+            variables = {"params": params, **({"batch_stats": stats} if stats else {})}
+            out, updates = model.apply(
+                variables, x, train=True, mutable=["batch_stats"],
+                rngs={"dropout": key}, **({"return_features": True} if aux_weights else {}))
+            logits, features = out if aux_weights else (out, {})
+            ce = optax.softmax_cross_entropy_with_integer_labels
+            loss = ce(logits, labels).mean()
+            for head, weight in aux_weights.items():
+                loss = loss + weight * ce(features[head], labels).mean()
+            return loss, (logits, updates)
 
         return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
-    (loss, (logits, new_stats)), grads = loss_and_grads(params, stats)
+    with nn.intercept_methods(spy):
+        key = jax.random.key(2, impl="rbg")
+        (loss, (logits, updates)), grads = loss_and_grads(params, stats, key)
     assert logits.shape == (2, model.num_classes) and logits.dtype == jnp.float32
     assert np.isfinite(np.asarray(logits)).all() and np.isfinite(float(loss))
     flat_grads = jax.tree_util.tree_flatten_with_path(grads)[0]
     zero = [jax.tree_util.keystr(p) for p, g in flat_grads if not np.any(np.asarray(g) != 0)]
     assert not zero, f"parameters without gradient: {zero}"
     assert all(np.isfinite(np.asarray(g)).all() for _, g in flat_grads)
+    assert set(updates) == ({"batch_stats"} if stats else set())  # no BatchNorm: no updates
+    new_stats = updates.get("batch_stats", {})
+    assert jax.tree.structure(new_stats) == jax.tree.structure(stats)
     unchanged = [
         jax.tree_util.keystr(p)
         for (p, old), new in zip(jax.tree_util.tree_flatten_with_path(stats)[0],
@@ -71,3 +175,7 @@ def train_step_checks(model, size: int, random_bn: bool = False) -> None:
         if np.array_equal(np.asarray(old), np.asarray(new))
     ]
     assert not unchanged, f"BN statistics not updated: {unchanged}"
+    assert all(training for _, training in dropouts), f"dropout left in eval mode: {dropouts}"
+    if dropouts:  # another key, another mask
+        (_, (other, _)), _ = loss_and_grads(params, stats, jax.random.key(3, impl="rbg"))
+        assert not np.array_equal(np.asarray(logits), np.asarray(other)), dropouts

@@ -4,7 +4,8 @@ Each family registers a *name map*: Paddle parameter name -> ``Target`` (Flax co
 path, and any layout change beyond the standard ones). This module applies the map strictly:
 every Flax leaf is filled, every Paddle tensor is used once, known training leftovers
 (optimizer velocity, learning-rate counters) are ignored with a log line, and anything else
-missing, extra or mis-shaped stops the conversion with one message listing it all.
+missing, extra or mis-shaped stops the conversion with one message listing it all: the report
+checkpoint restore and pretrained loading give too (``flaxcls.mismatch``).
 
 Standard layout changes: 4-D conv weights OIHW -> HWIO (depthwise [C,1,kh,kw] becomes
 Flax's [kh,kw,1,C]); fc weights ``[in, out]`` are already Dense kernels; an fc fed by a
@@ -25,6 +26,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
+from flaxcls import mismatch
 from flaxcls.registry import ModelCfg, create_model, get_model_cfg
 
 log = logging.getLogger("flaxcls")
@@ -134,11 +136,21 @@ def to_flax_layout(value: np.ndarray, target: Target) -> np.ndarray:
     return value
 
 
+def paddle_layout_shape(shape: tuple[int, ...], target: Target) -> tuple[int, ...]:
+    """The shape a Paddle tensor must have to fill a Flax leaf of ``shape`` (``to_flax_layout``
+    undone: HWIO -> OIHW; an fc's rows are only reordered)."""
+    if len(shape) == 4:
+        h, w, i, o = shape
+        return (o, i, h, w)
+    return tuple(shape)
+
+
 def paddle_to_flax(arrays: Mapping[str, np.ndarray], model_name: str) -> dict:
     """Paddle-named arrays -> ``{"params": ..., "batch_stats": ...}`` (numpy, float32).
 
-    The class count is read from the classifier's bias. Raises ValueError listing every
-    missing, unexpected or wrongly shaped tensor and every leaf left unfilled.
+    The class count is read from the classifier's bias. Raises ValueError naming the model and
+    listing (``flaxcls.mismatch``'s report, shapes in Paddle's layout) every missing, unexpected
+    or wrongly shaped tensor, then any fault of the name map itself.
     """
     cfg = get_model_cfg(model_name)
     first = paddle_name_map(cfg.name)
@@ -154,30 +166,27 @@ def paddle_to_flax(arrays: Mapping[str, np.ndarray], model_name: str) -> dict:
     if leftovers:
         log.info("ignoring %d training leftovers (optimizer state, counters): %s",
                  len(leftovers), ", ".join(leftovers[:8]) + (" ..." if len(leftovers) > 8 else ""))
-    problems, flat = [], {}
-    missing = sorted(set(mapping) - set(arrays))
-    unexpected = sorted(set(arrays) - set(mapping) - set(leftovers))
-    if missing:
-        problems.append(f"missing Paddle tensors ({len(missing)}): {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected Paddle tensors ({len(unexpected)}): {', '.join(unexpected)}")
+    # The name map's own faults (a target the model lacks, two tensors for one leaf, a leaf no
+    # tensor fills) are listed after the weights' mismatches.
+    map_faults, want, seen = {}, {}, set()
     for name, target in mapping.items():
-        if name not in arrays:
-            continue
         key = (target.collection, *target.path)
-        value = to_flax_layout(arrays[name], target)
         if key not in expected:
-            problems.append(f"{name} maps to {'/'.join(key)}, which the model lacks")
-        elif value.shape != expected[key]:
-            problems.append(f"{name}: shape {tuple(np.shape(arrays[name]))} (Paddle layout) does "
-                            f"not fit {'/'.join(key)} {expected[key]}")
-        elif key in flat:
-            problems.append(f"{name}: a second tensor for {'/'.join(key)}")
+            map_faults[name] = f"{name} maps to {'/'.join(key)}, which the model lacks"
+        elif key in seen:
+            map_faults[name] = f"{name}: a second tensor for {'/'.join(key)}"
         else:
-            flat[key] = value
-    unfilled = sorted("/".join(k) for k in set(expected) - set(flat))
-    if unfilled and not problems:
-        problems.append(f"model leaves left unfilled ({len(unfilled)}): {', '.join(unfilled)}")
-    if problems:
-        raise ValueError(f"cannot convert Paddle weights to {cfg.name}:\n  " + "\n  ".join(problems))
+            seen.add(key)
+            want[name] = paddle_layout_shape(expected[key], target)
+    faults = [*map_faults.values(), *(f"{'/'.join(k)}: a model leaf that no Paddle tensor fills"
+                                      for k in sorted(set(expected) - seen))]
+    have = {n: tuple(np.shape(v)) for n, v in arrays.items()
+            if n not in leftovers and n not in map_faults}
+    diff = mismatch.compare(have, want)
+    if diff or faults:
+        report = diff.report(have="Paddle weights", want="model's name map") if diff else ""
+        raise ValueError(
+            f"cannot convert Paddle weights to {cfg.name}: {len(diff) + len(faults)} "
+            f"tensor(s) differ:{report}" + "".join(f"\n  {line}" for line in faults))
+    flat = {(t.collection, *t.path): to_flax_layout(arrays[n], t) for n, t in mapping.items()}
     return traverse_util.unflatten_dict(flat)

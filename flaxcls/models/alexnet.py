@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from flaxcls.models.layers import DowngradeDropout, max_pool
+from flaxcls.models.layers import Classifier, DowngradeDropout, max_pool
 from flaxcls.registry import register_model
 
 # (name, features, kernel, stride, padding, max pool after)
@@ -49,7 +48,7 @@ def _fan_in_uniform(fan_in: int) -> dict[str, Callable]:
     return {"kernel_init": uniform_init(limit), "bias_init": uniform_init(limit)}
 
 
-class AlexNet(nn.Module):
+class AlexNet(Classifier):
     """AlexNet on NHWC input; float32 logits ``[N, num_classes]``.
 
     With ``return_features=True`` also a dict: ``pool5`` (the last conv map, after its pool),
@@ -57,8 +56,6 @@ class AlexNet(nn.Module):
     before its dropout).
     """
 
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
     fc_width: int = 4096
     dropout_rate: float = 0.5
 

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
 from flaxcls.models.layers import (
+    BNClassifier,
     ConvBN,
+    ConvNormBlock,
     ModuleDef,
     classifier_head,
-    conv_and_norm,
     global_avg_pool,
 )
 from flaxcls.registry import register_model
@@ -40,13 +39,8 @@ def _conv_bn(conv: ModuleDef, norm: ModuleDef, act: Callable):
     return layer
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(ConvNormBlock):
     """1x1 CBR to ``features`` -> 3x3 CBR to ``2 * features``, + input (no activation after)."""
-
-    features: int
-    conv: ModuleDef
-    norm: ModuleDef
-    act: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x):
@@ -56,7 +50,7 @@ class ResidualBlock(nn.Module):
         return x + y
 
 
-class DarkNet(nn.Module):
+class DarkNet(BNClassifier):
     """Generic DarkNet classifier on NHWC input.
 
     Stage ``s`` (from 0) runs ``stage_sizes[s]`` residual blocks at width ``2 * stem_width * 2**s``;
@@ -72,15 +66,10 @@ class DarkNet(nn.Module):
 
     stage_sizes: Sequence[int] = (1, 2, 8, 8, 4)
     stem_width: int = 32
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9  # Paddle's: running = 0.9 * running + 0.1 * batch
-    bn_epsilon: float = 1e-5
-    act: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
-        conv, norm = conv_and_norm(self.dtype, train, self.bn_momentum, self.bn_epsilon)
+        conv, norm = self.conv_and_norm(train)
         layer = _conv_bn(conv, norm, self.act)
         features = {}
         x = layer(self.stem_width, 3, name="stem")(x)

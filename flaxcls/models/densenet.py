@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from flaxcls.models.layers import (
+    BNClassifier,
+    ConvNormBlock,
     DowngradeDropout,
     ModuleDef,
     avg_pool,
     classifier_head,
-    conv_and_norm,
+    conv_bn,
     global_avg_pool,
     max_pool,
     norm_act,
@@ -59,13 +60,8 @@ class DenseLayer(nn.Module):
         return jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
 
 
-class Transition(nn.Module):
+class Transition(ConvNormBlock):
     """BN+ReLU -> 1x1 conv to ``features`` -> 2x2/2 average pool (floor mode, no padding)."""
-
-    features: int
-    conv: ModuleDef
-    norm: ModuleDef
-    act: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x):
@@ -74,7 +70,7 @@ class Transition(nn.Module):
         return avg_pool(x, 2, 2)
 
 
-class DenseNet(nn.Module):
+class DenseNet(BNClassifier, kw_only=True):
     """Generic DenseNet on NHWC input.
 
     ``block_sizes`` dense layers per block, each adding ``growth_rate`` channels; transitions
@@ -94,11 +90,6 @@ class DenseNet(nn.Module):
     stem_width: int = 64
     bn_size: int = 4
     dropout_rate: float = 0.0
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9  # Paddle's: running = 0.9 * running + 0.1 * batch
-    bn_epsilon: float = 1e-5
-    act: Callable = nn.relu
 
     def num_features(self) -> list[int]:
         """Channels entering each dense block, and (last entry) the width of the final map."""
@@ -112,11 +103,11 @@ class DenseNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
-        conv, norm = conv_and_norm(self.dtype, train, self.bn_momentum, self.bn_epsilon)
+        conv, norm = self.conv_and_norm(train)
         features = {}
-        x = conv(self.stem_width, (7, 7), strides=2, padding=symmetric_padding(7),
-                 name="stem_conv")(x)
-        x = max_pool(norm_act(norm(name="stem_bn"), x, self.act), 3, 2, padding=1)
+        x = conv_bn(x, conv, norm, self.stem_width, 7, strides=2, act=self.act,
+                    names=("stem_conv", "stem_bn"))
+        x = max_pool(x, 3, 2, padding=1)
         features["stem"] = x
         last = len(self.block_sizes) - 1
         for b, depth in enumerate(self.block_sizes):

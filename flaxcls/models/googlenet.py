@@ -41,7 +41,7 @@ import numpy as np
 from flax import linen as nn
 
 from flaxcls.models.alexnet import uniform_init
-from flaxcls.models.layers import DowngradeDropout, conv_kernel_init, max_pool
+from flaxcls.models.layers import Classifier, DowngradeDropout, conv_kernel_init, max_pool
 from flaxcls.registry import register_model
 
 # Inception modules: name -> (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj).
@@ -127,7 +127,7 @@ class Inception(nn.Module):
         return nn.relu(jnp.concatenate([b1, b3, b5, bp], axis=-1))
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(Classifier):
     """GoogLeNet on NHWC input; float32 pre-softmax logits ``[N, num_classes]`` of the main head.
 
     With ``return_features=True`` also a dict: each inception module's output (``ince3a`` ..
@@ -135,8 +135,6 @@ class GoogLeNet(nn.Module):
     ``aux1``/``aux2``, the auxiliary heads' pre-softmax logits (float32), for a training loss.
     """
 
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
     dropout_rate: float = 0.4
     aux_dropout_rate: float = 0.7
     # Read by the train step: extra cross-entropy terms on these feature outputs.

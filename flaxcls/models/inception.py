@@ -35,30 +35,32 @@ holds ``conv`` and ``bn``. Head ``head``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from flaxcls.models.layers import (
+    BNClassifier,
     ConvBN,
     DowngradeDropout,
     ModuleDef,
     avg_pool,
     classifier_head,
-    conv_and_norm,
     global_avg_pool,
     max_pool,
 )
 from flaxcls.registry import register_model
 
-# Factorised convs: 1xn pads (0, n // 2), nx1 pads (n // 2, 0).
+# Unit geometries besides a plain k x k conv without padding: factorised convs (1xn pads
+# (0, n // 2), nx1 pads (n // 2, 0)), padded 3x3 and strided 3x3.
 _ROW7 = {"kernel_size": (1, 7), "padding": (0, 3)}
 _COL7 = {"kernel_size": (7, 1), "padding": (3, 0)}
 _ROW3 = {"kernel_size": (1, 3), "padding": (0, 1)}
 _COL3 = {"kernel_size": (3, 1), "padding": (1, 0)}
+_PAD3 = {"kernel_size": 3, "padding": 1}
+_DOWN3 = {"kernel_size": 3, "strides": 2}
 
 
 def _cat(*branches):
@@ -68,6 +70,56 @@ def _cat(*branches):
 def _avg3(x):
     # The pool branch of InceptionA/B/C: 3x3, stride 1, pad 1, exclusive (Paddle's default).
     return avg_pool(x, 3, 1, padding=1, exclusive=True)
+
+
+def _chain(unit: ModuleDef, x, prefix: str, *convs):
+    """The units of one branch in turn, named ``{prefix}_conv1``, ``_conv2``, ...; each conv is
+    ``(features, kernel size)`` or ``(features, unit keywords)``."""
+    for k, (features, geometry) in enumerate(convs, start=1):
+        kw = {"kernel_size": geometry} if isinstance(geometry, int) else dict(geometry)
+        x = unit(features, name=f"{prefix}_conv{k}", **kw)(x)
+    return x
+
+
+_POOLS = {"avg": _avg3, "max": lambda x: max_pool(x, 3, 2), None: lambda x: x}
+
+# The blocks that are plain concatenations: per branch (its pool: "avg" 3x3/1 pad 1, "max"
+# 3x3/2 or None; its convs, as ``_chain`` takes them), in concat order; branch b's units are
+# ``branch{b}_conv{k}``.
+INCEPTION_A = (  # 35x35x384 -> 35x35x384
+    ("avg", ((96, 1),)),
+    (None, ((96, 1),)),
+    (None, ((64, 1), (96, _PAD3))),
+    (None, ((64, 1), (96, _PAD3), (96, _PAD3))),
+)
+REDUCTION_A = (  # 35x35x384 -> 17x17x1024
+    ("max", ()),
+    (None, ((384, _DOWN3),)),
+    (None, ((192, 1), (224, _PAD3), (256, _DOWN3))),
+)
+INCEPTION_B = (  # 17x17x1024 -> 17x17x1024
+    ("avg", ((128, 1),)),
+    (None, ((384, 1),)),
+    (None, ((192, 1), (224, _ROW7), (256, _COL7))),
+    (None, ((192, 1), (192, _ROW7), (224, _COL7), (224, _ROW7), (256, _COL7))),
+)
+REDUCTION_B = (  # 17x17x1024 -> 8x8x1536
+    ("max", ()),
+    (None, ((192, 1), (192, _DOWN3))),
+    (None, ((256, 1), (256, _ROW7), (320, _COL7), (320, _DOWN3))),
+)
+
+
+class Mixed(nn.Module):
+    """A block that concatenates its ``branches`` (INCEPTION_A, REDUCTION_A, ... above)."""
+
+    unit: ModuleDef
+    branches: tuple
+
+    @nn.compact
+    def __call__(self, x):
+        return _cat(*(_chain(self.unit, _POOLS[pool](x), f"branch{b}", *convs)
+                      for b, (pool, convs) in enumerate(self.branches)))
 
 
 class InceptionStem(nn.Module):
@@ -81,87 +133,12 @@ class InceptionStem(nn.Module):
         x = u(32, 3, strides=2, name="conv1")(x)
         x = u(32, 3, name="conv2")(x)
         x = u(64, 3, padding=1, name="conv3")(x)
-        x = _cat(max_pool(x, 3, 2), u(96, 3, strides=2, name="mixed1_conv")(x))
-        a = u(64, 1, name="mixed2_branch0_conv1")(x)
-        a = u(96, 3, name="mixed2_branch0_conv2")(a)
-        b = u(64, 1, name="mixed2_branch1_conv1")(x)
-        b = u(64, **_COL7, name="mixed2_branch1_conv2")(b)  # Paddle: inception_stem2_1x7
-        b = u(64, **_ROW7, name="mixed2_branch1_conv3")(b)  # Paddle: inception_stem2_7x1
-        b = u(96, 3, name="mixed2_branch1_conv4")(b)
+        x = _cat(max_pool(x, 3, 2), u(96, **_DOWN3, name="mixed1_conv")(x))
+        a = _chain(u, x, "mixed2_branch0", (64, 1), (96, 3))
+        # Paddle names the 7x1 conv inception_stem2_1x7 and the 1x7 one inception_stem2_7x1.
+        b = _chain(u, x, "mixed2_branch1", (64, 1), (64, _COL7), (64, _ROW7), (96, 3))
         x = _cat(a, b)
-        return _cat(u(192, 3, strides=2, name="mixed3_conv")(x), max_pool(x, 3, 2))
-
-
-class InceptionA(nn.Module):
-    """35x35x384 -> 35x35x384."""
-
-    unit: ModuleDef
-
-    @nn.compact
-    def __call__(self, x):
-        u = self.unit
-        b0 = u(96, 1, name="branch0_conv1")(_avg3(x))
-        b1 = u(96, 1, name="branch1_conv1")(x)
-        b2 = u(64, 1, name="branch2_conv1")(x)
-        b2 = u(96, 3, padding=1, name="branch2_conv2")(b2)
-        b3 = u(64, 1, name="branch3_conv1")(x)
-        b3 = u(96, 3, padding=1, name="branch3_conv2")(b3)
-        b3 = u(96, 3, padding=1, name="branch3_conv3")(b3)
-        return _cat(b0, b1, b2, b3)
-
-
-class ReductionA(nn.Module):
-    """35x35x384 -> 17x17x1024."""
-
-    unit: ModuleDef
-
-    @nn.compact
-    def __call__(self, x):
-        u = self.unit
-        b1 = u(384, 3, strides=2, name="branch1_conv1")(x)
-        b2 = u(192, 1, name="branch2_conv1")(x)
-        b2 = u(224, 3, padding=1, name="branch2_conv2")(b2)
-        b2 = u(256, 3, strides=2, name="branch2_conv3")(b2)
-        return _cat(max_pool(x, 3, 2), b1, b2)
-
-
-class InceptionB(nn.Module):
-    """17x17x1024 -> 17x17x1024."""
-
-    unit: ModuleDef
-
-    @nn.compact
-    def __call__(self, x):
-        u = self.unit
-        row, col = _ROW7, _COL7
-        b0 = u(128, 1, name="branch0_conv1")(_avg3(x))
-        b1 = u(384, 1, name="branch1_conv1")(x)
-        b2 = u(192, 1, name="branch2_conv1")(x)
-        b2 = u(224, **row, name="branch2_conv2")(b2)
-        b2 = u(256, **col, name="branch2_conv3")(b2)
-        b3 = u(192, 1, name="branch3_conv1")(x)
-        b3 = u(192, **row, name="branch3_conv2")(b3)
-        b3 = u(224, **col, name="branch3_conv3")(b3)
-        b3 = u(224, **row, name="branch3_conv4")(b3)
-        b3 = u(256, **col, name="branch3_conv5")(b3)
-        return _cat(b0, b1, b2, b3)
-
-
-class ReductionB(nn.Module):
-    """17x17x1024 -> 8x8x1536."""
-
-    unit: ModuleDef
-
-    @nn.compact
-    def __call__(self, x):
-        u = self.unit
-        b1 = u(192, 1, name="branch1_conv1")(x)
-        b1 = u(192, 3, strides=2, name="branch1_conv2")(b1)
-        b2 = u(256, 1, name="branch2_conv1")(x)
-        b2 = u(256, **_ROW7, name="branch2_conv2")(b2)
-        b2 = u(320, **_COL7, name="branch2_conv3")(b2)
-        b2 = u(320, 3, strides=2, name="branch2_conv4")(b2)
-        return _cat(max_pool(x, 3, 2), b1, b2)
+        return _cat(u(192, **_DOWN3, name="mixed3_conv")(x), max_pool(x, 3, 2))
 
 
 class InceptionC(nn.Module):
@@ -171,22 +148,19 @@ class InceptionC(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        u = self.unit
-        row, col = _ROW3, _COL3
-        b0 = u(256, 1, name="branch0_conv1")(_avg3(x))
-        b1 = u(256, 1, name="branch1_conv1")(x)
-        b2 = u(384, 1, name="branch2_conv1")(x)
+        u, row, col = self.unit, _ROW3, _COL3
+        b0 = _chain(u, _avg3(x), "branch0", (256, 1))
+        b1 = _chain(u, x, "branch1", (256, 1))
+        b2 = _chain(u, x, "branch2", (384, 1))
         b2a = u(256, **row, name="branch2_conv2a")(b2)
         b2b = u(256, **col, name="branch2_conv2b")(b2)
-        b3 = u(384, 1, name="branch3_conv1")(x)
-        b3 = u(448, **row, name="branch3_conv2")(b3)
-        b3 = u(512, **col, name="branch3_conv3")(b3)
+        b3 = _chain(u, x, "branch3", (384, 1), (448, row), (512, col))
         b3a = u(256, **row, name="branch3_conv4a")(b3)
         b3b = u(256, **col, name="branch3_conv4b")(b3)
         return _cat(b0, b1, b2a, b2b, b3a, b3b)
 
 
-class InceptionV4(nn.Module):
+class InceptionV4(BNClassifier):
     """InceptionV4 on NHWC input (smallest input 75x75).
 
     ``stage_sizes`` = number of InceptionA, B and C blocks (4, 7, 3 in the original);
@@ -204,11 +178,6 @@ class InceptionV4(nn.Module):
 
     stage_sizes: Sequence[int] = (4, 7, 3)
     head_dropout: float = 0.2
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9  # Paddle's: running = 0.9 * running + 0.1 * batch
-    bn_epsilon: float = 1e-5
-    act: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -219,20 +188,20 @@ class InceptionV4(nn.Module):
             )
         if min(x.shape[1:3]) < 75:
             raise ValueError(f"InceptionV4 needs inputs of at least 75x75, got {x.shape[1:3]}")
-        conv, norm = conv_and_norm(self.dtype, train, self.bn_momentum, self.bn_epsilon)
+        conv, norm = self.conv_and_norm(train)
         unit = functools.partial(ConvBN, conv=conv, norm=norm, act=self.act)
         num_a, num_b, num_c = self.stage_sizes
         features = {}
         x = InceptionStem(unit, name="stem")(x)
         features["stem"] = x
         for i in range(num_a):
-            x = InceptionA(unit, name=f"inception_a{i + 1}")(x)
+            x = Mixed(unit, INCEPTION_A, name=f"inception_a{i + 1}")(x)
         features["stage1"] = x
-        x = ReductionA(unit, name="reduction_a")(x)
+        x = Mixed(unit, REDUCTION_A, name="reduction_a")(x)
         for i in range(num_b):
-            x = InceptionB(unit, name=f"inception_b{i + 1}")(x)
+            x = Mixed(unit, INCEPTION_B, name=f"inception_b{i + 1}")(x)
         features["stage2"] = x
-        x = ReductionB(unit, name="reduction_b")(x)
+        x = Mixed(unit, REDUCTION_B, name="reduction_b")(x)
         for i in range(num_c):
             x = InceptionC(unit, name=f"inception_c{i + 1}")(x)
         features["stage3"] = x

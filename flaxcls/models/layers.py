@@ -1,4 +1,5 @@
-"""Building blocks shared by the model families: Paddle-style explicit padding and pooling.
+"""Building blocks shared by the model families: Paddle-style explicit padding and pooling,
+conv -> BN [-> act] units, dropout and the classifier head.
 
 Fluid 1.x pads convolutions and pools symmetrically (never TF 'SAME'), lets padded cells never
 win a max pool, and averages over the valid cells only (``exclusive=True``), including the
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -32,13 +33,60 @@ def symmetric_padding(kernel_size: int | tuple[int, int]) -> tuple[tuple[int, in
     return ((kh - 1) // 2, (kh - 1) // 2), ((kw - 1) // 2, (kw - 1) // 2)
 
 
+def check_same_length(model: str, **fields: Sequence[Any]) -> None:
+    """One clear error when two per-stage fields of ``model`` (given by name) differ in length."""
+    (a, first), (b, second) = fields.items()
+    if len(first) != len(second):
+        raise ValueError(f"{model} {a} {tuple(first)} and {b} {tuple(second)} must have the same "
+                         "length")
+
+
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def conv_bn(
+    x: Array,
+    conv: ModuleDef,
+    norm: ModuleDef,
+    features: int,
+    kernel_size: int | tuple[int, int],
+    *,
+    names: tuple[str, str],
+    strides: int = 1,
+    padding: int | tuple[int, int] | None = None,
+    groups: int = 1,
+    act: Callable | None = None,
+) -> Array:
+    """Paddle's ``conv_bn_layer``: bias-less conv -> BN [-> ``act``], the conv and the BN created
+    in the calling module under ``names`` (conv, BN).
+
+    ``padding`` is Paddle's symmetric per-axis padding, (k - 1) // 2 when None; ``groups`` makes
+    the conv grouped (``groups=channels``: depthwise). ``act=None`` leaves the BN linear.
+    """
+    kh, kw = _pair(kernel_size)
+    ph, pw = ((kh - 1) // 2, (kw - 1) // 2) if padding is None else _pair(padding)
+    groups_kw = {"feature_group_count": groups} if groups != 1 else {}
+    x = conv(features, (kh, kw), strides=strides, padding=((ph, ph), (pw, pw)), name=names[0],
+             **groups_kw)(x)
+    if act is None:
+        return norm(name=names[1])(x)
+    return norm_act(norm(name=names[1]), x, act)
+
+
+class ConvNormBlock(nn.Module):
+    """The fields of a block built from its network's ``conv`` and ``norm`` partials (the network
+    makes them once, with its dtype and BatchNorm settings): its width and activation."""
+
+    features: int
+    conv: ModuleDef
+    norm: ModuleDef
+    act: Callable = nn.relu
+
+
 class ConvBN(nn.Module):
-    """Paddle's ``conv_bn_layer`` (InceptionV4, DarkNet): bias-less conv with explicit symmetric ``padding`` (default
-    0) -> BN -> ReLU."""
+    """``conv_bn`` as a module of its own (holding ``conv`` and ``bn``), as InceptionV4 and DarkNet
+    name their units; explicit symmetric ``padding``, default 0."""
 
     features: int
     kernel_size: int | tuple[int, int]
@@ -50,16 +98,9 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        ph, pw = _pair(self.padding)
-        x = self.conv(
-            self.features,
-            _pair(self.kernel_size),
-            strides=self.strides,
-            padding=((ph, ph), (pw, pw)),
-            name="conv",
-        )(x)
-        return norm_act(self.norm(name="bn"), x, self.act)
-
+        return conv_bn(x, self.conv, self.norm, self.features, self.kernel_size,
+                       names=("conv", "bn"), strides=self.strides, padding=self.padding,
+                       act=self.act)
 
 
 def _pool_geometry(size: int, window: int, stride: int, pad: int, ceil_mode: bool):
@@ -233,8 +274,6 @@ def conv_and_norm(
     Bias-less convs with Paddle's MSRA init; BatchNorm with Paddle's momentum 0.9 and
     epsilon 1e-5 (Flax's default momentum is 0.99). Compute in ``dtype``, params float32.
     """
-    import functools
-
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
         kernel_init=conv_kernel_init,
@@ -246,6 +285,26 @@ def conv_and_norm(
         epsilon=bn_epsilon, dtype=dtype, param_dtype=jnp.float32,
     )
     return conv, norm
+
+
+class Classifier(nn.Module):
+    """What every registered model takes (the registry passes both): the class count and the
+    compute dtype (parameters stay float32). A family's network adds its architecture fields."""
+
+    num_classes: int = 1000
+    dtype: Any = jnp.float32
+
+
+class BNClassifier(Classifier):
+    """A ``Classifier`` with BatchNorm: Paddle's momentum and epsilon, the activation, and the
+    conv and norm partials its blocks are built with."""
+
+    bn_momentum: float = 0.9  # Paddle's: running = 0.9 * running + 0.1 * batch
+    bn_epsilon: float = 1e-5
+    act: Callable = nn.relu
+
+    def conv_and_norm(self, train: bool) -> tuple[ModuleDef, ModuleDef]:
+        return conv_and_norm(self.dtype, train, self.bn_momentum, self.bn_epsilon)
 
 
 def norm_act(norm: nn.Module, x: Array, act: Callable, residual: Array | None = None) -> Array:

@@ -25,19 +25,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
 from flaxcls.models.layers import (
+    BNClassifier,
+    ConvNormBlock,
     ModuleDef,
-    conv_and_norm,
-    dense_kernel_init,
+    classifier_head,
+    conv_bn,
     global_avg_pool,
-    norm_act,
-    symmetric_padding,
 )
 from flaxcls.registry import register_model
 
@@ -61,43 +59,27 @@ def scaled(channels: int, scale: float) -> int:
     return int(channels * scale)
 
 
-def _head(x: jax.Array, num_classes: int, dtype: Any) -> jax.Array:
-    logits = nn.Dense(
-        num_classes,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=dense_kernel_init,
-        name="head",
-    )(x)
-    return logits.astype(jnp.float32)
+def _stem(x: jax.Array, conv: ModuleDef, norm: ModuleDef, scale: float, act: Callable):
+    """V1's and V2's stem: 3x3/2 conv to int(32 * scale) -> BN -> act."""
+    return conv_bn(x, conv, norm, scaled(32, scale), 3, strides=2, act=act,
+                   names=("stem_conv", "stem_bn"))
 
 
-class DepthwiseSeparable(nn.Module):
+class DepthwiseSeparable(ConvNormBlock):
     """MobileNetV1 unit: 3x3 depthwise (stride here) -> BN -> act -> 1x1 -> BN -> act."""
 
-    features: int
-    conv: ModuleDef
-    norm: ModuleDef
     strides: int = 1
-    act: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x):
         channels = x.shape[-1]
-        x = self.conv(
-            channels,
-            (3, 3),
-            strides=self.strides,
-            padding=symmetric_padding(3),
-            feature_group_count=channels,
-            name="dw_conv",
-        )(x)
-        x = norm_act(self.norm(name="dw_bn"), x, self.act)
-        x = self.conv(self.features, (1, 1), padding=symmetric_padding(1), name="pw_conv")(x)
-        return norm_act(self.norm(name="pw_bn"), x, self.act)
+        x = conv_bn(x, self.conv, self.norm, channels, 3, strides=self.strides, groups=channels,
+                    act=self.act, names=("dw_conv", "dw_bn"))
+        return conv_bn(x, self.conv, self.norm, self.features, 1, act=self.act,
+                       names=("pw_conv", "pw_bn"))
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(BNClassifier):
     """MobileNetV1 on NHWC input; float32 logits ``[N, num_classes]``.
 
     With ``return_features=True`` also a dict: ``stem`` (the stem conv's output), ``stage1``..
@@ -106,18 +88,11 @@ class MobileNetV1(nn.Module):
     """
 
     scale: float = 1.0
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
-    act: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
-        conv, norm = conv_and_norm(self.dtype, train)
-        x = conv(
-            scaled(32, self.scale), (3, 3), strides=2, padding=symmetric_padding(3),
-            name="stem_conv",
-        )(x)
-        x = norm_act(norm(name="stem_bn"), x, self.act)
+        conv, norm = self.conv_and_norm(train)
+        x = _stem(x, conv, norm, self.scale, self.act)
         features = {"stem": x}
         for s, units in enumerate(V1_STAGES):
             for b, (_, out_width, strides) in enumerate(units):
@@ -132,7 +107,7 @@ class MobileNetV1(nn.Module):
             features[f"stage{s + 1}"] = x
         pooled = global_avg_pool(x)
         features["pooled"] = pooled
-        logits = _head(pooled, self.num_classes, self.dtype)
+        logits = classifier_head(pooled, self.num_classes, self.dtype)
         return (logits, features) if return_features else logits
 
 
@@ -150,23 +125,16 @@ class InvertedResidual(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        y = self.conv(self.expanded, (1, 1), padding=symmetric_padding(1), name="expand_conv")(x)
-        y = norm_act(self.norm(name="expand_bn"), y, self.act)
-        y = self.conv(
-            self.expanded,
-            (3, 3),
-            strides=self.strides,
-            padding=symmetric_padding(3),
-            feature_group_count=self.expanded,
-            name="dw_conv",
-        )(y)
-        y = norm_act(self.norm(name="dw_bn"), y, self.act)
-        y = self.conv(self.features, (1, 1), padding=symmetric_padding(1), name="project_conv")(y)
-        y = self.norm(name="project_bn")(y)
+        unit = functools.partial(conv_bn, conv=self.conv, norm=self.norm)
+        y = unit(x, features=self.expanded, kernel_size=1, act=self.act,
+                 names=("expand_conv", "expand_bn"))
+        y = unit(y, features=self.expanded, kernel_size=3, strides=self.strides,
+                 groups=self.expanded, act=self.act, names=("dw_conv", "dw_bn"))
+        y = unit(y, features=self.features, kernel_size=1, names=("project_conv", "project_bn"))
         return x + y if self.residual else y
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(BNClassifier):
     """MobileNetV2 on NHWC input; float32 logits ``[N, num_classes]``.
 
     With ``return_features=True`` also a dict: ``stem``, ``stage1``..``stage7`` (each stage's
@@ -174,8 +142,6 @@ class MobileNetV2(nn.Module):
     """
 
     scale: float = 1.0
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
     act: Callable = nn.relu6
 
     def last_width(self) -> int:
@@ -184,12 +150,8 @@ class MobileNetV2(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
-        conv, norm = conv_and_norm(self.dtype, train)
-        x = conv(
-            scaled(32, self.scale), (3, 3), strides=2, padding=symmetric_padding(3),
-            name="stem_conv",
-        )(x)
-        x = norm_act(norm(name="stem_bn"), x, self.act)
+        conv, norm = self.conv_and_norm(train)
+        x = _stem(x, conv, norm, self.scale, self.act)
         features = {"stem": x}
         for s, (t, c, n, stage_stride) in enumerate(V2_STAGES):
             width = scaled(c, self.scale)
@@ -205,12 +167,12 @@ class MobileNetV2(nn.Module):
                     name=f"stage{s + 1}_block{b}",
                 )(x)
             features[f"stage{s + 1}"] = x
-        x = conv(self.last_width(), (1, 1), padding=symmetric_padding(1), name="last_conv")(x)
-        x = norm_act(norm(name="last_bn"), x, self.act)
+        x = conv_bn(x, conv, norm, self.last_width(), 1, act=self.act,
+                    names=("last_conv", "last_bn"))
         features["last"] = x
         pooled = global_avg_pool(x)
         features["pooled"] = pooled
-        logits = _head(pooled, self.num_classes, self.dtype)
+        logits = classifier_head(pooled, self.num_classes, self.dtype)
         return (logits, features) if return_features else logits
 
 

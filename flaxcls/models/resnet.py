@@ -28,11 +28,13 @@ from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
 from flaxcls.models.layers import (
+    BNClassifier,
     DowngradeDropout,
     ModuleDef,
     avg_pool,
+    check_same_length,
     classifier_head,
-    conv_and_norm,
+    conv_bn,
     dense_kernel_init,
     global_avg_pool,
     max_pool,
@@ -178,8 +180,10 @@ def _merge(block: nn.Module, y: jax.Array, x: jax.Array, out_features: int, bn_n
     return block.act(shortcut + y)
 
 
-class BasicBlock(nn.Module):
-    """3x3 (stride here) -> BN -> ReLU -> 3x3 -> BN [-> SE], + shortcut, ReLU (ResNet18/34)."""
+class ResNetBlock(nn.Module):
+    """What both blocks take: ``features`` (inner width), the conv and norm partials, where the
+    stride sits, the shortcut kind (projection, vd avg-down) and the optional SE unit; both end
+    in ``_merge``."""
 
     features: int
     conv: ModuleDef
@@ -190,56 +194,41 @@ class BasicBlock(nn.Module):
     act: Callable = nn.relu
     out_features: int | None = None  # None: features * expansion
     se: ModuleDef | None = None  # a SqueezeExcite partial, applied to the last BN's output
+
+
+class BasicBlock(ResNetBlock):
+    """3x3 (stride here) -> BN -> ReLU -> 3x3 -> BN [-> SE], + shortcut, ReLU (ResNet18/34)."""
 
     expansion: ClassVar[int] = 1
 
     @nn.compact
     def __call__(self, x):
-        pad3 = symmetric_padding(3)
         out_features = self.out_features or self.features * self.expansion
-        y = self.conv(self.features, (3, 3), strides=self.strides, padding=pad3, name="conv1")(x)
-        y = norm_act(self.norm(name="bn1"), y, self.act)
-        y = self.conv(out_features, (3, 3), padding=pad3, name="conv2")(y)
+        y = conv_bn(x, self.conv, self.norm, self.features, 3, strides=self.strides,
+                    act=self.act, names=("conv1", "bn1"))
+        y = self.conv(out_features, (3, 3), padding=symmetric_padding(3), name="conv2")(y)
         return _merge(self, y, x, out_features, "bn2")
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(ResNetBlock):
     """1x1 -> 3x3 (stride here; ``groups`` for ResNeXt) -> 1x1 (``out_features``, default 4x
     width), BN after each [-> SE], + shortcut, ReLU (ResNet50+, ResNeXt, SE_ResNeXt)."""
 
-    features: int
-    conv: ModuleDef
-    norm: ModuleDef
-    strides: int = 1
-    projection: bool = False
-    avg_down: bool = False
-    act: Callable = nn.relu
-    out_features: int | None = None  # None: features * expansion
-    se: ModuleDef | None = None  # a SqueezeExcite partial, applied to the last BN's output
     groups: int = 1
 
     expansion: ClassVar[int] = 4
 
     @nn.compact
     def __call__(self, x):
-        pad0, pad3 = symmetric_padding(1), symmetric_padding(3)
         out_features = self.out_features or self.features * self.expansion
-        y = self.conv(self.features, (1, 1), padding=pad0, name="conv1")(x)
-        y = norm_act(self.norm(name="bn1"), y, self.act)
-        y = self.conv(
-            self.features,
-            (3, 3),
-            strides=self.strides,
-            padding=pad3,
-            feature_group_count=self.groups,
-            name="conv2",
-        )(y)
-        y = norm_act(self.norm(name="bn2"), y, self.act)
-        y = self.conv(out_features, (1, 1), padding=pad0, name="conv3")(y)
+        y = conv_bn(x, self.conv, self.norm, self.features, 1, act=self.act, names=("conv1", "bn1"))
+        y = conv_bn(y, self.conv, self.norm, self.features, 3, strides=self.strides,
+                    groups=self.groups, act=self.act, names=("conv2", "bn2"))
+        y = self.conv(out_features, (1, 1), padding=symmetric_padding(1), name="conv3")(y)
         return _merge(self, y, x, out_features, "bn3")
 
 
-class ResNet(nn.Module):
+class ResNet(BNClassifier, kw_only=True):
     """Generic ResNet on NHWC input.
 
     stem: 'plain' = 7x7/2 conv (stem_width) + 3x3/2 max pool; 'deep' (vc/vd) = three 3x3 convs
@@ -271,11 +260,6 @@ class ResNet(nn.Module):
     stem: str = "plain"
     stem_width: int = 64
     avg_down: bool = False
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9  # Paddle's: running = 0.9 * running + 0.1 * batch
-    bn_epsilon: float = 1e-5
-    act: Callable = nn.relu
     out_widths: Sequence[int] | None = None
     cardinality: int = 1
     se_reduction: int = 0
@@ -313,42 +297,27 @@ class ResNet(nn.Module):
                 )
             first_conv = functools.partial(SpaceToDepthConv, *conv.args, **conv.keywords)
         if self.stem == "plain":
-            x = first_conv(
-                self.stem_width, (7, 7), strides=2, padding=symmetric_padding(7), name="stem_conv1"
-            )(x)
-            return max_pool(norm_act(norm(name="stem_bn1"), x, self.act), 3, 2, padding=1)
+            x = conv_bn(x, first_conv, norm, self.stem_width, 7, strides=2, act=self.act,
+                        names=("stem_conv1", "stem_bn1"))
+            return max_pool(x, 3, 2, padding=1)
         if self.stem == "deep":
             half = self.stem_width // 2
             for i, (features, strides) in enumerate(((half, 2), (half, 1), (self.stem_width, 1))):
-                x = (first_conv if i == 0 else conv)(
-                    features,
-                    (3, 3),
-                    strides=strides,
-                    padding=symmetric_padding(3),
-                    name=f"stem_conv{i + 1}",
-                )(x)
-                x = norm_act(norm(name=f"stem_bn{i + 1}"), x, self.act)
+                x = conv_bn(x, first_conv if i == 0 else conv, norm, features, 3, strides=strides,
+                            act=self.act, names=(f"stem_conv{i + 1}", f"stem_bn{i + 1}"))
             return max_pool(x, 3, 2, padding=1)
         if self.stem == "small":
-            x = conv(self.stem_width, (3, 3), padding=symmetric_padding(3), name="stem_conv1")(x)
-            return norm_act(norm(name="stem_bn1"), x, self.act)
+            return conv_bn(x, conv, norm, self.stem_width, 3, act=self.act,
+                           names=("stem_conv1", "stem_bn1"))
         raise ValueError(f"ResNet stem={self.stem!r} is not one of {STEMS}")
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
-        if len(self.widths) != len(self.stage_sizes):
-            raise ValueError(
-                f"ResNet widths {tuple(self.widths)} and stage_sizes {tuple(self.stage_sizes)} "
-                "must have the same length"
-            )
+        check_same_length("ResNet", widths=self.widths, stage_sizes=self.stage_sizes)
         out_widths = self.block_out_widths()
-        if len(out_widths) != len(self.stage_sizes):
-            raise ValueError(
-                f"ResNet out_widths {out_widths} and stage_sizes {tuple(self.stage_sizes)} "
-                "must have the same length"
-            )
+        check_same_length("ResNet", out_widths=out_widths, stage_sizes=self.stage_sizes)
         block_options = self._block_options()
-        conv, norm = conv_and_norm(self.dtype, train, self.bn_momentum, self.bn_epsilon)
+        conv, norm = self.conv_and_norm(train)
         features = {}
         x = self._stem(x, conv, norm)
         features["stem"] = x

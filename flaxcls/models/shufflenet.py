@@ -31,20 +31,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from flaxcls.models.layers import (
-    ModuleDef,
+    BNClassifier,
+    ConvNormBlock,
+    check_same_length,
     classifier_head,
-    conv_and_norm,
+    conv_bn,
     global_avg_pool,
     max_pool,
-    norm_act,
-    symmetric_padding,
 )
 from flaxcls.registry import register_model
 
@@ -66,48 +65,36 @@ def channel_shuffle(x: jax.Array, groups: int = 2) -> jax.Array:
     return jnp.swapaxes(x, -1, -2).reshape(*lead, channels)
 
 
-class ShuffleUnit(nn.Module):
+class ShuffleUnit(ConvNormBlock):
     """One ShuffleNetV2 unit. ``strides=2``: both branches see the whole input ([down, main]);
     ``strides=1``: the main branch sees the second half of the channels ([x1, main(x2)])."""
 
-    features: int
-    conv: ModuleDef
-    norm: ModuleDef
     strides: int = 1
-    act: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x):
         half = self.features // 2
-        pad1, pad3 = symmetric_padding(1), symmetric_padding(3)
+        unit = functools.partial(conv_bn, conv=self.conv, norm=self.norm)
 
-        def depthwise(y, name):
+        def depthwise(y, names):  # BN only, never an activation after a depthwise conv
             channels = y.shape[-1]
-            return self.conv(
-                channels,
-                (3, 3),
-                strides=self.strides,
-                padding=pad3,
-                feature_group_count=channels,
-                name=name,
-            )(y)
+            return unit(y, features=channels, kernel_size=3, strides=self.strides,
+                        groups=channels, names=names)
 
         if self.strides == 1:
             keep, y = jnp.split(x, 2, axis=-1)
         else:
-            keep = self.norm(name="down_dw_bn")(depthwise(x, "down_dw_conv"))
-            keep = self.conv(half, (1, 1), padding=pad1, name="down_pw_conv")(keep)
-            keep = norm_act(self.norm(name="down_pw_bn"), keep, self.act)
+            keep = depthwise(x, ("down_dw_conv", "down_dw_bn"))
+            keep = unit(keep, features=half, kernel_size=1, act=self.act,
+                        names=("down_pw_conv", "down_pw_bn"))
             y = x
-        y = self.conv(half, (1, 1), padding=pad1, name="conv1")(y)
-        y = norm_act(self.norm(name="bn1"), y, self.act)
-        y = self.norm(name="bn2")(depthwise(y, "conv2"))  # no activation after a depthwise conv
-        y = self.conv(half, (1, 1), padding=pad1, name="conv3")(y)
-        y = norm_act(self.norm(name="bn3"), y, self.act)
+        y = unit(y, features=half, kernel_size=1, act=self.act, names=("conv1", "bn1"))
+        y = depthwise(y, ("conv2", "bn2"))
+        y = unit(y, features=half, kernel_size=1, act=self.act, names=("conv3", "bn3"))
         return channel_shuffle(jnp.concatenate([keep, y], axis=-1), 2)
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(BNClassifier):
     """ShuffleNetV2 on NHWC input; float32 logits ``[N, num_classes]``.
 
     ``stage_widths`` are the three stages' output channels, ``last_width`` the 1x1 conv's before
@@ -120,24 +107,18 @@ class ShuffleNetV2(nn.Module):
     last_width: int = WIDTHS["x1_0"][1]
     stage_sizes: Sequence[int] = (4, 8, 4)
     stem_width: int = 24
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
-    act: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
-        if len(self.stage_widths) != len(self.stage_sizes):
-            raise ValueError(
-                f"ShuffleNetV2 stage_widths {tuple(self.stage_widths)} and stage_sizes "
-                f"{tuple(self.stage_sizes)} must have the same length"
-            )
+        check_same_length("ShuffleNetV2", stage_widths=self.stage_widths,
+                          stage_sizes=self.stage_sizes)
         odd = [w for w in self.stage_widths if w % 2]
         if odd:
             raise ValueError(f"ShuffleNetV2 stage_widths must be even, got {odd}")
-        conv, norm = conv_and_norm(self.dtype, train)
-        x = conv(self.stem_width, (3, 3), strides=2, padding=symmetric_padding(3),
-                 name="stem_conv")(x)
-        x = max_pool(norm_act(norm(name="stem_bn"), x, self.act), 3, 2, padding=1)
+        conv, norm = self.conv_and_norm(train)
+        x = conv_bn(x, conv, norm, self.stem_width, 3, strides=2, act=self.act,
+                    names=("stem_conv", "stem_bn"))
+        x = max_pool(x, 3, 2, padding=1)
         features = {"stem": x}
         for s, (depth, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
             for b in range(depth):
@@ -150,8 +131,7 @@ class ShuffleNetV2(nn.Module):
                     name=f"stage{s + 1}_block{b}",
                 )(x)
             features[f"stage{s + 1}"] = x
-        x = conv(self.last_width, (1, 1), padding=symmetric_padding(1), name="last_conv")(x)
-        x = norm_act(norm(name="last_bn"), x, self.act)
+        x = conv_bn(x, conv, norm, self.last_width, 1, act=self.act, names=("last_conv", "last_bn"))
         features["last"] = x
         pooled = global_avg_pool(x)  # = Paddle's 7x7/1 average pool on the 7x7 map at 224
         features["pooled"] = pooled

@@ -19,13 +19,13 @@ Parameter names (used by ``flaxcls.convert``): ``conv1``,
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from flaxcls.models.layers import (
+    Classifier,
     DowngradeDropout,
     ModuleDef,
     conv_kernel_init,
@@ -56,7 +56,7 @@ class Fire(nn.Module):
         return jnp.concatenate([e1, e3], axis=-1)  # Paddle's channel order: 1x1 first
 
 
-class SqueezeNet(nn.Module):
+class SqueezeNet(Classifier):
     """SqueezeNet on NHWC input; float32 non-negative scores ``[N, num_classes]``.
 
     With ``return_features=True`` also a dict: ``fire9`` (the map conv10 sees) and ``pooled``
@@ -64,8 +64,6 @@ class SqueezeNet(nn.Module):
     """
 
     version: str = "1.0"
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
     dropout_rate: float = 0.5
 
     @nn.compact

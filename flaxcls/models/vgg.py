@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from flaxcls.models.layers import DowngradeDropout, conv_kernel_init, max_pool
+from flaxcls.models.layers import (
+    Classifier,
+    DowngradeDropout,
+    check_same_length,
+    conv_kernel_init,
+    max_pool,
+)
 from flaxcls.registry import register_model
 
 
-class VGG(nn.Module):
+class VGG(Classifier, kw_only=True):
     """VGG on NHWC input; float32 logits ``[N, num_classes]``.
 
     ``stage_sizes`` is the number of convs per block. With ``return_features=True`` also a dict:
@@ -38,18 +43,12 @@ class VGG(nn.Module):
 
     stage_sizes: Sequence[int]
     widths: Sequence[int] = (64, 128, 256, 512, 512)
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
     fc_width: int = 4096
     dropout_rate: float = 0.5
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
-        if len(self.stage_sizes) != len(self.widths):
-            raise ValueError(
-                f"VGG stage_sizes {tuple(self.stage_sizes)} and widths {tuple(self.widths)} "
-                "must have the same length"
-            )
+        check_same_length("VGG", stage_sizes=self.stage_sizes, widths=self.widths)
         conv = functools.partial(
             nn.Conv,
             kernel_size=(3, 3),

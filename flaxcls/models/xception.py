@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
 from flaxcls.models.layers import (
+    BNClassifier,
     ModuleDef,
+    check_same_length,
     classifier_head,
-    conv_and_norm,
+    conv_bn,
     global_avg_pool,
     max_pool,
-    norm_act,
     symmetric_padding,
 )
 from flaxcls.registry import register_model
@@ -52,16 +51,9 @@ class SeparableConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = self.conv(self.features, (1, 1), padding=symmetric_padding(1), name="pointwise")(x)
-        x = self.norm(name="pointwise_bn")(x)
-        x = self.conv(
-            self.features,
-            (3, 3),
-            padding=symmetric_padding(3),
-            feature_group_count=self.features,
-            name="depthwise",
-        )(x)
-        return self.norm(name="depthwise_bn")(x)
+        x = conv_bn(x, self.conv, self.norm, self.features, 1, names=("pointwise", "pointwise_bn"))
+        return conv_bn(x, self.conv, self.norm, self.features, 3, groups=self.features,
+                       names=("depthwise", "depthwise_bn"))
 
 
 class XceptionBlock(nn.Module):
@@ -100,7 +92,7 @@ class XceptionBlock(nn.Module):
         return shortcut + y
 
 
-class Xception(nn.Module):
+class Xception(BNClassifier):
     """Generic Xception (Paddle's 2019 variant) on NHWC input.
 
     ``entry_widths``/``entry_strides``: the entry blocks; ``middle_blocks`` blocks of
@@ -123,37 +115,23 @@ class Xception(nn.Module):
     exit_widths: Sequence[int] = (728, 1024)
     tail_widths: Sequence[int] = (1536, 2048)
     stem_widths: Sequence[int] = (32, 64)
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9  # Paddle's: running = 0.9 * running + 0.1 * batch
-    bn_epsilon: float = 1e-5
-    act: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
-        if len(self.entry_widths) != len(self.entry_strides):
-            raise ValueError(
-                f"Xception entry_widths {tuple(self.entry_widths)} and entry_strides "
-                f"{tuple(self.entry_strides)} must have the same length"
-            )
+        check_same_length("Xception", entry_widths=self.entry_widths,
+                          entry_strides=self.entry_strides)
         if self.entry_widths[-1] != self.middle_width:
             raise ValueError(
                 f"Xception's last entry width {self.entry_widths[-1]} must equal middle_width "
                 f"{self.middle_width} (the middle blocks add their input)"
             )
-        conv, norm = conv_and_norm(self.dtype, train, self.bn_momentum, self.bn_epsilon)
+        conv, norm = self.conv_and_norm(train)
         sep = functools.partial(SeparableConv, conv=conv, norm=norm)
         block = functools.partial(XceptionBlock, conv=conv, sep=sep, act=self.act)
         features = {}
-        for i, (width, strides) in enumerate(zip(self.stem_widths, (2, 1))):
-            x = conv(
-                width,
-                (3, 3),
-                strides=strides,
-                padding=symmetric_padding(3),
-                name=f"stem_conv{i + 1}",
-            )(x)
-            x = norm_act(norm(name=f"stem_bn{i + 1}"), x, self.act)
+        for i, (width, strides) in enumerate(zip(self.stem_widths, (2, 1)), start=1):
+            x = conv_bn(x, conv, norm, width, 3, strides=strides, act=self.act,
+                        names=(f"stem_conv{i}", f"stem_bn{i}"))
         features["stem"] = x
         for b, (width, strides) in enumerate(zip(self.entry_widths, self.entry_strides)):
             x = block(

@@ -4,7 +4,7 @@ The files in tests/fixtures/paddle_bytes/ were written by paddlepaddle 3.3.1 (CP
 mode) with ``paddle.static.save_vars`` (per-variable files, and ``filename="combined_params"``
 for the combined file) and ``paddle.save(layer.state_dict())`` (``linear.pdparams``); the script
 that made them is tests/fixtures/paddle_bytes/make_paddle_bytes.py (needs Paddle; not run here).
-``PADDLE_VALUES`` repeats the values that script saved.
+``PADDLE_VALUES`` are the values that script saved (paddle_values.py beside it).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from fixtures.paddle_bytes import paddle_values
+from paddle_writers import combined_bytes, tensor_desc, tensor_record, write_per_variable
 from reference import PADDLE_BYTES
 
 from flaxcls.convert.readers import (
@@ -29,17 +31,8 @@ from flaxcls.convert.readers import (
     read_tensor_bytes,
     read_tensor_file,
 )
-from flaxcls.convert.writers import combined_bytes, tensor_desc, tensor_record, write_per_variable
 
-PADDLE_VALUES = {
-    "conv1_weights": np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2) / 7 - 1,
-    "fc_0.b_0": np.array([0.5, -1.25, 3.0], np.float64),
-    "half_scale": np.array([1.5, -2.0, 65504.0, 0.0], np.float16),
-    "step_counter": np.array([[1, -2, 3], [1 << 40, 0, -1]], np.int64),
-    "int_ids": np.array([7, -8], np.int32),
-    "bytes_u8": np.array([0, 255, 17], np.uint8),
-}
-PADDLE_LOD = {"step_counter": [[0, 1, 2]]}
+PADDLE_VALUES, PADDLE_LOD = paddle_values.VALUES, paddle_values.LOD
 
 
 def _assert_same(got: dict, want: dict) -> None:

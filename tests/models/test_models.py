@@ -1,10 +1,16 @@
-"""Model zoo tests: registry, parameter counts against the 2019 Paddle originals (via
-``jax.eval_shape``, no compile), a real forward/backward per structural kind, dtypes, and the
-Paddle pooling rules of ``flaxcls.models.layers``."""
+"""The zoo through the registry, one family like another: look-ups, every ModelCfg, every model's
+parameter counts and shapes against the 2019 fixtures (``jax.eval_shape``, no compile) and its
+Paddle name map, any class count, a real forward/backward of each family's representative and
+of the other structural kinds, and bfloat16 compute.
+
+A family is a model file, a Paddle name map and its fixture: a new one is picked up here (its
+smallest fixture model represents it, ``model_checks.representatives``) and by
+tests/convert/test_paddle_parity.py (name map and logits of every fixture) with no test edit.
+The tables below add what the 2019 files fix for the families that exist.
+"""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -13,59 +19,92 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO
-from model_checks import abstract_variables, count, random_variables, train_step_checks
-from reference import FIXTURES, README
+from flax import traverse_util
+from model_checks import (
+    abstract_variables,
+    classifier_of,
+    count,
+    fixture_param_counts,
+    outputs_of,
+    random_variables,
+    representatives,
+    train_step_checks,
+    variables_of,
+)
+from reference import README, load_manifest
 
 import flaxcls
 from flaxcls import zoo
-from flaxcls.models import layers
+from flaxcls.convert import paddle_name_map
+from flaxcls.registry import IMAGENET_MEAN, IMAGENET_STD
 
-# Models the 2019 code defines but that have no fixture: expected (trainable, BN running-stat)
-# counts, derived from the fixtures by reasoning.
-# * vd vs plain stem: 7x7x3x64 conv + BN(64) is replaced by 3x3 convs 3->32, 32->32, 32->64 + BN
-#   (32, 32, 64): trainable +(864 + 9216 + 18432 + 2*128) - (9408 + 2*64) = +19,232, running stats
-#   +2*128 - 2*64 = +128 (ResNet50_vd - ResNet50 in the fixtures shows the same +19,232 / +128).
-#   The vd avg-down shortcut only adds a parameter-free pool, so ResNet18/34_vd = ResNet18/34 + that.
-# * vc = the same deep stem with plain shortcuts, so ResNet101/152_vc have the counts of
-#   ResNet101/152_vd (fixtures), exactly as ResNet50_vc and ResNet50_vd agree.
-DERIVED_COUNTS = {
-    "ResNet18_vd": (11_693_736 + 19_232, 9_728 + 128),
-    "ResNet34_vd": (21_801_896 + 19_232, 17_152 + 128),
-    "ResNet101_vc": (44_568_392, 105_472),
-    "ResNet152_vc": (60_212_040, 151_552),
+REPRESENTATIVES = representatives()
+FIXTURE_COUNTS = fixture_param_counts()
+
+# Each family's models as the 2019 files name them (the registry may hold more).
+MEMBERS = {
+    "alexnet": ("AlexNet",),
+    "vgg": ("VGG11", "VGG13", "VGG16", "VGG19"),
+    "squeezenet": ("SqueezeNet1_0", "SqueezeNet1_1"),
+    "googlenet": ("GoogLeNet",),
+    "resnet": ("ResNet18", "ResNet34", "ResNet50", "ResNet101", "ResNet152", "ResNet50_vc",
+               "ResNet101_vc", "ResNet152_vc", "ResNet18_vd", "ResNet34_vd", "ResNet50_vd",
+               "ResNet101_vd", "ResNet152_vd", "ResNet200_vd", "ResNet_tiny"),
+    "resnext": tuple(f"ResNeXt{d}{vd}_{w}" for d in (50, 101, 152) for w in ("32x4d", "64x4d")
+                     for vd in ("", "_vd")),
+    "se_resnext": ("SE_ResNeXt50_32x4d", "SE_ResNeXt101_32x4d", "SE_ResNeXt152_32x4d",
+                   "SE_ResNeXt50_vd_32x4d", "SE_ResNeXt101_vd_32x4d", "SENet154_vd"),
+    "resnext_wsl": ("ResNeXt101_32x8d_wsl", "ResNeXt101_32x16d_wsl", "ResNeXt101_32x32d_wsl",
+                    "ResNeXt101_32x48d_wsl", "Fix_ResNeXt101_32x48d_wsl"),
+    "densenet": ("DenseNet121", "DenseNet161", "DenseNet169", "DenseNet201", "DenseNet264"),
+    "darknet": ("DarkNet53",),
+    "inception_v4": ("InceptionV4",),
+    "xception": ("Xception41", "Xception65", "Xception71"),
+    "mobilenet_v1": ("MobileNetV1", "MobileNetV1_x0_25", "MobileNetV1_x0_5", "MobileNetV1_x0_75"),
+    "mobilenet_v2": ("MobileNetV2", "MobileNetV2_x0_25", "MobileNetV2_x0_5", "MobileNetV2_x0_75",
+                     "MobileNetV2_x1_5", "MobileNetV2_x2_0"),
+    "shufflenet_v2": ("ShuffleNetV2", "ShuffleNetV2_x0_25", "ShuffleNetV2_x0_33",
+                      "ShuffleNetV2_x0_5", "ShuffleNetV2_x1_5", "ShuffleNetV2_x2_0",
+                      "ShuffleNetV2_swish", "ShuffleNetV2_x0_5_swish", "ShuffleNetV2_x1_5_swish",
+                      "ShuffleNetV2_x2_0_swish"),
 }
-
-RESNET_NAMES = [
-    "ResNet18",
-    "ResNet34",
-    "ResNet50",
-    "ResNet101",
-    "ResNet152",
-    "ResNet50_vc",
-    "ResNet101_vc",
-    "ResNet152_vc",
-    "ResNet18_vd",
-    "ResNet34_vd",
-    "ResNet50_vd",
-    "ResNet101_vd",
-    "ResNet152_vd",
-    "ResNet200_vd",
-    "ResNet_tiny",
-]
-
-
-def load_fixture(name: str) -> dict | None:
-    path = FIXTURES / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def path_exists(tree, path: str) -> bool:
-    node = tree
-    for part in path.split("/"):
-        if part not in node:
-            return False
-        node = node[part]
-    return True
+_R = ("stem_conv1", "head")
+# (first conv, classifier) Flax paths of each family.
+LAYERS = {
+    "alexnet": ("conv1", "fc8"), "vgg": ("conv1_1", "fc8"), "squeezenet": ("conv1", "conv10"),
+    "googlenet": ("conv1", "out"), "resnet": _R, "resnext": _R, "se_resnext": _R,
+    "resnext_wsl": _R, "densenet": ("stem_conv", "head"), "darknet": ("stem/conv", "head"),
+    "inception_v4": ("stem/conv1/conv", "head"), "xception": ("stem_conv1", "head"),
+    "mobilenet_v1": ("stem_conv", "head"), "mobilenet_v2": ("stem_conv", "head"),
+    "shufflenet_v2": ("stem_conv", "head"),
+}
+# (input, crop, resize_short) where a family or a model is not 224 / 224 / 256.
+SIZES = {"darknet": (256, 256, 256), "inception_v4": (299, 299, 320),
+         "xception": (299, 299, 320), "Fix_ResNeXt101_32x48d_wsl": (320, 320, 320),
+         "ResNet_tiny": (32, 32, 32)}
+# Rows of the PaddleCV README table of 2019-12-30 (top-1, top-5); None: defined in the 2019 files
+# (or here, ResNet_tiny), never released.
+PUBLISHED = {
+    "AlexNet": (0.5672, 0.7917), "VGG11": (0.6928, 0.8909), "VGG13": (0.7002, 0.8942),
+    "VGG16": (0.7200, 0.9069), "VGG19": (0.7256, 0.9093), "SqueezeNet1_0": (0.5960, 0.8166),
+    "SqueezeNet1_1": (0.6008, 0.8185), "GoogLeNet": (0.7070, 0.8966),
+    "ResNet50": (0.7650, 0.9300), "ResNet50_vd": (0.7912, 0.9444),
+    "ResNet200_vd": (0.8093, 0.9533), "ResNet101_vc": (None, None), "ResNet_tiny": (None, None),
+    "ResNeXt50_32x4d": (0.7775, 0.9382), "ResNeXt101_64x4d": (0.7835, 0.9452),
+    "ResNeXt152_vd_64x4d": (0.8108, 0.9534), "SE_ResNeXt50_vd_32x4d": (0.8024, 0.9489),
+    "SENet154_vd": (0.8140, 0.9548), "SE_ResNeXt152_32x4d": (None, None),
+    "SE_ResNeXt101_vd_32x4d": (None, None), "Fix_ResNeXt101_32x48d_wsl": (0.8626, 0.9797),
+    "ResNeXt101_32x8d_wsl": (0.8255, 0.9674),
+    "DenseNet121": (0.7566, 0.9258), "DenseNet264": (0.7796, 0.9385),
+    "DarkNet53": (0.7804, 0.9405), "InceptionV4": (0.8077, 0.9526),
+    "Xception41": (0.7930, 0.9453), "Xception65": (0.8100, 0.9549),
+    "Xception71": (0.8111, 0.9545),
+    "MobileNetV1": (0.7099, 0.8968), "MobileNetV1_x0_25": (0.5143, 0.7546),
+    "MobileNetV2_x2_0": (0.7523, 0.9258), "ShuffleNetV2": (0.6880, 0.8845),
+    "ShuffleNetV2_swish": (0.7003, 0.8917),
+}
+# A floor under the published top-1 of every model of these families (the README table's).
+TOP1_FLOOR = {"densenet": 0.7, "darknet": 0.7, "inception_v4": 0.79, "xception": 0.79}
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -74,7 +113,8 @@ def path_exists(tree, path: str) -> bool:
 def test_list_models_sorted_and_complete():
     names = flaxcls.list_models()
     assert names == sorted(names)
-    assert set(RESNET_NAMES) <= set(names)
+    for family, members in MEMBERS.items():
+        assert {n for n in members if flaxcls.get_model_cfg(n).family == family} == set(members)
 
 
 @pytest.mark.parametrize("alias", ["ResNet50_vd", "resnet50_vd", "RESNET50_VD", "Resnet50-VD"])
@@ -102,35 +142,39 @@ def test_override_changes_the_architecture():
     assert tuple(model.stage_sizes) == (1, 1, 1, 1)
 
 
-@pytest.mark.parametrize("name", RESNET_NAMES)
-def test_resnet_model_cfg(name):
-    cfg = flaxcls.get_model_cfg(name)
-    assert isinstance(cfg, flaxcls.ModelCfg)
-    assert cfg.family == "resnet" and cfg.snake_name == name.lower()
-    assert cfg.mean == (0.485, 0.456, 0.406) and cfg.std == (0.229, 0.224, 0.225)
-    assert cfg.interpolation == "bilinear" and cfg.num_classes == 1000
-    if name == "ResNet_tiny":
-        assert (cfg.input_size, cfg.crop_size, cfg.resize_short_size) == (32, 32, 32)
-        assert cfg.top1 is None and cfg.top5 is None
-    else:
-        assert (cfg.input_size, cfg.crop_size, cfg.resize_short_size) == (224, 224, 256)
-    for acc in (cfg.top1, cfg.top5):
-        assert acc is None or 0.0 < acc < 1.0
-
-
-def test_published_accuracies():
-    # A few rows of the 2019-12-30 README table (top-1 %, top-5 %).
-    assert flaxcls.get_model_cfg("ResNet50").top1 == pytest.approx(0.7650)
-    assert flaxcls.get_model_cfg("ResNet50_vd").top5 == pytest.approx(0.9444)
-    assert flaxcls.get_model_cfg("ResNet200_vd").top1 == pytest.approx(0.8093)
-    assert flaxcls.get_model_cfg("ResNet101_vc").top1 is None  # defined, never released
-
-
 @pytest.mark.subprocess
 def test_import_does_not_pull_tensorflow():
-    code = "import sys, flaxcls, flaxcls.models; assert 'tensorflow' not in sys.modules"
-    root = REPO
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    code = ("import sys, flaxcls, flaxcls.models; assert 'tensorflow' not in sys.modules; "
+            "assert 'flaxcls.convert' not in sys.modules; import flaxcls.convert; "
+            "assert 'tensorflow' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.parametrize("name", flaxcls.list_models())
+def test_model_cfg(name):
+    cfg = flaxcls.get_model_cfg(name)
+    assert isinstance(cfg, flaxcls.ModelCfg) and cfg.name == name and cfg.family
+    assert cfg.snake_name == name.lower() and flaxcls.get_model_cfg(name.lower()).name == name
+    assert len(cfg.mean) == len(cfg.std) == 3 and min(cfg.std) > 0 and cfg.num_classes >= 1
+    assert 0 < cfg.crop_size <= cfg.resize_short_size and cfg.first_conv and cfg.classifier
+    assert (cfg.top1 is None) == (cfg.top5 is None)
+    assert cfg.top1 is None or 0.0 < cfg.top1 < cfg.top5 < 1.0
+    if cfg.family in LAYERS:  # the 2019 zoo: ImageNet statistics, 1000 classes, bilinear
+        assert cfg.mean == IMAGENET_MEAN == (0.485, 0.456, 0.406)
+        assert cfg.std == IMAGENET_STD == (0.229, 0.224, 0.225)
+        assert cfg.interpolation == "bilinear" and cfg.num_classes == 1000
+        assert (cfg.first_conv, cfg.classifier) == LAYERS[cfg.family]
+        sizes = SIZES.get(name, SIZES.get(cfg.family, (224, 224, 256)))
+        assert (cfg.input_size, cfg.crop_size, cfg.resize_short_size) == sizes
+    if cfg.family in TOP1_FLOOR:
+        assert cfg.top1 > TOP1_FLOOR[cfg.family]
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_published_accuracies(name):
+    cfg = flaxcls.get_model_cfg(name)
+    want = tuple(None if v is None else pytest.approx(v) for v in PUBLISHED[name])
+    assert (cfg.top1, cfg.top5) == want
 
 
 # ------------------------------------------------------------------- shapes and param counts
@@ -142,275 +186,140 @@ README_TABLE = zoo.readme_table(README.read_text())
 @pytest.mark.parametrize("name", flaxcls.list_models())
 def test_param_counts_and_shapes(name):
     cfg = flaxcls.get_model_cfg(name)
-    model = flaxcls.create_model(name)
-    variables = zoo.abstract_variables(name)
+    variables = variables_of(name)
     assert zoo.markdown_row(name) in README_TABLE, "run: python -m flaxcls.zoo --write"
     params, stats = variables["params"], variables.get("batch_stats", {})
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(variables))
-    assert path_exists(params, cfg.first_conv), cfg.first_conv
-    assert path_exists(params, cfg.classifier), cfg.classifier
+    assert _path_exists(params, cfg.first_conv), cfg.first_conv
+    assert _path_exists(params, cfg.classifier), cfg.classifier
+    head = classifier_of(params, name)
 
-    fixture = load_fixture(name)
-    if fixture is not None:
+    if name in FIXTURE_COUNTS:
+        fixture = load_manifest(name)
         assert count(params) == fixture["total_params_trainable"]
         assert count(stats) == fixture["total_bn_stat_values"]
         # One Flax leaf per Paddle parameter file (conv kernel; BN scale/bias/mean/var; fc w/b).
         assert len(jax.tree_util.tree_leaves(variables)) == fixture["num_param_tensors"]
-    elif name in DERIVED_COUNTS:
-        assert (count(params), count(stats)) == DERIVED_COUNTS[name]
 
-    x = jax.ShapeDtypeStruct((1, cfg.input_size, cfg.input_size, 3), jnp.float32)
-    logits, feats = jax.eval_shape(
-        lambda v, x: model.apply(v, x, return_features=True), variables, x
-    )
+    # The family's Paddle name map targets each leaf exactly once (so the converter's
+    # strictness holds for every member, fixture or not). Here, where the shapes are at hand.
+    targets = [(t.collection, *t.path) for t in paddle_name_map(name).values()]
+    leaves = {(c, *p) for c in variables for p in traverse_util.flatten_dict(variables[c])}
+    assert len(targets) == len(set(targets)) and set(targets) == leaves
+
+    logits, feats = outputs_of(name)
     assert logits.shape == (1, cfg.num_classes) and logits.dtype == jnp.float32
     assert "pooled" in feats and feats["pooled"].ndim == 2
-    head = params
-    for part in cfg.classifier.split("/"):
-        head = head[part]
     if head["kernel"].ndim == 2:  # a Dense head sees the pooled features
         assert feats["pooled"].shape == (1, head["kernel"].shape[0])
-    if cfg.family == "resnet":
-        assert {"stem", "stage1", "stage2", "stage3", "stage4"} <= set(feats)
-        assert feats["pooled"].shape == feats["stage4"].shape[:1] + feats["stage4"].shape[3:]
-    if cfg.family == "resnet" and cfg.input_size == 224:
-        assert feats["stem"].shape[1:3] == (56, 56)
-        assert [feats[f"stage{i}"].shape[1] for i in range(1, 5)] == [56, 28, 14, 7]
 
 
-def test_resnet50_feature_widths():
-    model = flaxcls.create_model("ResNet50")
-    x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
-    variables = abstract_variables(model, 224, batch=2)
-    _, feats = jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True), variables, x)
-    assert feats["stem"].shape == (2, 56, 56, 64)
-    assert [feats[f"stage{i}"].shape[-1] for i in range(1, 5)] == [256, 512, 1024, 2048]
-    assert feats["pooled"].shape == (2, 2048)
+def _path_exists(tree, path: str) -> bool:
+    node = tree
+    for part in path.split("/"):
+        if part not in node:
+            return False
+        node = node[part]
+    return True
 
 
-def test_paddle_first_block_projection_quirk():
-    # resnet.py projects the very first block even though 64 -> 64, stride 1 (res2a_branch1).
-    params = abstract_variables(flaxcls.create_model("ResNet18"), 224)["params"]
-    assert params["stage1_block0"]["shortcut_conv"]["kernel"].shape == (1, 1, 64, 64)
-    assert "shortcut_conv" not in params["stage1_block1"]
-    # vd: stage-2+ first blocks keep a 1x1 stride-1 conv, after the avg pool.
-    vd = abstract_variables(flaxcls.create_model("ResNet50_vd"), 224)["params"]
-    assert vd["stage2_block0"]["shortcut_conv"]["kernel"].shape == (1, 1, 256, 512)
-    assert vd["stem_conv1"]["kernel"].shape == (3, 3, 3, 32)
-
-
-def test_num_classes_override_changes_head():
-    model = flaxcls.create_model("resnet18", num_classes=10)
-    variables = abstract_variables(model, 64)
-    assert variables["params"]["head"]["kernel"].shape == (512, 10)
-    assert variables["params"]["head"]["bias"].shape == (10,)
-    logits = jax.eval_shape(
-        model.apply, variables, jax.ShapeDtypeStruct((3, 64, 64, 3), jnp.float32)
-    )
-    assert logits.shape == (3, 10)
+@pytest.mark.parametrize("name", list(REPRESENTATIVES.values()))
+def test_any_class_count(name):
+    """Every family's head follows num_classes: the classifier's kernel and bias, and logits."""
+    logits, feats = outputs_of(name, num_classes=7, batch=3)
+    assert logits.shape == (3, 7) and logits.dtype == jnp.float32
+    head = classifier_of(variables_of(name, num_classes=7)["params"], name)
+    assert head["kernel"].shape[-1] == 7 and head["bias"].shape == (7,)
+    if head["kernel"].ndim == 2:
+        assert head["kernel"].shape == (feats["pooled"].shape[-1], 7)
 
 
 # ----------------------------------------------------------------- real forward and backward
 
+_S1 = {"stage_sizes": (1, 1, 1, 1)}
+# A family's representative made small for the compile on a 2-core CPU: (input size,
+# constructor overrides), the same structure with fewer blocks or channels. A family not listed
+# here runs its representative as registered, at its input size.
+SMALL = {
+    "alexnet": (64, {}),
+    "vgg": (32, {}),
+    "squeezenet": (64, {}),
+    "googlenet": (64, {}),
+    "resnet": (64, {}),  # ResNet18: BasicBlock
+    "resnext": (64, _S1),
+    "se_resnext": (64, _S1),  # SE units and head dropout
+    "resnext_wsl": (64, _S1),
+    # Every DenseNet layer has the same structure; 2 layers per block keep the compile short and
+    # still cover every kind of module. DenseNet161's widths (stem 96, growth 48) at 40 px: stem
+    # 20 -> pool 10 -> block maps 10, 5, 2 (the 2x2 pool drops an odd row, as Paddle's floor
+    # mode), 1.
+    "densenet": (40, {"block_sizes": (2, 2, 2, 2), "stem_width": 96, "growth_rate": 48}),
+    "darknet": (32, {}),  # all 52 convs; maps 16, 8, 4, 2, 1
+    "inception_v4": (75, {"stage_sizes": (1, 1, 1)}),  # the smallest input: 1x1 at the end
+    # Xception71's entry flow, one middle block: it holds all of Xception41/65's block kinds
+    # (stride-2 entry blocks) plus the stride-1 ones.
+    "xception": (32, {"middle_blocks": 1, "entry_widths": (128, 256, 256, 728, 728),
+                      "entry_strides": (2, 1, 2, 1, 2)}),
+    "mobilenet_v1": (64, {"scale": 0.25}),  # MobileNetV1_x0_25
+    "mobilenet_v2": (64, {}),
+    "shufflenet_v2": (64, {}),  # the swish variants differ in the activation only
+}
+# Further structural kinds within a family, each once: (model, input size, overrides).
+# 72 px gives odd stage maps (18, 9, 5, 3) so the vd ceil-mode avg pool gets partial windows.
+KINDS = {
+    "bottleneck": ("ResNet50", 64, {}),
+    "vd": ("ResNet50_vd", 72, {}),
+    "tiny": ("ResNet_tiny", 32, {}),
+    "resnext_vd": ("ResNeXt50_vd_64x4d", 72, _S1),
+    "senet154_vd": ("SENet154_vd", 72, _S1),
+    "squeezenet1_0": ("SqueezeNet1_0", 64, {}),
+}
 
-def _train_step_checks(name: str, size: int):
-    train_step_checks(flaxcls.create_model(name, num_classes=10), size)
+
+def _train_cases():
+    for family, name in REPRESENTATIVES.items():
+        size, overrides = SMALL.get(family, (flaxcls.get_model_cfg(name).input_size, {}))
+        yield pytest.param(name, size, overrides, id=family)
+    for kind, case in KINDS.items():
+        yield pytest.param(*case, id=kind)
+
+
+@pytest.mark.parametrize("name,size,overrides", list(_train_cases()))
+def test_forward_backward(name, size, overrides):
+    train_step_checks(flaxcls.create_model(name, num_classes=10, **overrides), size)
 
 
 @pytest.mark.parametrize(
-    "name,size",
-    # 72 px gives odd stage maps (18, 9, 5, 3) so the vd ceil-mode avg pool gets partial windows.
-    [("ResNet18", 64), ("ResNet50", 64), ("ResNet50_vd", 72), ("ResNet_tiny", 32)],
-    ids=["basic", "bottleneck", "vd", "tiny"],
+    "name,size,overrides",
+    [
+        pytest.param("ResNet_tiny", 32, {}, id="ResNet_tiny"),
+        pytest.param("SqueezeNet1_1", 64, {}, id="SqueezeNet1_1"),
+        pytest.param("DenseNet121", 32, {"block_sizes": (1, 1, 1, 1)}, id="DenseNet121"),
+        pytest.param("Xception41", 32, {"middle_blocks": 1}, id="Xception41"),
+        pytest.param("MobileNetV1_x0_25", 64, {}, id="MobileNetV1_x0_25"),
+        pytest.param("SE_ResNeXt50_vd_32x4d", 32, _S1, id="SE_ResNeXt50_vd_32x4d"),
+    ],
 )
-def test_forward_backward(name, size):
-    _train_step_checks(name, size)
-
-
-def test_odd_input_sizes_give_ceil_mode_maps():
-    model = flaxcls.create_model("ResNet18_vd", num_classes=5)
-    x = jax.ShapeDtypeStruct((1, 72, 72, 3), jnp.float32)
-    variables = abstract_variables(model, 72)
-    _, feats = jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True), variables, x)
-    assert [feats[f"stage{i}"].shape[1] for i in range(1, 5)] == [18, 9, 5, 3]
-
-
-def test_bfloat16_compute_keeps_float32_params():
-    model = flaxcls.create_model("ResNet_tiny", num_classes=10, dtype="bfloat16")
+def test_bfloat16_compute_keeps_float32_params(name, size, overrides):
+    model = flaxcls.create_model(name, num_classes=7, dtype="bfloat16", **overrides)
     assert model.dtype == jnp.bfloat16
-    shapes = abstract_variables(model, 32)
+    shapes = abstract_variables(model, size)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(shapes))
-    variables = random_variables(model, 32)
-    x = np.random.RandomState(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    variables = random_variables(model, size, random_bn=True)
+    x = np.random.RandomState(2).standard_normal((2, size, size, 3)).astype(np.float32)
 
     @jax.jit
     def eval_and_train(variables, x):
-        train_logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-        return model.apply(variables, x), train_logits, updates
+        train_logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                            rngs={"dropout": jax.random.key(0, impl="rbg")})
+        return model.apply(variables, x, return_features=True), train_logits, updates
 
-    logits, train_logits, updates = eval_and_train(variables, x)
+    (logits, feats), train_logits, updates = eval_and_train(variables, x)
     for out in (logits, train_logits):
-        assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
+        assert out.shape == (2, 7) and out.dtype == jnp.float32
+        assert np.isfinite(np.asarray(out)).all()
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(updates))
-
-
-def test_batchnorm_momentum_is_paddles():
-    model = flaxcls.create_model("ResNet_tiny")
-    x = np.random.RandomState(3).standard_normal((4, 32, 32, 3)).astype(np.float32)
-    variables = random_variables(model, 32)
-    _, state = jax.jit(
-        lambda v, x: model.apply(
-            v,
-            x,
-            train=True,
-            mutable=["batch_stats", "intermediates"],
-            capture_intermediates=lambda mdl, _: mdl.name == "stem_conv1",
-        )
-    )(variables, x)
-    conv_out = state["intermediates"]["stem_conv1"]["__call__"][0]
-    expected = 0.1 * np.asarray(conv_out).mean(axis=(0, 1, 2))  # 0.9 * 0 + 0.1 * batch mean
-    np.testing.assert_allclose(state["batch_stats"]["stem_bn1"]["mean"], expected, atol=1e-6)
-
-
-def test_init_distributions():
-    model = flaxcls.create_model("ResNet_tiny")
-    # The rbg key only makes the compile quick; the initialisers are the model's own.
-    key = jax.random.key(0, impl="rbg")
-    params = jax.jit(model.init)(key, jnp.zeros((1, 32, 32, 3)))["params"]
-    # He-normal, fan_in = 3 * 3 * 128 (Paddle's MSRA default for conv).
-    kernel = np.asarray(params["stage4_block0"]["conv2"]["kernel"])
-    assert kernel.std() == pytest.approx(np.sqrt(2.0 / (3 * 3 * 128)), rel=0.05)
-    assert abs(kernel.mean()) < 0.1 * kernel.std()
-    # Head: Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) as the 2019 fc, zero bias.
-    head = np.asarray(params["head"]["kernel"])
-    assert np.abs(head).max() <= 1 / np.sqrt(128)
-    assert head.std() == pytest.approx(1 / np.sqrt(3 * 128), rel=0.05)
-    assert not np.any(np.asarray(params["head"]["bias"]))
-    # BN starts at identity: no zero-init of the last gamma (not in the original).
-    assert np.all(np.asarray(params["stage1_block0"]["bn2"]["scale"]) == 1.0)
-
-
-# ------------------------------------------------------------------------- Paddle pooling rules
-
-
-def _reference_pool(x, window, stride, pad, ceil_mode, kind, exclusive=True):
-    """Paddle's pool2d loop (NHWC, numpy): windows clipped to the input; ceil adds partial ones."""
-    n, h, w, c = x.shape
-
-    def out_len(size):
-        span = size + 2 * pad - window
-        return (-(-span // stride) if ceil_mode else span // stride) + 1
-
-    out = np.zeros((n, out_len(h), out_len(w), c), np.float64)
-    for i in range(out.shape[1]):
-        for j in range(out.shape[2]):
-            h0, w0 = i * stride - pad, j * stride - pad
-            h1, w1 = min(h0 + window, h), min(w0 + window, w)
-            cells = x[:, max(h0, 0) : h1, max(w0, 0) : w1, :]
-            if kind == "max":
-                out[:, i, j] = cells.max(axis=(1, 2))
-            else:
-                denom = cells.shape[1] * cells.shape[2] if exclusive else window * window
-                out[:, i, j] = cells.sum(axis=(1, 2)) / denom
-    return out
-
-
-@pytest.mark.parametrize(
-    "size,window,stride,pad,ceil_mode",
-    [
-        (7, 2, 2, 0, True),
-        (8, 2, 2, 0, True),
-        (7, 3, 2, 1, False),
-        (6, 3, 1, 1, False),
-        (9, 3, 2, 1, True),
-        (5, 3, 2, 0, False),
-    ],
-)
-def test_pools_follow_paddle(size, window, stride, pad, ceil_mode):
-    x = np.random.RandomState(0).standard_normal((2, size, size, 3)).astype(np.float32) - 3.0
-    got = layers.max_pool(jnp.asarray(x), window, stride, pad, ceil_mode)
-    np.testing.assert_allclose(
-        got, _reference_pool(x, window, stride, pad, ceil_mode, "max"), rtol=1e-6
-    )
-    for exclusive in (True, False):
-        got = layers.avg_pool(jnp.asarray(x), window, stride, pad, ceil_mode, exclusive)
-        want = _reference_pool(x, window, stride, pad, ceil_mode, "avg", exclusive)
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-
-
-def _jax_max_pool(x, window, stride, pad, ceil_mode):
-    """JAX's own differentiable max pool (its gradient is a select_and_scatter)."""
-    (wh, ww), (sh, sw), (ph, pw) = layers._pair(window), layers._pair(stride), layers._pair(pad)
-    _, pads_h = layers._pool_geometry(x.shape[1], wh, sh, ph, ceil_mode)
-    _, pads_w = layers._pool_geometry(x.shape[2], ww, sw, pw, ceil_mode)
-    return jax.lax.reduce_window(
-        x, -jnp.inf, jax.lax.max, (1, wh, ww, 1), (1, sh, sw, 1), ((0, 0), pads_h, pads_w, (0, 0))
-    )
-
-
-@pytest.mark.parametrize(
-    "size,window,stride,pad,ceil_mode",
-    [(7, 2, 2, 0, True), (8, 2, 2, 0, False), (7, 3, 2, 1, False), (6, 3, 1, 1, False),
-     (9, 3, 2, 1, True), (5, 3, 2, 0, False), (10, 3, 2, 0, True)],
-)
-@pytest.mark.parametrize("ties", [False, True])
-def test_max_pool_gradient_equals_jax_select_and_scatter(size, window, stride, pad, ceil_mode, ties):
-    rng = np.random.RandomState(1)
-    x = rng.standard_normal((2, size, size + 1, 3)).astype(np.float32)
-    if ties:  # like a ReLU output: windows full of equal zeros and ones
-        x = np.maximum(np.round(x), 0.0)
-    x = jnp.asarray(x)
-    out = layers.max_pool(x, window, stride, pad, ceil_mode)
-    np.testing.assert_array_equal(out, _jax_max_pool(x, window, stride, pad, ceil_mode))
-    g = jnp.asarray(rng.randint(-3, 4, size=out.shape).astype(np.float32))
-    ours = jax.grad(lambda v: jnp.sum(layers.max_pool(v, window, stride, pad, ceil_mode) * g))(x)
-    want = jax.grad(lambda v: jnp.sum(_jax_max_pool(v, window, stride, pad, ceil_mode) * g))(x)
-    np.testing.assert_array_equal(ours, want)
-
-
-def test_max_pool_gradient_has_no_scatter_and_keeps_dtype():
-    x = jnp.asarray(np.random.RandomState(2).standard_normal((2, 12, 12, 4)), jnp.bfloat16)
-
-    def loss(v):
-        return jnp.sum(layers.max_pool(v, 3, 2, padding=1).astype(jnp.float32) ** 2)
-
-    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(x))
-    assert "select_and_scatter" not in jaxpr and "scatter" not in jaxpr
-    ours = jax.grad(loss)(x)
-    assert ours.dtype == jnp.bfloat16
-    want = jax.grad(lambda v: jnp.sum(_jax_max_pool(v, 3, 2, 1, False).astype(jnp.float32) ** 2))(x)
-    np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(want, np.float32))
-
-
-def test_avg_down_pool_last_cell_is_the_single_valid_value():
-    x = jnp.arange(49, dtype=jnp.float32).reshape(1, 7, 7, 1)
-    y = layers.avg_pool(x, 2, 2, ceil_mode=True, exclusive=True)
-    assert y.shape == (1, 4, 4, 1)
-    assert float(y[0, 3, 3, 0]) == 48.0  # the bottom-right window holds one valid cell
-
-
-def test_max_pool_padding_never_wins():
-    x = -jnp.ones((1, 4, 4, 1))
-    assert float(layers.max_pool(x, 3, 2, padding=1).max()) == -1.0
-
-
-def test_symmetric_padding_is_never_same():
-    assert layers.symmetric_padding(7) == ((3, 3), (3, 3))
-    assert layers.symmetric_padding((1, 3)) == ((0, 0), (1, 1))
-
-
-def _one_model_per_family() -> list[str]:
-    first: dict[str, str] = {}
-    for name in flaxcls.list_models():
-        first.setdefault(flaxcls.get_model_cfg(name).family, name)
-    return sorted(first.values())
-
-
-@pytest.mark.parametrize("name", _one_model_per_family())
-def test_any_class_count_for_every_family(name):
-    cfg = flaxcls.get_model_cfg(name)
-    model = flaxcls.create_model(name, num_classes=7)
-    variables = abstract_variables(model, cfg.input_size)
-    x = jax.ShapeDtypeStruct((2, cfg.input_size, cfg.input_size, 3), jnp.float32)
-    logits = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
-    assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+    head = classifier_of(shapes["params"], name)
+    assert head["kernel"].shape[-1] == 7
+    if head["kernel"].ndim == 2:
+        assert head["kernel"].shape == (feats["pooled"].shape[-1], 7)

@@ -1,19 +1,18 @@
-"""AlexNet, VGG11-19, SqueezeNet1_0/1_1 and GoogLeNet (the no-BN classics): registry entries,
-feature-map geometry (``jax.eval_shape``), inference-time dropout scaling, Paddle's pooling quirks,
-GoogLeNet's auxiliary heads (parameters, outputs, converter layout), the name maps and a real
-forward/backward of each at small size. Logits parity with the fixtures is in
-test_paddle_parity.py (the VGGs there are in the slow set)."""
+"""AlexNet, VGG11-19, SqueezeNet1_0/1_1 and GoogLeNet (the no-BN classics): feature-map geometry
+(``jax.eval_shape``), inference-time dropout scaling, Paddle's pooling quirks, GoogLeNet's
+auxiliary heads (parameters, outputs, converter layout), the flattened-fc layouts of the name
+maps and the initialisers. The generic checks (ModelCfg, accuracies, counts, name maps, a real
+forward/backward) are in test_models.py; logits parity with the fixtures in
+tests/convert/test_paddle_parity.py (the VGGs there are in the slow set)."""
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import traverse_util
+from model_checks import features_of, params_of, random_variables, variables_of
 from reference import load_manifest, regenerate
 
 import flaxcls
@@ -21,82 +20,9 @@ from flaxcls.convert import paddle_name_map, paddle_to_flax
 from flaxcls.models import googlenet
 from flaxcls.models.layers import DowngradeDropout
 
-FAMILIES = {
-    "AlexNet": "alexnet",
-    "VGG11": "vgg", "VGG13": "vgg", "VGG16": "vgg", "VGG19": "vgg",
-    "SqueezeNet1_0": "squeezenet", "SqueezeNet1_1": "squeezenet",
-    "GoogLeNet": "googlenet",
-}
-# (first conv, classifier) of each family.
-LAYERS = {"alexnet": ("conv1", "fc8"), "vgg": ("conv1_1", "fc8"),
-          "squeezenet": ("conv1", "conv10"), "googlenet": ("conv1", "out")}
-
-
-@functools.cache
-def abstract_variables(name: str, size: int = 224, num_classes: int = 1000):
-    model = flaxcls.create_model(name, num_classes=num_classes)
-    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    return jax.eval_shape(model.init, jax.random.key(0), x)
-
-
-def abstract_features(name: str, size: int = 224) -> dict:
-    model = flaxcls.create_model(name)
-    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    _, feats = jax.eval_shape(
-        lambda v, x: model.apply(v, x, return_features=True), abstract_variables(name, size), x
-    )
-    return {k: tuple(v.shape) for k, v in feats.items()}
-
-
-def params_of(name: str) -> dict:
-    return abstract_variables(name)["params"]
-
-
-def random_variables(model, size: int, seed: int = 0) -> dict:
-    """He-normal kernels and small random biases from numpy (no compile of Flax's init)."""
-    rng = np.random.RandomState(seed)
-    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-
-    def make(path, leaf):
-        if path[-1].key == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-        return (rng.standard_normal(leaf.shape) * 0.1).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(make, jax.eval_shape(model.init, jax.random.key(0), x))
-
 
 def _image(size: int, batch: int = 2, seed: int = 1) -> np.ndarray:
     return np.random.RandomState(seed).standard_normal((batch, size, size, 3)).astype(np.float32)
-
-
-# ------------------------------------------------------------------------------------ registry
-
-
-def test_all_variants_are_registered():
-    assert set(FAMILIES) <= set(flaxcls.list_models())
-
-
-@pytest.mark.parametrize("name", list(FAMILIES))
-def test_model_cfg(name):
-    cfg = flaxcls.get_model_cfg(name)
-    assert cfg.family == FAMILIES[name] and cfg.snake_name == name.lower()
-    assert flaxcls.get_model_cfg(name.lower()).name == name
-    assert (cfg.first_conv, cfg.classifier) == LAYERS[cfg.family]
-    assert (cfg.input_size, cfg.crop_size, cfg.resize_short_size) == (224, 224, 256)
-    assert cfg.num_classes == 1000 and cfg.interpolation == "bilinear"
-    assert cfg.mean == (0.485, 0.456, 0.406) and cfg.std == (0.229, 0.224, 0.225)
-
-
-def test_published_accuracies():
-    # Rows of the 2019-12-30 README table (top-1 %, top-5 %).
-    top = {"AlexNet": (0.5672, 0.7917), "VGG11": (0.6928, 0.8909), "VGG13": (0.7002, 0.8942),
-           "VGG16": (0.7200, 0.9069), "VGG19": (0.7256, 0.9093),
-           "SqueezeNet1_0": (0.5960, 0.8166), "SqueezeNet1_1": (0.6008, 0.8185),
-           "GoogLeNet": (0.7070, 0.8966)}
-    for name, (top1, top5) in top.items():
-        cfg = flaxcls.get_model_cfg(name)
-        assert (cfg.top1, cfg.top5) == (pytest.approx(top1), pytest.approx(top5)), name
 
 
 # ------------------------------------------------------------------------- structure and shapes
@@ -131,11 +57,11 @@ def test_vgg_depths():
 
 
 def test_alexnet_and_vgg_maps():
-    alex = abstract_features("AlexNet")
+    alex = features_of("AlexNet")
     assert alex["pool5"] == (1, 6, 6, 256) and alex["pooled"] == (1, 4096)
     assert params_of("AlexNet")["conv1"]["kernel"].shape == (11, 11, 3, 64)
     assert params_of("AlexNet")["fc6"]["kernel"].shape == (9216, 4096)
-    vgg = abstract_features("VGG11")
+    vgg = features_of("VGG11")
     assert [vgg[f"block{b}"][1] for b in range(1, 6)] == [112, 56, 28, 14, 7]
     assert vgg["block5"] == (1, 7, 7, 512) and vgg["pooled"] == (1, 4096)
 
@@ -144,7 +70,7 @@ def test_squeezenet_pools_are_floor_mode():
     # Fluid's default ceil_mode=False (torchvision's SqueezeNet uses ceil mode: 55/27/13 for 1.0).
     # 1.0: conv1 7x7/2 pad 0 -> 109, pools -> 54, 26, 12. 1.1: conv1 3x3/2 pad 1 -> 112, then
     # 55, 27, 13.
-    v10, v11 = abstract_features("SqueezeNet1_0"), abstract_features("SqueezeNet1_1")
+    v10, v11 = features_of("SqueezeNet1_0"), features_of("SqueezeNet1_1")
     assert v10["fire9"] == (1, 12, 12, 512) and v11["fire9"] == (1, 13, 13, 512)
     assert v10["pooled"] == (1, 512)
     assert params_of("SqueezeNet1_0")["conv1"]["kernel"].shape == (7, 7, 3, 96)
@@ -156,7 +82,7 @@ def test_squeezenet_pools_are_floor_mode():
 
 
 def test_googlenet_maps_and_heads():
-    feats = abstract_features("GoogLeNet")
+    feats = features_of("GoogLeNet")
     # Floor-mode stem pools: 112 -> 55 -> 27 (torchvision's ceil mode gives 56/28).
     assert feats["ince3a"] == (1, 27, 27, 256) and feats["ince3b"] == (1, 27, 27, 480)
     assert feats["ince4a"] == (1, 13, 13, 512) and feats["ince4d"] == (1, 13, 13, 528)
@@ -171,7 +97,7 @@ def test_googlenet_maps_and_heads():
     assert params["ince4e"]["3x3_proj"]["kernel"].shape == (1, 1, 528, 128)
     assert params["ince5b"]["5x5"]["kernel"].shape == (5, 5, 48, 128)
     # Every class count follows num_classes, the aux heads' too.
-    small = abstract_variables("GoogLeNet", 224, 7)["params"]
+    small = variables_of("GoogLeNet", num_classes=7)["params"]
     assert [small[k]["bias"].shape for k in ("out", "out1", "out2")] == [(7,)] * 3
 
 
@@ -202,7 +128,7 @@ def test_paddle_avg_pool(size, window, stride):
 
 def _eval(name: str, size: int, num_classes: int = 5):
     model = flaxcls.create_model(name, num_classes=num_classes)
-    variables = random_variables(model, size)
+    variables = random_variables(model, size, random_bn=True)  # random biases too
     logits, feats = jax.jit(lambda v, x: model.apply(v, x, return_features=True))(
         variables, _image(size))
     p = jax.tree_util.tree_map(np.asarray, variables["params"])
@@ -254,7 +180,7 @@ def test_googlenet_main_head_dropout_scaling():
     np.testing.assert_allclose(logits, _fc(0.6 * feats["pooled"], p["out"]), rtol=1e-4, atol=1e-4)
     model = flaxcls.create_model("GoogLeNet", num_classes=5)
     x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
-    plain = jax.eval_shape(model.apply, abstract_variables("GoogLeNet", 64, 5), x)
+    plain = jax.eval_shape(model.apply, variables_of("GoogLeNet", 64, 5), x)
     assert isinstance(plain, jax.ShapeDtypeStruct) and plain.shape == (2, 5)  # logits only
 
 
@@ -268,15 +194,6 @@ def test_downgrade_dropout_does_not_rescale_in_training():
 
 
 # ---------------------------------------------------------------------------------- name maps
-
-
-@pytest.mark.parametrize("name", list(FAMILIES))
-def test_name_map_fills_every_leaf_once(name):
-    mapping = paddle_name_map(name)
-    targets = [(t.collection, *t.path) for t in mapping.values()]
-    variables = abstract_variables(name)
-    leaves = {(c, *p) for c in variables for p in traverse_util.flatten_dict(variables[c])}
-    assert len(targets) == len(set(targets)) and set(targets) == leaves
 
 
 def test_flattened_fc_layouts():
@@ -334,57 +251,10 @@ def test_converter_rejects_conv_offsets_in_vgg():
     arrays = {name: np.zeros(shape, np.float32) for name, shape, _ in
               load_manifest("VGG11")["params"] if not name.startswith("fc")}
     arrays["conv1_1_offset"] = np.zeros((64,), np.float32)
-    with pytest.raises(ValueError, match=r"unexpected Paddle tensors \(1\): conv1_1_offset"):
+    with pytest.raises(ValueError) as err:
         paddle_to_flax(arrays, "VGG11")
-
-
-# ----------------------------------------------------------------- real forward and backward
-
-
-def _train_step(name: str, size: int):
-    model = flaxcls.create_model(name, num_classes=10)
-    x, labels = _image(size), jnp.array([3, 7])
-    params = random_variables(model, size)["params"]
-
-    @jax.jit
-    def loss_and_grads(params, key):
-        def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params}, x, train=True,
-                mutable=["batch_stats"], rngs={"dropout": key},
-            )
-            ce = optax.softmax_cross_entropy_with_integer_labels
-            return ce(logits, labels).mean(), (logits, updates)
-
-        return jax.value_and_grad(loss_fn, has_aux=True)(params)
-
-    (loss, (logits, updates)), grads = loss_and_grads(params, jax.random.key(2))
-    assert logits.shape == (2, 10) and logits.dtype == jnp.float32
-    assert np.isfinite(float(loss)) and not updates  # no BatchNorm anywhere
-    flat_grads = jax.tree_util.tree_flatten_with_path(grads)[0]
-    zero = [jax.tree_util.keystr(p) for p, g in flat_grads if not np.any(np.asarray(g) != 0)]
-    assert not zero, f"parameters without gradient: {zero}"
-    assert all(np.isfinite(np.asarray(g)).all() for _, g in flat_grads)
-    # Training-mode dropout draws from the "dropout" stream.
-    (_, (other, _)), _ = loss_and_grads(params, jax.random.key(3))
-    assert not np.allclose(np.asarray(logits), np.asarray(other))
-
-
-@pytest.mark.parametrize(
-    "name,size",
-    [("AlexNet", 64), ("VGG11", 32), ("SqueezeNet1_0", 64), ("SqueezeNet1_1", 64)],
-)
-def test_forward_backward(name, size):
-    _train_step(name, size)
-
-
-def test_bfloat16_compute_keeps_float32_params():
-    model = flaxcls.create_model("SqueezeNet1_1", num_classes=10, dtype="bfloat16")
-    variables = random_variables(model, 64)
-    logits = jax.jit(model.apply)(variables, _image(64))
-    assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
-    shapes = abstract_variables("SqueezeNet1_1", 64)
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(shapes))
+    unexpected = [line for line in str(err.value).split("\n") if "but not in" in line]
+    assert unexpected == ["  conv1_1_offset: in the Paddle weights but not in the model's name map"]
 
 
 def test_init_follows_paddle():

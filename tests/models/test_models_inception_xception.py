@@ -1,7 +1,8 @@
-"""InceptionV4 and Xception41/65/71: registry entries, the structural details of the 2019 Paddle
-code (explicit paddings, the stem's 7x1/1x7 pair, separable convs pointwise-first, shortcuts),
-parameter counts, a real forward/backward at small resolution, Fluid's x0.8 dropout at inference,
-class-count and bf16 overrides. Logits parity with Paddle is in test_paddle_parity.py."""
+"""InceptionV4 and Xception41/65/71: the structural details of the 2019 Paddle code (explicit
+paddings, the stem's 7x1/1x7 pair, separable convs pointwise-first, shortcuts), parameter counts
+and Fluid's x0.8 dropout at inference. The generic checks (ModelCfg, accuracies, a real
+forward/backward, class counts, bf16) are in test_models.py; logits parity with Paddle in
+tests/convert/test_paddle_parity.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_checks import abstract_variables, count, random_variables, train_step_checks
+from model_checks import count, outputs_of, params_of, random_variables, variables_of
 
 import flaxcls
 
@@ -32,40 +33,9 @@ COUNTS = {
 }
 
 
-def abstract_features(model, size: int, batch: int = 1):
-    """((logits, features), variables) shapes, traced once together with init."""
-    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-
-    def outputs(key, x):
-        return model.init_with_output(key, x, return_features=True)
-
-    return jax.eval_shape(outputs, jax.random.key(0), x)
-
-
-
-# ------------------------------------------------------------------------------------ registry
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_model_cfg(name):
-    cfg = flaxcls.get_model_cfg(name)
-    assert cfg.snake_name == name.lower() and flaxcls.get_model_cfg(name.lower()).name == name
-    assert cfg.family == ("inception_v4" if name == "InceptionV4" else "xception")
-    assert (cfg.input_size, cfg.crop_size, cfg.resize_short_size) == (299, 299, 320)
-    assert cfg.num_classes == 1000 and cfg.interpolation == "bilinear"
-    assert cfg.mean == (0.485, 0.456, 0.406) and cfg.std == (0.229, 0.224, 0.225)
-    assert cfg.first_conv == ("stem/conv1/conv" if name == "InceptionV4" else "stem_conv1")
-    assert cfg.classifier == "head"
-    assert 0.79 < cfg.top1 < cfg.top5 < 1.0
-
-
-def test_published_accuracies():
-    # Rows of the PaddleCV README table (top-1 %, top-5 %), Inception series.
-    assert flaxcls.get_model_cfg("InceptionV4").top1 == pytest.approx(0.8077)
-    assert flaxcls.get_model_cfg("InceptionV4").top5 == pytest.approx(0.9526)
-    assert flaxcls.get_model_cfg("Xception41").top1 == pytest.approx(0.7930)
-    assert flaxcls.get_model_cfg("Xception65").top5 == pytest.approx(0.9549)
-    assert flaxcls.get_model_cfg("Xception71").top1 == pytest.approx(0.8111)
+def abstract_features(name: str, size: int | None = None, batch: int = 1, **overrides):
+    """((logits, features), variables) shapes, cached."""
+    return outputs_of(name, size, batch=batch, **overrides), variables_of(name, size, **overrides)
 
 
 # ---------------------------------------------------------------------- structure (no compile)
@@ -73,7 +43,7 @@ def test_published_accuracies():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_param_counts(name):
-    variables = abstract_variables(flaxcls.create_model(name), 299)
+    variables = variables_of(name)
     assert (count(variables["params"]), count(variables["batch_stats"])) == COUNTS[name]
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(variables))
 
@@ -81,7 +51,7 @@ def test_param_counts(name):
 def test_inception_v4_maps_and_kernels():
     model = flaxcls.create_model("InceptionV4")
     assert tuple(model.stage_sizes) == (4, 7, 3) and model.head_dropout == 0.2
-    (logits, feats), variables = abstract_features(model, 299)
+    (logits, feats), variables = abstract_features("InceptionV4")
     assert logits.shape == (1, 1000) and logits.dtype == jnp.float32
     # 299 -> 149 -> 147 -> 147 -> 73 -> 71 -> 35: only explicit paddings, default 0.
     assert feats["stem"].shape == (1, 35, 35, 384)
@@ -105,16 +75,15 @@ def test_inception_v4_maps_and_kernels():
 
 
 def test_inception_v4_smallest_input():
-    (_, feats), _ = abstract_features(flaxcls.create_model("InceptionV4"), 75)
+    (_, feats), _ = abstract_features("InceptionV4", 75)
     assert feats["stem"].shape[1:3] == (7, 7) and feats["stage3"].shape[1:3] == (1, 1)
     with pytest.raises(ValueError, match="at least 75x75"):
-        abstract_features(flaxcls.create_model("InceptionV4"), 74)
+        abstract_features("InceptionV4", 74)
 
 
 @pytest.mark.parametrize("name", ["Xception41", "Xception65", "Xception71"])
 def test_xception_maps_and_blocks(name):
-    model = flaxcls.create_model(name)
-    (logits, feats), variables = abstract_features(model, 299)
+    (logits, feats), variables = abstract_features(name)
     params = variables["params"]
     assert logits.shape == (1, 1000)
     assert feats["stem"].shape == (1, 150, 150, 64)
@@ -142,39 +111,13 @@ def test_xception_maps_and_blocks(name):
 
 
 def test_xception71_stride_one_entry_blocks():
-    params = abstract_variables(flaxcls.create_model("Xception71"), 299)["params"]
+    params = params_of("Xception71")
     # 256 -> 256 at stride 1 still projects through a 1x1 conv.
     assert params["entry_block3"]["shortcut"]["kernel"].shape == (1, 1, 256, 256)
     assert params["entry_block5"]["shortcut"]["kernel"].shape == (1, 1, 728, 728)
 
 
-@pytest.mark.parametrize("name,width", [("InceptionV4", 1536), ("Xception65", 2048)])
-def test_num_classes_override_changes_head(name, width):
-    model = flaxcls.create_model(name, num_classes=10)
-    size = 75 if name == "InceptionV4" else 32
-    (logits, _), variables = abstract_features(model, size, batch=3)
-    assert variables["params"]["head"]["kernel"].shape == (width, 10)
-    assert variables["params"]["head"]["bias"].shape == (10,)
-    assert logits.shape == (3, 10)
-
-
-# ----------------------------------------------------------------- real forward and backward
-
-
-# One block per repeated kind keeps the compile within the CPU budget while every block kind
-# still runs: Xception71's entry flow holds all of Xception41/65's (stride-2 blocks) plus the
-# stride-1 ones, and the bf16 test below runs Xception41 forward. The full-depth graphs are
-# checked against Paddle in test_paddle_parity.py.
-@pytest.mark.parametrize(
-    "name,size,overrides",
-    [
-        ("InceptionV4", 75, {"stage_sizes": (1, 1, 1)}),  # the smallest input: 1x1 at the end
-        ("Xception71", 32, {"middle_blocks": 1}),
-    ],
-    ids=["inception_v4", "xception71"],
-)
-def test_forward_backward(name, size, overrides):
-    train_step_checks(flaxcls.create_model(name, num_classes=10, **overrides), size)
+# ------------------------------------------------------------------------------ head dropout
 
 
 def test_inception_v4_dropout_scales_by_0_8_at_inference():
@@ -188,21 +131,3 @@ def test_inception_v4_dropout_scales_by_0_8_at_inference():
     head = variables["params"]["head"]
     want = 0.8 * np.asarray(feats["pooled"]) @ head["kernel"] + head["bias"]
     np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-5, atol=1e-5)
-
-
-def test_bfloat16_compute_keeps_float32_params():
-    model = flaxcls.create_model("Xception41", num_classes=10, dtype="bfloat16", middle_blocks=1)
-    assert model.dtype == jnp.bfloat16
-    variables = random_variables(model, 32)
-    assert all(leaf.dtype == np.float32 for leaf in jax.tree_util.tree_leaves(variables))
-    x = np.random.RandomState(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
-
-    @jax.jit
-    def eval_and_train(variables, x):
-        train_logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-        return model.apply(variables, x), train_logits, updates
-
-    logits, train_logits, updates = eval_and_train(variables, x)
-    for out in (logits, train_logits):
-        assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(updates))

@@ -1,19 +1,17 @@
-"""ResNeXt, ResNeXt_vd, SE_ResNeXt, SE_ResNeXt_vd / SENet154_vd and ResNeXt101_wsl: registry
-entries, shapes and parameter counts (``jax.eval_shape``, no compile), the Paddle name maps of the
-models without a fixture, the SE unit and head-dropout semantics, and a real forward/backward of
-each structural kind at small size. Logits parity for the fixtures is in test_paddle_parity.py."""
+"""ResNeXt, ResNeXt_vd, SE_ResNeXt, SE_ResNeXt_vd / SENet154_vd and ResNeXt101_wsl: shapes and
+parameter counts of the builds without a fixture (``jax.eval_shape``, no compile), their Paddle
+names, the SE unit and head-dropout semantics. The generic checks (ModelCfg, accuracies, counts,
+name maps, a real forward/backward of each structural kind, bf16) are in test_models.py; logits
+parity for the fixtures in tests/convert/test_paddle_parity.py."""
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
-import model_checks
 import numpy as np
 import pytest
 from flax import traverse_util
-from model_checks import count
+from model_checks import count, outputs_of, params_of, random_variables, variables_of
 
 import flaxcls
 from flaxcls.convert import paddle_name_map, paddle_resnet_name_map, paddle_to_flax
@@ -48,11 +46,6 @@ WSL = [
     "ResNeXt101_32x48d_wsl",
     "Fix_ResNeXt101_32x48d_wsl",
 ]
-FAMILIES = {
-    **dict.fromkeys(RESNEXT, "resnext"),
-    **dict.fromkeys(SE_RESNEXT, "se_resnext"),
-    **dict.fromkeys(WSL, "resnext_wsl"),
-}
 
 # Models the 2019 files define without a fixture: (trainable, BN running-stat) counts, derived
 # from fixtures by reasoning (the same as tests/test_models.py does for ResNet).
@@ -76,18 +69,6 @@ DERIVED_COUNTS = {
 }
 
 
-@functools.cache
-def abstract_variables(name: str, size: int | None = None, **overrides):
-    model = flaxcls.create_model(name, **overrides)
-    size = size or flaxcls.get_model_cfg(name).input_size
-    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    return jax.eval_shape(model.init, jax.random.key(0), x)
-
-
-def params_of(name: str, **overrides) -> dict:
-    return abstract_variables(name, **overrides)["params"]
-
-
 def kernel(name: str, *path: str) -> tuple[int, ...]:
     node = params_of(name)
     for part in path:
@@ -95,61 +76,19 @@ def kernel(name: str, *path: str) -> tuple[int, ...]:
     return tuple(node["kernel"].shape)
 
 
-def random_variables(model, size: int, seed: int = 0) -> dict:
-    return model_checks.random_variables(model, size, seed, random_bn=True)
-
-
-
-# ------------------------------------------------------------------------------------ registry
-
-
-def test_all_variants_are_registered():
-    assert set(FAMILIES) <= set(flaxcls.list_models())
-
-
-@pytest.mark.parametrize("name", list(FAMILIES))
-def test_model_cfg(name):
-    cfg = flaxcls.get_model_cfg(name)
-    assert cfg.family == FAMILIES[name] and cfg.snake_name == name.lower()
-    assert flaxcls.get_model_cfg(name.lower()).name == name
-    assert (cfg.first_conv, cfg.classifier, cfg.num_classes) == ("stem_conv1", "head", 1000)
-    assert cfg.mean == (0.485, 0.456, 0.406) and cfg.interpolation == "bilinear"
-    if name.startswith("Fix_"):
-        assert (cfg.input_size, cfg.crop_size, cfg.resize_short_size) == (320, 320, 320)
-    else:
-        assert (cfg.input_size, cfg.crop_size, cfg.resize_short_size) == (224, 224, 256)
-
-
-def test_published_accuracies():
-    # Rows of the 2019-12-30 README table (top-1 %, top-5 %); unreleased builds have None.
-    assert flaxcls.get_model_cfg("ResNeXt50_32x4d").top1 == pytest.approx(0.7775)
-    assert flaxcls.get_model_cfg("ResNeXt101_64x4d").top1 == pytest.approx(0.7835)
-    assert flaxcls.get_model_cfg("ResNeXt152_vd_64x4d").top5 == pytest.approx(0.9534)
-    assert flaxcls.get_model_cfg("SE_ResNeXt50_vd_32x4d").top1 == pytest.approx(0.8024)
-    assert flaxcls.get_model_cfg("SENet154_vd").top5 == pytest.approx(0.9548)
-    assert flaxcls.get_model_cfg("Fix_ResNeXt101_32x48d_wsl").top1 == pytest.approx(0.8626)
-    assert flaxcls.get_model_cfg("ResNeXt101_32x8d_wsl").top1 == pytest.approx(0.8255)
-    for name in ("SE_ResNeXt152_32x4d", "SE_ResNeXt101_vd_32x4d"):
-        assert flaxcls.get_model_cfg(name).top1 is None
-
-
 # ------------------------------------------------------------------- shapes and param counts
 
 
 @pytest.mark.parametrize("name", sorted(DERIVED_COUNTS))
 def test_derived_param_counts(name):
-    variables = abstract_variables(name)
+    variables = variables_of(name)
     assert (count(variables["params"]), count(variables["batch_stats"])) == DERIVED_COUNTS[name]
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", [*RESNEXT, *SE_RESNEXT, *WSL])
 def test_feature_maps(name):
     cfg = flaxcls.get_model_cfg(name)
-    model = flaxcls.create_model(name)
-    x = jax.ShapeDtypeStruct((1, cfg.input_size, cfg.input_size, 3), jnp.float32)
-    _, feats = jax.eval_shape(
-        lambda v, x: model.apply(v, x, return_features=True), abstract_variables(name), x
-    )
+    _, feats = outputs_of(name)
     side = cfg.input_size // 4
     assert feats["stem"].shape[1:3] == (side, side)
     assert [feats[f"stage{i}"].shape[1:] for i in range(1, 5)] == [
@@ -232,14 +171,10 @@ def test_cardinality_needs_a_bottleneck():
 # ---------------------------------------------------------------------------------- name maps
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
-def test_name_map_fills_every_leaf_once(name):
-    mapping = paddle_name_map(name)
-    targets = [(t.collection, *t.path) for t in mapping.values()]
-    variables = abstract_variables(name)
-    leaves = {(c, *p) for c in variables for p in traverse_util.flatten_dict(variables[c])}
-    assert len(targets) == len(set(targets)) and set(targets) == leaves
-    assert set(paddle_resnet_name_map(name)) == set(mapping)
+@pytest.mark.parametrize("name", [*RESNEXT, *SE_RESNEXT, *WSL])
+def test_resnet_name_map_is_the_name_map(name):
+    assert paddle_resnet_name_map(name) == {
+        n: (t.collection, t.path) for n, t in paddle_name_map(name).items()}
 
 
 def test_name_maps_without_fixtures():
@@ -304,7 +239,7 @@ def test_name_maps_without_fixtures():
 def test_converter_round_trip(name):
     # Paddle-layout arrays made from Flax variables convert back to exactly those variables.
     mapping = paddle_name_map(name)
-    variables = abstract_variables(name)
+    variables = variables_of(name)
     rng = np.random.RandomState(0)
     flat, arrays = {}, {}
     for paddle_name, target in mapping.items():
@@ -344,44 +279,9 @@ def test_head_dropout_scales_at_inference(name, factor):
     # Fluid's downgrade_in_infer: eval logits = head((1 - p) * pooled).
     small = {"stage_sizes": (1, 1, 1, 1)}
     model = flaxcls.create_model(name, num_classes=3, **small)
-    variables = random_variables(model, 32)
+    variables = random_variables(model, 32, random_bn=True)
     x = np.random.RandomState(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
     logits, feats = jax.jit(lambda v, x: model.apply(v, x, return_features=True))(variables, x)
     head = variables["params"]["head"]
     want = factor * np.asarray(feats["pooled"]) @ head["kernel"] + head["bias"]
     np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4)
-
-
-# ----------------------------------------------------------------- real forward and backward
-
-
-def _train_step_checks(name: str, size: int, **overrides):
-    model = flaxcls.create_model(name, num_classes=10, **overrides)
-    model_checks.train_step_checks(model, size, random_bn=True)
-
-
-@pytest.mark.parametrize(
-    "name,size",
-    # 72 px gives odd stage maps (18, 9, 5, 3): the vd avg-down pool gets partial windows.
-    [
-        ("ResNeXt50_32x4d", 64),
-        ("ResNeXt50_vd_64x4d", 72),
-        ("SE_ResNeXt50_32x4d", 64),
-        ("SENet154_vd", 72),
-        ("ResNeXt101_32x8d_wsl", 64),
-    ],
-    ids=["resnext", "resnext_vd", "se_dropout", "senet154_vd", "wsl"],
-)
-def test_forward_backward(name, size):
-    _train_step_checks(name, size, stage_sizes=(1, 1, 1, 1))
-
-
-def test_bfloat16_compute_keeps_float32_params():
-    model = flaxcls.create_model(
-        "SE_ResNeXt50_vd_32x4d", num_classes=10, dtype="bfloat16", stage_sizes=(1, 1, 1, 1)
-    )
-    variables = random_variables(model, 32)
-    x = np.random.RandomState(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
-    logits = jax.jit(model.apply)(variables, x)
-    assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(variables))

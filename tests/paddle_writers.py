@@ -1,7 +1,8 @@
-"""Writers of Paddle's per-variable and combined LoDTensor files, byte for byte as Paddle does.
+"""Writers of Paddle's per-variable and combined LoDTensor files, byte for byte as Paddle does:
+the tests' way to make released-weight files (``flaxcls.convert.readers`` only reads them).
 
-For tests and for exporting weights back to the 2019 tools: ``tensor_record`` is one
-per-variable file; a combined file is the records of the variables in sorted-name order.
+``tensor_record`` is one per-variable file; a combined file is the records of the variables in
+sorted-name order.
 """
 
 from __future__ import annotations
