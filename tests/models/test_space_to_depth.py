@@ -175,15 +175,17 @@ def test_small_stem_rejects_space_to_depth():
 
 
 def test_config_field_reaches_the_model_and_names_itself_when_unsupported():
-    from flaxcls.config import ConfigError, default_config
-    from flaxcls.train.loop import create_model
+    from flaxcls.config import ConfigError, default_config, validate
+    from flaxcls.specs import ModelSpec
 
     c = default_config()
-    c.model, c.stem_space_to_depth = "ResNet50", True
-    assert create_model(c).stem_space_to_depth is True
+    c.model, c.stem_space_to_depth, c.data_dir = "ResNet50", True, "x"
+    validate(c)
+    assert ModelSpec.from_config(c).build().stem_space_to_depth is True
     c.stem_space_to_depth = False
-    assert create_model(c).stem_space_to_depth is False
+    assert ModelSpec.from_config(c).build().stem_space_to_depth is False
     for name in ("MobileNetV2", "ResNet_tiny"):  # no such field / no stride-2 stem conv
         c.model, c.stem_space_to_depth = name, True
-        with pytest.raises(ConfigError, match="config.stem_space_to_depth=True"):
-            create_model(c)
+        with pytest.raises(ConfigError, match=r"^config.stem_space_to_depth=True: .*"
+                                              f"{'field' if name == 'MobileNetV2' else 'stem'}"):
+            validate(c)  # before any job starts
