@@ -98,7 +98,10 @@ def main(argv: list[str]) -> None:
     workdir = os.path.abspath(FLAGS.workdir)  # Orbax writes and reads absolute paths only
     if config.compilation_cache:
         parallel.enable_compilation_cache(FLAGS.compilation_cache_dir)
+    from flaxcls import storage
+    from flaxcls.storage import StorageError
     from flaxcls.train.monitor import TrainingDiverged
+    from flaxcls.workdir_lock import WorkdirInUse
 
     try:
         if FLAGS.mode == "train":
@@ -118,11 +121,15 @@ def main(argv: list[str]) -> None:
 
             out = export_model(config, workdir)
             logging.getLogger("flaxcls").info("exported %s to %s", config.model, out)
-    except (ConfigError, CheckpointError, FileNotFoundError, UnknownModelError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, UnknownModelError,
+            WorkdirInUse) as e:
         _user_error(e)
     except TrainingDiverged as e:
         logging.getLogger("flaxcls").error("%s", e)
         _finish(3)
+    except StorageError as e:
+        logging.getLogger("flaxcls").error("%s", e)
+        _finish(storage.EXIT_CODE)
     except ValueError as e:
         from flaxcls.data import DataError
 

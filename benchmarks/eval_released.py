@@ -116,12 +116,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _converted(tar: Path, model: str, out: Path) -> dict[str, Any]:
-    from flaxcls.convert.importer import SIDECAR, convert_to_checkpoint, source_sha256
+    from flaxcls.checksum import file_sha256
+    from flaxcls.convert.importer import SIDECAR, convert_to_checkpoint
 
     sidecar = out / SIDECAR
     if sidecar.exists():
         old = json.loads(sidecar.read_text())
-        if old.get("source_sha256") == source_sha256(tar) and old.get("model") == model:
+        if old.get("source_sha256") == file_sha256(tar) and old.get("model") == model:
             return old
         raise ValueError(f"{out} holds a conversion of another file; remove it")
     return convert_to_checkpoint(tar, model, out)

@@ -9,6 +9,7 @@ intact; the unfinished directory is never listed and is removed by the next writ
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Self
 
@@ -17,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from flaxcls import mismatch
+from flaxcls import checksum, mismatch, storage
 
 STATE = "state"
 METADATA = "metadata"
@@ -25,8 +26,29 @@ CHECKPOINTS = "checkpoints"
 UNFINISHED_MARK = ".orbax-checkpoint-tmp"
 
 
+CHECKSUMS = "checksums"  # metadata key: '/'-joined array path -> checksum.checksums() value
+
+
 class CheckpointError(ValueError):
-    """A checkpoint that can't serve: unfinished, of another architecture, or without weights."""
+    """A checkpoint that can't serve: unfinished, of another architecture, without weights, or
+    whose arrays changed on disk since they were saved."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint whose bytes changed after it was saved (its checksums differ) or that can't
+    be read at all."""
+
+
+def _orbax_storage_noise(record: logging.LogRecord) -> bool:
+    """Drops Orbax's background-thread error logs (each with a long traceback) for a storage
+    failure: the same error reaches the saving thread, which reports it in one line."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is None and "raised an exception" in record.getMessage():
+        exc = Exception(record.getMessage())
+    return exc is None or storage.storage_errno(exc) is None
+
+
+logging.getLogger("absl").addFilter(_orbax_storage_noise)
 
 
 def _manager(
@@ -61,19 +83,69 @@ class Checkpointer:
         if keep < 1:
             raise ValueError(f"keep={keep}: must be >= 1 (config.keep_checkpoints)")
         self.directory = epath.Path(workdir) / CHECKPOINTS
-        self._manager = _manager(self.directory, keep=keep, async_save=async_save)
+        self._pending: tuple[int, int] | None = None  # (step, bytes) of a save in flight
+        self._failed, self._async = False, async_save
+        try:
+            self._manager = _manager(self.directory, keep=keep, async_save=async_save)
+        except Exception as e:
+            err = self._storage_error(e, "creating the checkpoint folder", None, None)
+            if err is None:
+                raise
+            raise err from e
 
     def save(self, step: int, state_pytree: Any, metadata: dict[str, Any],
              force: bool = False) -> bool:
-        """Saves ``state_pytree`` as step ``step``; False when that step is already saved."""
+        """Saves ``state_pytree`` as step ``step`` with a checksum of each array in its
+        metadata; False when that step is already saved. A storage failure of this save or of
+        the one before it (saves run in the background) raises storage.StorageError."""
         step = int(step)
         if step in self._manager.all_steps():
             return False
+        metadata = {**metadata, CHECKSUMS: checksum.checksums(state_pytree)}
         args = ocp.args.Composite(**{
             STATE: ocp.args.PyTreeSave(state_pytree),
             METADATA: ocp.args.JsonSave(_jsonable(metadata)),
         })
-        return bool(self._manager.save(step, args=args, force=force))
+        size = storage.state_bytes(state_pytree)
+        self._settle()  # the save before this one: its failure is reported as its own
+        self._pending = (step, size)
+        try:
+            saved = bool(self._manager.save(step, args=args, force=force))
+        except Exception as e:
+            err = self._storage_error(e, "saving a checkpoint", step, size)
+            if err is None:
+                raise
+            raise err from e
+        if not self._async:
+            self._pending = None
+        return saved
+
+    def _settle(self) -> None:
+        """Waits for the save in flight; its storage failure raises StorageError."""
+        if self._pending is None:
+            return
+        step, size = self._pending
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            err = self._storage_error(e, "saving a checkpoint", step, size)
+            if err is None:
+                raise
+            raise err from e
+        self._pending = None
+
+    def _storage_error(self, e: BaseException, operation: str, step: int | None,
+                       size: int | None) -> storage.StorageError | None:
+        newest = _newest_on_disk(str(self.directory))
+        resume = (f"the newest complete checkpoint is {newest[0]}: make room (or fix the "
+                  f"folder) and re-run the same command to resume from step {newest[1]}"
+                  if newest else "no checkpoint was completed: a re-run starts afresh")
+        err = storage.as_storage_error(e, operation, str(self.directory), step=step,
+                                       needed=size, resume=resume)
+        if err is not None:
+            self._failed = True
+            self._pending = None
+        return err
 
     def latest_step(self) -> int | None:
         """The newest finished checkpoint's step, or None."""
@@ -106,24 +178,37 @@ class Checkpointer:
             return None
         try:
             state, meta = self.restore(step, abstract_state)
-        except CheckpointError:
-            raise
-        except Exception as e:  # Orbax and TensorStore raise many kinds
-            where = self.directory / str(step)
-            older = [s for s in self.all_steps() if s < step]
-            self.close()
-            hint = (f"move {where} out of '{self.directory}' (keep it until the run is back) "
-                    f"and re-run to resume from step {older[-1]}" if older else
-                    "no older checkpoint is left: move it aside to start afresh")
-            raise CheckpointError(
-                f"checkpoint {where} cannot be read ({_root_reason(e)}); {hint}") from e
-        return step, state, meta
+        except CheckpointError as e:
+            if not isinstance(e, DamagedCheckpoint):
+                raise
+            reason = str(e)
+        except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+            reason = f"checkpoint {self.directory / str(step)} cannot be read ({_root_reason(e)})"
+        else:
+            return step, state, meta
+        where = self.directory / str(step)
+        older = [s for s in self.all_steps() if s < step]
+        self.close()
+        hint = (f"move {where} out of '{self.directory}' (keep it until the run is back) "
+                f"and re-run to resume from step {older[-1]}" if older else
+                "no older checkpoint is left: move it aside to start afresh")
+        raise DamagedCheckpoint(f"{reason}; {hint}")
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        self._settle()
 
     def close(self) -> None:
-        self._manager.close()
+        """Waits for the last save and closes. After a reported storage failure it only
+        releases Orbax's threads (the failure is not raised twice)."""
+        try:
+            if not self._failed:
+                self._settle()
+        finally:
+            try:
+                self._manager.close()
+            except Exception as e:
+                if not self._failed and storage.storage_errno(e) is None:
+                    raise
 
     def __enter__(self) -> Self:
         return self
@@ -149,9 +234,16 @@ def restore_from(path: str | epath.PathLike, abstract_state: Any,
 def workdir_checkpoint(workdir: str) -> tuple[str, int] | None:
     """(path, step) of the workdir's newest finished checkpoint, or None; reads the folder
     names only, so it never disturbs a training job writing to this workdir right now."""
-    root = os.path.join(workdir, CHECKPOINTS)
-    steps = [int(n) for n in (os.listdir(root) if os.path.isdir(root) else [])
-             if n.isdigit() and os.path.isdir(os.path.join(root, n))]
+    return _newest_on_disk(os.path.join(workdir, CHECKPOINTS))
+
+
+def _newest_on_disk(root: str) -> tuple[str, int] | None:
+    """(path, step) of the newest finished step folder under ``root``, from the names only."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return None
+    steps = [int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(root, n))]
     if not steps:
         return None
     return os.path.join(root, str(max(steps))), max(steps)
@@ -165,6 +257,7 @@ def read_variables(path: str | epath.PathLike) -> dict[str, Any]:
     ``restore_from``.
     """
     directory, step = _resolve(path)
+    _check_conversion_source(directory.parent)
     manager = _manager(directory, read_only=True)
     try:
         if step is None:
@@ -176,11 +269,45 @@ def read_variables(path: str | epath.PathLike) -> dict[str, Any]:
                              f"(top-level entries: {sorted(tree) if isinstance(tree, dict) else tree})")
         item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted)
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-        out = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
-            item=item, restore_args=restore_args, partial_restore=True)}))
+        items = {STATE: ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                               partial_restore=True)}
+        has_metadata = (directory / str(step) / METADATA).exists()
+        if has_metadata:
+            items[METADATA] = ocp.args.JsonRestore()
+        out = manager.restore(step, args=ocp.args.Composite(**items))
+        _verify(out[STATE], dict(out[METADATA] or {}) if has_metadata else {},
+                directory / str(step))
         return dict(out[STATE])
     finally:
         manager.close()
+
+
+CONVERSION_SIDECAR = "conversion.json"  # written by flaxcls.convert beside its checkpoints/
+
+
+def _check_conversion_source(out: epath.Path) -> None:
+    """A converted checkpoint read with its source file beside it (in its folder or the folder
+    above): the source's sha256 must be the one the conversion recorded."""
+    sidecar = out / CONVERSION_SIDECAR
+    if not sidecar.exists():
+        return
+    try:
+        record = json.loads(sidecar.read_text())
+        name, recorded = record["source"], record["source_sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{sidecar} is not a conversion record (JSON with 'source' and "
+                              "'source_sha256')") from None
+    for folder in (out, out.parent):
+        source = folder / name
+        if source.exists() and os.path.realpath(source) != os.path.realpath(out):
+            digest = checksum.file_sha256(str(source))
+            if digest != recorded:
+                raise DamagedCheckpoint(
+                    f"{out} was converted from a {name} with sha256 {recorded[:16]}... "
+                    f"({CONVERSION_SIDECAR}), but {source} has sha256 {digest[:16]}...: one of "
+                    f"them changed (another release, a damaged copy). Convert {source} again "
+                    "into a new folder, or move it away to use the checkpoint as it is")
+            return
 
 
 def _resolve(path: str | epath.PathLike) -> tuple[epath.Path, int | None]:
@@ -226,7 +353,21 @@ def _restore(manager: ocp.CheckpointManager, directory: epath.Path, step: int,
     if has_metadata:
         items[METADATA] = ocp.args.JsonRestore()
     out = manager.restore(step, args=ocp.args.Composite(**items))
-    return out[STATE], dict(out[METADATA] or {}) if has_metadata else {}
+    meta = dict(out[METADATA] or {}) if has_metadata else {}
+    _verify(out[STATE], meta, where)
+    meta.pop(CHECKSUMS, None)  # verified; the caller gets back what it saved
+    return out[STATE], meta
+
+
+def _verify(tree: Any, meta: dict[str, Any], where: epath.Path) -> None:
+    """Checks the restored arrays against the checksums saved with them (checkpoints written
+    before checksums were recorded have none, and are taken as they are)."""
+    if CHECKSUMS in meta:
+        try:
+            checksum.verify(tree, meta[CHECKSUMS], f"checkpoint {where}")
+        except checksum.ChecksumMismatch as e:
+            raise DamagedCheckpoint(f"{e}: the files changed on disk after the save (a "
+                                    "flipped bit, a bad copy)") from None
 
 
 def _with_shardings(abstract_state: Any) -> Any:

@@ -13,6 +13,7 @@ import jax
 
 from flaxcls import job, parallel, weights
 from flaxcls.config import ConfigError
+from flaxcls.progress import TaskProgress
 from flaxcls.specs import InputSpec
 from flaxcls.train.step import EVAL_METRICS, fetch_metrics, make_eval_step, zeros_metrics
 from flaxcls.train.writer import MetricWriter
@@ -27,10 +28,11 @@ EVAL_DATA_FIELDS = ("data_dir", "builtin_dataset", "data_source", "tfds_name", "
 
 def evaluate(eval_step, variables: Any, source: Any, spec: InputSpec, *, batch_size: int,
              mesh, step: int, workdir: str, writer: MetricWriter | None = None,
-             extra: dict[str, Any] | None = None) -> dict[str, Any]:
+             extra: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
     """One pass of ``eval_step`` over the eval split of ``source`` in global batches of
     ``batch_size`` (the last one padded and masked). Logs, records and writes
-    ``<workdir>/eval_results.json``; returns top1, top5, loss, num_examples and step."""
+    ``<workdir>/eval_results.json``; returns top1, top5, loss, num_examples and step.
+    ``progress``: report how far the pass is (``--mode=eval``; process 0)."""
     if not source.num_eval:
         log.warning("no eval data (no val list or eval split): evaluation skipped")
         return {"step": int(step)}
@@ -41,8 +43,12 @@ def evaluate(eval_step, variables: Any, source: Any, spec: InputSpec, *, batch_s
     batches = data.eval_iterator(source, spec, global_batch_size=batch_size,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
+    meter = TaskProgress("eval", total=source.num_eval,
+                         enabled=progress and jax.process_index() == 0)
     for batch in parallel.prefetch_to_mesh(batches, mesh):
         metrics = eval_step(variables, metrics, batch)
+        meter.update(batch_size)
+    meter.close()
     m = fetch_metrics(metrics)
     result = {"top1": m["top1"], "top5": m["top5"], "loss": m["loss"],
               "num_examples": round(m["count"]), "step": int(step)}
@@ -83,7 +89,7 @@ def run_eval(config: Any, workdir: str) -> dict[str, Any]:
                         workdir=workdir, writer=writer,
                         extra={"checkpoint": path, "model": config.model,
                                "data": {f: config[f] for f in EVAL_DATA_FIELDS},
-                               "preprocessing": prep})
+                               "preprocessing": prep}, progress=True)
     finally:
         writer.close()
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from flaxcls.layouts import CompiledForward
 from flaxcls.preprocessing import EvalPreprocessing
+from flaxcls.progress import TaskProgress
 from flaxcls.specs import InputSpec, Specs
 
 log = logging.getLogger("flaxcls")
@@ -311,7 +312,9 @@ def run_infer(config, workdir: str) -> list[dict[str, Any]]:
                             "probs": [float(row[c]) for c in top]})
         pending.clear()
 
+    meter = TaskProgress("infer", total=len(paths), enabled=jax.process_index() == 0)
     for path in paths:
+        meter.update()
         try:
             pending.append((path, loader(path)))
         except UnreadableImage as e:
@@ -321,6 +324,7 @@ def run_infer(config, workdir: str) -> list[dict[str, Any]]:
         if len(pending) == batch:
             flush()
     flush()
+    meter.close()
 
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)

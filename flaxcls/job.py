@@ -11,9 +11,10 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from flaxcls import parallel
+from flaxcls import parallel, workdir_lock
 from flaxcls.config import ConfigError
 from flaxcls.specs import Specs, resolve
+from flaxcls.workdir_lock import WorkdirLock
 
 log = logging.getLogger("flaxcls")
 
@@ -24,11 +25,23 @@ class Job:
     mesh: Mesh
     source: Any  # flaxcls.data.sources.Source
     local_batch: int  # this process's share of the global train batch
+    lock: WorkdirLock | None = None  # held by process 0 of a training job; the caller releases
 
 
-def start(config: Any, workdir: str) -> Job:
-    """The edge: everything below takes the specs and the source made here."""
+def start(config: Any, workdir: str, hold_workdir: bool = False) -> Job:
+    """The edge: everything below takes the specs and the source made here. ``hold_workdir``
+    (training): take the workdir's lock before anything is written to it."""
     specs = resolve(config)  # a wrong value stops here, before anything is written
+    lock = workdir_lock.hold(workdir) if hold_workdir else None
+    try:
+        return _start(config, workdir, specs, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _start(config: Any, workdir: str, specs: Specs, lock: WorkdirLock | None) -> Job:
     if config.builtin_dataset and not config.data_dir:
         config.data_dir = _prepare_builtin(config.builtin_dataset, workdir)
         specs = dataclasses.replace(
@@ -42,7 +55,7 @@ def start(config: Any, workdir: str) -> Job:
     if source.num_classes > specs.model.num_classes:
         raise ConfigError(f"config.num_classes={specs.model.num_classes} but the data set has "
                           f"{source.num_classes} classes")
-    return Job(specs, mesh, source, local_batch)
+    return Job(specs, mesh, source, local_batch, lock)
 
 
 def _prepare_builtin(name: str, workdir: str) -> str:

@@ -2,7 +2,8 @@
 
 Tests live by area (models/, data/, train/, convert/, serve/, benchmarks/). A test that starts
 a python process carries ``@pytest.mark.subprocess``; the fixture below fails any other test
-that tries, so ``pytest -m "not slow and not subprocess"`` is the fast in-process subset.
+that tries. ``@pytest.mark.heavy`` marks in-process tests that compile a big model or train end
+to end; ``pytest -m "not slow and not subprocess and not heavy"`` is the developer's subset.
 
 A test that needs N devices carries ``@pytest.mark.devices(N)`` (and ``subprocess``): where the
 process has another device count (in-process tests see one CPU device; XLA_FLAGS fakes more only
@@ -41,6 +42,18 @@ def _subprocesses_only_when_marked(request, monkeypatch):
         real_init(self, args, *a, **kw)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long tests first (those that start processes, then the heavy in-process ones), so
+    that with ``-n 2`` the short ones fill the gaps at the end instead of one long test
+    running alone. Stable: the order within each group is the collection order."""
+    def rank(item) -> int:
+        if item.get_closest_marker("subprocess") is not None:
+            return 0
+        return 1 if item.get_closest_marker("heavy") is not None else 2
+
+    items.sort(key=rank)
 
 
 DEVICES_ENV = "FLAXCLS_TEST_DEVICES"  # set in the child pytest that runs a devices(N) test

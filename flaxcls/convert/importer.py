@@ -8,20 +8,23 @@ and ``<out>/conversion.json`` (model, source file, its sha256, converter and fla
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from flaxcls.checkpoint import CONVERSION_SIDECAR
+from flaxcls.checksum import file_sha256
 from flaxcls.convert.paddle import paddle_name_map, paddle_to_flax
 from flaxcls.convert.readers import load_paddle_arrays
 from flaxcls.registry import get_model_cfg
 
 CONVERTER_VERSION = "1"
-SIDECAR = "conversion.json"
+SIDECAR = CONVERSION_SIDECAR
+_UNFINISHED = ".converting"  # inside --out while a conversion runs
 
 
 def from_paddle(path: str | os.PathLike, model_name: str) -> dict[str, Any]:
@@ -33,20 +36,6 @@ def from_paddle(path: str | os.PathLike, model_name: str) -> dict[str, Any]:
     cfg = get_model_cfg(model_name)
     arrays = load_paddle_arrays(path, names=list(paddle_name_map(cfg.name)))
     return paddle_to_flax(arrays, cfg.name)
-
-
-def source_sha256(path: Path) -> str:
-    if path.is_dir():  # a folder: hash of its files' names and bytes, in sorted order
-        h = hashlib.sha256()
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            h.update(p.relative_to(path).as_posix().encode() + b"\0")
-            h.update(hashlib.sha256(p.read_bytes()).digest())
-        return h.hexdigest()
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def convert_to_checkpoint(path: str | os.PathLike, model_name: str,
@@ -68,14 +57,23 @@ def convert_to_checkpoint(path: str | os.PathLike, model_name: str,
         "model": cfg.name,
         "num_classes": int(np.shape(head["kernel"])[-1]),
         "source": source.name,
-        "source_sha256": source_sha256(source),
+        "source_sha256": file_sha256(source),
         "converter": "paddle",
         "converter_version": CONVERTER_VERSION,
         "flaxcls_version": flaxcls.__version__,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    with Checkpointer(out, keep=1) as ckpt:
+    # Written into a hidden folder inside ``out`` and moved into place at the end (the
+    # checkpoint, then the sidecar), so a killed conversion never leaves a half-written
+    # checkpoint where a reader would take it; its leftover folder is removed by the next run.
+    tmp = out / _UNFINISHED
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    with Checkpointer(tmp, keep=1) as ckpt:
         ckpt.save(0, variables, metadata=sidecar)
         ckpt.wait()
-    (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+    (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+    os.replace(tmp / CHECKPOINTS, out / CHECKPOINTS)
+    os.replace(tmp / SIDECAR, out / SIDECAR)
+    tmp.rmdir()
     return sidecar

@@ -21,7 +21,7 @@ import pickle
 import struct
 import tarfile
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import ml_dtypes
@@ -299,27 +299,39 @@ def _members_to_arrays(members: Iterable[tuple[str, bytes]], where: str,
                                   f"({origin[name]} and {member})")
         out[name], origin[name] = array, member
 
-    for member, data in members:
-        role = _role(member)
-        label = f"{where}: {member}" if member else where
-        if role in ("skip", "program"):
-            skipped.append(member)
-        elif role == "pickle":
-            for name, array in read_pdparams_bytes(data, label).items():
-                add(name, array, member)
-        elif role == "combined":
-            if names is None:
-                raise WeightFileError(f"{label}: a combined file needs the list of variable "
-                                      "names (give the model name)")
-            for name, array in read_combined_bytes(data, names, label).items():
-                add(name, array, member)
-        else:
-            add(member.rsplit("/", 1)[-1], read_tensor_bytes(data, label).array, member)
+    from flaxcls.progress import TaskProgress
+
+    with TaskProgress(f"reading {where}", total=len(names) if names else None,
+                      unit="tensors", logger=log) as progress:
+        for member, data in members:
+            _add_member(member, data, where, names, add, skipped)
+            progress.done = len(out)
+            progress.update(0)
     if skipped:
         log.info("%s: skipped %d non-tensor files: %s", where, len(skipped), ", ".join(skipped))
     if not out:
         raise WeightFileError(f"{where}: no Paddle tensors found")
     return out
+
+
+def _add_member(member: str, data: bytes, where: str, names: Sequence[str] | None,
+                add: Callable[[str, np.ndarray, str], None], skipped: list[str]) -> None:
+    """The tensors of one file of a weight folder or archive, through ``add``."""
+    role = _role(member)
+    label = f"{where}: {member}" if member else where
+    if role in ("skip", "program"):
+        skipped.append(member)
+    elif role == "pickle":
+        for name, array in read_pdparams_bytes(data, label).items():
+            add(name, array, member)
+    elif role == "combined":
+        if names is None:
+            raise WeightFileError(f"{label}: a combined file needs the list of variable "
+                                  "names (give the model name)")
+        for name, array in read_combined_bytes(data, names, label).items():
+            add(name, array, member)
+    else:
+        add(member.rsplit("/", 1)[-1], read_tensor_bytes(data, label).array, member)
 
 
 def _folder_members(path: Path) -> Iterable[tuple[str, bytes]]:

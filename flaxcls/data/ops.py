@@ -9,12 +9,57 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import tempfile
+
+from flaxcls.config import INTERPOLATIONS, interpolation_name
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TF's C++ info chatter out of logs
 
-import tensorflow as tf
+# What TensorFlow's C++ side prints to stderr while it is imported, whatever the log level:
+# notices, not problems. Any other line it prints then is passed on.
+_IMPORT_NOTICES = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions:",
+    "Unable to register cuDNN factory", "Unable to register cuFFT factory",
+    "Unable to register cuBLAS factory", "TF-TRT Warning: Could not find TensorRT",
+    "computation placer already registered",
+)
 
-from flaxcls.config import INTERPOLATIONS, interpolation_name
+
+def _import_tensorflow():
+    """``import tensorflow`` with its start-up notices (above) held back from stderr."""
+    if "tensorflow" in sys.modules:
+        import tensorflow
+
+        return tensorflow
+    try:
+        stderr_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr is not a file (captured, say)
+        import tensorflow
+
+        return tensorflow
+    sys.stderr.flush()
+    saved = os.dup(stderr_fd)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), stderr_fd)
+        try:
+            import tensorflow
+        finally:  # also when the import fails: what it printed may say why
+            os.dup2(saved, stderr_fd)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            passed = [line for line in lines if not any(n in line for n in _IMPORT_NOTICES)]
+            if passed:
+                sys.stderr.write("".join(passed))
+                sys.stderr.flush()
+    return tensorflow
+
+
+tf = _import_tensorflow()
 
 
 def _hide_gpus() -> None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -201,7 +203,10 @@ def _example(image: bytes, label: int, index: int) -> bytes:
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
         "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[index])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # Deterministic: the feature map in key order, so the same image gives the same bytes in
+    # every process (a resumed rewrite equals an uninterrupted one byte for byte).
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
 
 
 def _ordered_map(fn, items: list, workers: int) -> Iterator:
@@ -221,14 +226,98 @@ def shard_name(split: str, i: int, n: int) -> str:
     return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
 
 
+PLAN = "rewrite.json"  # the arguments of a rewrite in progress; records.json replaces it
+_DONE_LOG = "rewrite-shards.jsonl"  # one line per shard moved into place
+_UNFINISHED = ".tmp"  # a shard being written
+
+
+class _AlreadyDone(Exception):
+    """--out holds a finished rewrite of the same arguments and source."""
+
+
+def _split_digest(split: FileSplit) -> str:
+    """Identifies a split's images and labels (by file name, so a tar extracted to another
+    temporary folder reads the same)."""
+    h = hashlib.sha256()
+    for path, label in zip(split.paths, split.labels, strict=True):
+        h.update(f"{os.path.basename(str(path))}\0{int(label)}\n".encode())
+    return h.hexdigest()
+
+
+def _plan(images: ImageSet, settings: dict, shards: int) -> dict:
+    return {"format": RECORDS_FORMAT, "settings": {**settings, "shards": shards},
+            "num_classes": int(images.num_classes), "classes": images.class_names,
+            "splits": {n: {"count": len(s), "digest": _split_digest(s)}
+                       for n, s in images.splits.items()}}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'field: was X, now Y' for each leaf where two plans differ."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: was {a!r}, now {b!r}")
+    return out
+
+
+def _resume_state(out_dir: str, plan: dict) -> dict[str, dict]:
+    """{shard file: its record} of the shards an interrupted rewrite of the same plan finished;
+    raises DataError when ``out_dir`` holds anything else."""
+    if not (os.path.isdir(out_dir) and os.listdir(out_dir)):
+        return {}
+    plan_path = os.path.join(out_dir, PLAN)
+    if not os.path.exists(plan_path):
+        index_path = os.path.join(out_dir, RECORDS_INDEX)
+        if os.path.exists(index_path):
+            with open(index_path, encoding="utf-8") as f:
+                if json.load(f).get("plan") == plan:
+                    raise _AlreadyDone
+        what = ("a finished rewrite of other arguments or another source (records.json)"
+                if os.path.exists(index_path) else "files that are not an interrupted rewrite")
+        raise DataError(f"--out {out_dir!r} exists and is not empty: it holds {what}; choose "
+                        "an empty or new folder")
+    with open(plan_path, encoding="utf-8") as f:
+        old = json.load(f)
+    differ = _differences(old, plan)
+    if differ:
+        raise DataError(f"--out {out_dir!r} holds an interrupted rewrite with other arguments or "
+                        f"another source ({'; '.join(differ[:6])}); re-run it with the same "
+                        "arguments to finish it, or choose another --out")
+    done: dict[str, dict] = {}
+    log_path = os.path.join(out_dir, _DONE_LOG)
+    if os.path.exists(log_path):
+        with open(log_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # the line being written when it was killed
+                    continue
+                path = os.path.join(out_dir, record["file"])
+                # Complete only if moved into place and of the size written.
+                if os.path.isfile(path) and os.path.getsize(path) == record["bytes"]:
+                    done[record["file"]] = record
+    for name in os.listdir(out_dir):
+        if name.endswith(_UNFINISHED):
+            os.remove(os.path.join(out_dir, name))
+    return done
+
+
 def write_records(images: ImageSet, out_dir: str, *, max_side: int = 256, side: str = "longer",
                   quality: int = 90, shards: int = 16, seed: int = 0, workers: int = 0,
                   eval_max_side: int = 256, eval_side: str = "shorter",
                   source: str = "") -> dict:
     """Writes every split of `images` to `out_dir`; returns the index (also written as
     records.json, last). The train split is bounded by (max_side, side), the others by
-    (eval_max_side, eval_side). Unreadable images are skipped, logged and listed in the index."""
+    (eval_max_side, eval_side). Unreadable images are skipped, logged and listed in the index.
+
+    Each shard is written under a temporary name and renamed when complete. Re-run with the
+    same arguments on the folder of an interrupted rewrite, it keeps the finished shards and
+    writes the rest; the result is byte for byte that of an uninterrupted rewrite."""
     from flaxcls.data import ops
+    from flaxcls.progress import TaskProgress
 
     tf = ops.tf
     if side not in SIDES or eval_side not in SIDES:
@@ -236,16 +325,27 @@ def write_records(images: ImageSet, out_dir: str, *, max_side: int = 256, side: 
     if min(max_side, eval_max_side) < 1 or not 1 <= quality <= 100 or shards < 1:
         raise ValueError(f"need max sides >= 1, quality in [1, 100], shards >= 1 "
                          f"(got {max_side}, {eval_max_side}, {quality}, {shards})")
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise DataError(f"--out {out_dir!r} exists and is not empty")
+    settings = {"max_side": max_side, "side": side, "eval_max_side": eval_max_side,
+                "eval_side": eval_side, "quality": quality, "seed": seed,
+                "source": os.path.basename(os.path.normpath(source)) if source else ""}
+    plan = _plan(images, settings, shards)
+    try:
+        done = _resume_state(out_dir, plan)
+    except _AlreadyDone:
+        log.info("%s already holds this rewrite, complete: nothing to do", out_dir)
+        with open(os.path.join(out_dir, RECORDS_INDEX), encoding="utf-8") as f:
+            return json.load(f)
     os.makedirs(out_dir, exist_ok=True)
+    if done:
+        log.info("resuming the rewrite in %s: %d shard(s) already written", out_dir, len(done))
+    else:
+        _write_json(os.path.join(out_dir, PLAN), plan)
+    done_log = open(os.path.join(out_dir, _DONE_LOG), "a", encoding="utf-8")  # noqa: SIM115
     workers = workers or len(os.sched_getaffinity(0))
     index: dict = {
         "format": RECORDS_FORMAT, "num_classes": int(images.num_classes),
-        "classes": images.class_names, "splits": {},
-        "settings": {"max_side": max_side, "side": side, "eval_max_side": eval_max_side,
-                     "eval_side": eval_side, "quality": quality, "seed": seed,
-                     "source": os.path.basename(os.path.normpath(source)) if source else ""},
+        "classes": images.class_names, "splits": {}, "settings": settings,
+        "plan": plan,  # what a re-run compares: the arguments and the source's identity
     }
     for name, split in images.splits.items():
         order = np.arange(len(split))
@@ -253,6 +353,8 @@ def write_records(images: ImageSet, out_dir: str, *, max_side: int = 256, side: 
             order = np.random.default_rng(seed).permutation(len(split))
         n_shards = max(1, min(shards, len(split)))
         bounds = np.linspace(0, len(split), n_shards + 1).round().astype(int)
+        files = [shard_name(name, s, n_shards) for s in range(n_shards)]
+        todo = [s for s in range(n_shards) if files[s] not in done]
 
         bound = (max_side, side) if name == "train" else (eval_max_side, eval_side)
 
@@ -265,34 +367,71 @@ def write_records(images: ImageSet, out_dir: str, *, max_side: int = 256, side: 
             except (OSError, tf.errors.OpError) as e:
                 return i, None, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
 
-        shard_info, skipped, written, resized, class_counts = [], [], 0, 0, collections.Counter()
-        results = _ordered_map(convert, order.tolist(), workers)
+        results = _ordered_map(
+            convert, [int(order[k]) for s in todo for k in range(bounds[s], bounds[s + 1])],
+            workers)
+        progress = TaskProgress(f"rewrite {name}", total=int(sum(
+            bounds[s + 1] - bounds[s] for s in todo)), logger=log)
+        written = 0
         for s in range(n_shards):
-            file = shard_name(name, s, n_shards)
-            count = 0
-            with tf.io.TFRecordWriter(os.path.join(out_dir, file)) as writer:
-                for _ in range(bounds[s], bounds[s + 1]):
-                    i, data, what = next(results)
-                    if data is None:
-                        skipped.append(f"{split.paths[i]}: {what}")
-                        log.warning("skipped %s: %s", split.paths[i], what)
-                        continue
-                    label = int(split.labels[i])
-                    writer.write(_example(data, label, written))
-                    written, count = written + 1, count + 1
-                    resized += bool(what)
-                    class_counts[label] += 1
-            shard_info.append({"file": file, "count": count,
-                               "bytes": os.path.getsize(os.path.join(out_dir, file))})
+            if files[s] in done:
+                written += done[files[s]]["count"]
+                continue
+            record = _write_shard(tf, out_dir, files[s], results, bounds[s + 1] - bounds[s],
+                                  split, written, images.num_classes, progress)
+            written += record["count"]
+            done[files[s]] = record
+            done_log.write(json.dumps(record) + "\n")
+            done_log.flush()
+        progress.close()
+        records = [done[f] for f in files]
+        class_counts = np.sum([r["class_counts"] for r in records], axis=0, dtype=np.int64)
         index["splits"][name] = {
-            "count": written, "resized": resized, "skipped": skipped, "shards": shard_info,
-            "class_counts": [class_counts[k] for k in range(images.num_classes)],
-            "bytes": sum(s["bytes"] for s in shard_info),
+            "count": written, "resized": sum(r["resized"] for r in records),
+            "skipped": [x for r in records for x in r["skipped"]],
+            "shards": [{"file": r["file"], "count": r["count"], "bytes": r["bytes"]}
+                       for r in records],
+            "class_counts": [int(class_counts[k]) for k in range(images.num_classes)],
+            "bytes": sum(r["bytes"] for r in records),
         }
-    with open(os.path.join(out_dir, RECORDS_INDEX + ".tmp"), "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=1)
-    os.replace(os.path.join(out_dir, RECORDS_INDEX + ".tmp"), os.path.join(out_dir, RECORDS_INDEX))
+    done_log.close()
+    _write_json(os.path.join(out_dir, RECORDS_INDEX), index)
+    for leftover in (PLAN, _DONE_LOG):  # records.json is the record from here on
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, leftover))
     return index
+
+
+def _write_shard(tf, out_dir: str, file: str, results: Iterator, n: int, split: FileSplit,
+                 first_index: int, num_classes: int, progress) -> dict:
+    """Writes the next ``n`` results as one shard, under a temporary name until complete."""
+    tmp = os.path.join(out_dir, file + _UNFINISHED)
+    count, resized, skipped, class_counts = 0, 0, [], collections.Counter()
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for _ in range(n):
+            i, data, what = next(results)
+            progress.update()
+            if data is None:
+                skipped.append(f"{split.paths[i]}: {what}")
+                log.warning("skipped %s: %s", split.paths[i], what)
+                continue
+            label = int(split.labels[i])
+            writer.write(_example(data, label, first_index + count))
+            count += 1
+            resized += bool(what)
+            class_counts[label] += 1
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(out_dir, file))
+    return {"file": file, "count": count, "bytes": os.path.getsize(os.path.join(out_dir, file)),
+            "resized": resized, "skipped": skipped,
+            "class_counts": [class_counts[k] for k in range(num_classes)]}
+
+
+def _write_json(path: str, obj: dict) -> None:
+    with open(path + _UNFINISHED, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + _UNFINISHED, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,8 @@ weights, checkpoints and evaluation are their own modules.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -16,16 +18,17 @@ import jax
 import ml_collections
 
 import flaxcls
-from flaxcls import job, parallel, weights
-from flaxcls.checkpoint import Checkpointer, restore_from
+from flaxcls import job, parallel, storage, weights
+from flaxcls.checkpoint import Checkpointer, restore_from, workdir_checkpoint
 from flaxcls.config import ConfigError
 from flaxcls.evaluate import evaluate, write_json_atomic
+from flaxcls.progress import format_eta
 from flaxcls.specs import RunSpec
 from flaxcls.train import builder
 from flaxcls.train.monitor import Progress, StopFlag, TrainingDiverged, WeightCheck
 from flaxcls.train.state import TrainState
 from flaxcls.train.step import fetch_metrics
-from flaxcls.train.writer import MetricWriter, format_eta
+from flaxcls.train.writer import MetricWriter
 
 log = logging.getLogger("flaxcls")
 
@@ -34,8 +37,34 @@ __all__ = ["TrainingDiverged", "train_and_evaluate"]
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains ``config.model`` on ``config.data_dir``; resumes from the workdir's newest
-    checkpoint. Returns the final evaluation result (also in ``workdir/eval_results.json``)."""
-    run = job.start(config, workdir)
+    checkpoint. Returns the final evaluation result (also in ``workdir/eval_results.json``).
+
+    The job holds the workdir (``workdir_lock``) from before its first write to its end. A
+    storage failure anywhere (a full disk, a read-only folder) raises storage.StorageError."""
+    at: dict[str, int] = {}  # the step reached, for the message of a storage failure
+    try:
+        with contextlib.ExitStack() as stack:
+            return _train(config, workdir, stack, at)
+    except Exception as e:
+        path = str(getattr(e, "filename", None) or workdir)
+        inside = os.path.abspath(path).startswith(os.path.abspath(workdir))
+        if storage.storage_errno(e) == errno.ENOENT and not inside:
+            raise  # a missing input file is not a storage failure
+        newest = workdir_checkpoint(workdir)
+        err = storage.as_storage_error(
+            e, "writing to the workdir" if inside else f"reading or writing {path}", path,
+            step=at.get("step"), resume=f"re-run the same command to resume from step {newest[1]} ({newest[0]})"
+            if newest else "")
+        if err is None:
+            raise
+        raise err from e
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.ExitStack,
+           at: dict[str, int]) -> dict[str, Any]:
+    run = job.start(config, workdir, hold_workdir=True)
+    if run.lock is not None:
+        stack.callback(run.lock.release)
     specs, mesh, source = run.specs, run.mesh, run.source
     steps_per_epoch, total_steps = _steps(specs.run, source.num_train)
     trainer = builder.build(specs, mesh, steps_per_epoch=steps_per_epoch)
@@ -43,10 +72,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         log.info("fine-tuning: head %s%s", sorted(trainer.head),
                  ", backbone frozen" if specs.optim.freeze_backbone
                  else f", backbone lr x{specs.optim.backbone_lr_mult}")
-    ckpt = Checkpointer(workdir, keep=specs.run.keep_checkpoints, async_save=True)
+    ckpt = stack.enter_context(
+        Checkpointer(workdir, keep=specs.run.keep_checkpoints, async_save=True))
     state, start_step, skipped_before = _starting_state(trainer, ckpt, steps_per_epoch)
+    if jax.process_index() == 0 and (room := storage.check_room_for_checkpoints(
+            str(ckpt.directory), storage.state_bytes(state), specs.run.keep_checkpoints)):
+        log.warning("%s", room)
 
     writer = MetricWriter(workdir)
+    stack.callback(writer.close)
     config_json = json.loads(config.to_json_best_effort())  # resolved: what this run used
     if jax.process_index() == 0:
         write_json_atomic(os.path.join(workdir, "config.json"), config_json)
@@ -62,9 +96,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         source, specs.input, global_batch_size=specs.run.batch_size, start_step=start_step,
         process_index=jax.process_index(), process_count=jax.process_count())
     batches = parallel.prefetch_to_mesh(host_iter, mesh)
+    stack.callback(batches.close)
     train_step, metrics = trainer.train_step, trainer.zeros_metrics()
-    stop = StopFlag()
+    stop = StopFlag(run.lock)
     stop.install()
+    stack.callback(stop.uninstall)
     progress = Progress(specs.run.batch_size, trainer.schedule, steps_per_epoch, start_step,
                         writer)
     check_weights = WeightCheck(trainer.schedule, ckpt.latest_step)
@@ -77,6 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def save(step: int, state: TrainState, force: bool = False) -> None:
         check_weights(step, state.variables())
+        if run.lock is not None:
+            run.lock.check()  # never write into a workdir another job has taken over
         meta = {"step": int(step), "epoch": int(step // steps_per_epoch),
                 "step_in_epoch": int(step % steps_per_epoch), "model": specs.model.name,
                 "num_classes": specs.model.num_classes, "skipped_images": skipped(step),
@@ -91,43 +129,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     result: dict[str, Any] = {}
     step, t_epoch = start_step, time.time()
-    try:
-        while step < total_steps:
-            batch = progress.next_batch(batches)
-            state, metrics = train_step(state, metrics, batch)
-            step += 1
-            at_log = step % specs.run.log_every_steps == 0 or step == total_steps
-            if at_log:
-                m = fetch_metrics(metrics)  # the only host sync in the loop
-                metrics = trainer.zeros_metrics()
-                progress.report(step, m, state.loss_scale, skipped(step), ckpt.latest_step)
-            if step % specs.run.checkpoint_every_steps == 0 or step == total_steps:
-                save(step, state)
-            if step % steps_per_epoch == 0:
-                epoch, took, left = step // steps_per_epoch, time.time() - t_epoch, total_steps - step
-                log.info("epoch %d done in %s%s", epoch, format_eta(took),
-                         f"; about {format_eta(took * left / steps_per_epoch)} to go for the "
-                         f"{left / steps_per_epoch:.4g} epochs left at this pace" if left else "")
-                t_epoch = time.time()
-                if epoch % specs.run.eval_every_epochs == 0 and step != total_steps:
-                    result = run_eval(step, state)
-            if (at_log or jax.process_count() == 1) and stop.agreed():
-                save(step, state, force=True)
-                ckpt.wait()
-                log.warning("stopped at step %d on request; re-run the same command to resume",
-                            step)
-                return {"stopped_at_step": step}
-        if result.get("step") != step:
-            result = run_eval(step, state)
-            if start_step == total_steps:
-                log.info("training was already complete at step %d", step)
-        ckpt.wait()
-        return result
-    finally:
-        stop.uninstall()
-        batches.close()
-        writer.close()
-        ckpt.close()
+    while step < total_steps:
+        batch = progress.next_batch(batches)
+        state, metrics = train_step(state, metrics, batch)
+        step = at["step"] = step + 1
+        at_log = step % specs.run.log_every_steps == 0 or step == total_steps
+        if at_log:
+            m = fetch_metrics(metrics)  # the only host sync in the loop
+            metrics = trainer.zeros_metrics()
+            progress.report(step, m, state.loss_scale, skipped(step), ckpt.latest_step)
+        if step % specs.run.checkpoint_every_steps == 0 or step == total_steps:
+            save(step, state)
+        if step % steps_per_epoch == 0:
+            epoch, took, left = step // steps_per_epoch, time.time() - t_epoch, total_steps - step
+            log.info("epoch %d done in %s%s", epoch, format_eta(took),
+                     f"; about {format_eta(took * left / steps_per_epoch)} to go for the "
+                     f"{left / steps_per_epoch:.4g} epochs left at this pace" if left else "")
+            t_epoch = time.time()
+            if epoch % specs.run.eval_every_epochs == 0 and step != total_steps:
+                result = run_eval(step, state)
+        if (at_log or jax.process_count() == 1) and stop.agreed():
+            save(step, state, force=True)
+            ckpt.wait()
+            log.warning("stopped at step %d on request; re-run the same command to resume",
+                        step)
+            return {"stopped_at_step": step}
+    if result.get("step") != step:
+        result = run_eval(step, state)
+        if start_step == total_steps:
+            log.info("training was already complete at step %d", step)
+    ckpt.wait()
+    return result
 
 
 def _steps(run: RunSpec, num_train: int) -> tuple[int, int]:

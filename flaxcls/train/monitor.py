@@ -12,8 +12,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from flaxcls.progress import format_eta
 from flaxcls.train import losses
-from flaxcls.train.writer import MetricWriter, format_eta
+from flaxcls.train.writer import MetricWriter
 
 log = logging.getLogger("flaxcls")
 
@@ -26,8 +27,9 @@ class TrainingDiverged(RuntimeError):
 class StopFlag:
     """Set by SIGTERM/SIGINT (a preempted job): the loop saves a checkpoint and exits cleanly."""
 
-    def __init__(self) -> None:
+    def __init__(self, lock: Any = None) -> None:
         self.requested = False
+        self._lock = lock  # workdir_lock.WorkdirLock of process 0, or None
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -49,12 +51,21 @@ class StopFlag:
         log.warning("received signal %d: saving a checkpoint and stopping", signum)
 
     def agreed(self) -> bool:
-        """All processes must stop at the same step, so multi-host runs vote."""
+        """All processes must stop at the same step, so multi-host runs vote. A job that lost
+        its workdir lock (another job took it over) raises WorkdirInUse on every process."""
+        lost = self._lock is not None and self._lock.lost is not None
         if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
+            votes = np.asarray([self.requested + 2 * lost])
+        else:
+            from jax.experimental import multihost_utils
 
-        votes = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+            votes = multihost_utils.process_allgather(
+                np.asarray(self.requested + 2 * lost, np.int32))
+        if np.max(votes) >= 2:
+            from flaxcls.workdir_lock import WorkdirInUse
+
+            raise WorkdirInUse(self._lock.lost if lost else
+                               "another job took over this workdir (process 0 names it)")
         return bool(np.max(votes))
 
 

@@ -63,14 +63,3 @@ def _plain(v: Any) -> Any:
     if isinstance(v, float):
         return round(v, 6)
     return v
-
-
-def format_eta(seconds: float) -> str:
-    """``MM:SS``, ``H:MM:SS`` or, from a day on, ``Dd HH:MM:SS``."""
-    seconds = max(0, int(seconds))
-    d, rem = divmod(seconds, 86400)
-    h, rem = divmod(rem, 3600)
-    m, s = divmod(rem, 60)
-    if d:
-        return f"{d}d {h:02d}:{m:02d}:{s:02d}"
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"

@@ -259,6 +259,7 @@ def test_profile_groups_name_gpu_and_cpu_ops_and_keep_converts_out_of_convolutio
     assert profile_step.dump_label(ns) == "ResNet50_1_bfloat16_infer_default_layout"
 
 
+@pytest.mark.heavy
 def test_profile_infer_builds_the_folded_forward_of_infer_latency():
     """``profile_step.py --infer`` profiles the same folded forward as ``infer_latency.py``:
     its logits equal the unfolded model's up to float rounding."""

@@ -513,6 +513,7 @@ def tfds_dir(tmp_path_factory):
     return data_dir
 
 
+@pytest.mark.heavy
 def test_tfds_source(tfds_dir):
     source, spec = _opened(tfds_dir, data_source="tfds", tfds_name="flaxcls_tiny_test")
     # eval_split val -> validation

@@ -307,3 +307,92 @@ def test_model_sizes_the_bounds_and_small_records_are_warned_about(src, records,
     with caplog.at_level("WARNING"):
         list(eval_iterator(open_source(_data(records)), big, global_batch_size=6))
     assert eval_msg in caplog.text
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_interrupted_rewrite_resumes_to_the_same_bytes(src, records, tmp_path, monkeypatch):
+    """A rewrite that died after two finished shards and in the middle of a third (its file
+    still under the temporary name): the same command keeps the two, writes the rest, and the
+    folder equals an uninterrupted rewrite's byte for byte."""
+    args = ["--src", str(src), "--out", str(tmp_path / "out"), "--max-side", str(MAX_SIDE),
+            "--quality", "90", "--shards", "4", "--workers", "2",
+            "--eval-max-side", str(EVAL_SIDE)]
+    real, calls = rewrite._write_shard, []
+
+    def dies_on_the_third(tf, out_dir, file, *a, **kw):
+        calls.append(file)
+        if len(calls) == 3:
+            Path(out_dir, file + ".tmp").write_bytes(b"half a shard")
+            raise KeyboardInterrupt  # as good as a kill: nothing after this runs
+        return real(tf, out_dir, file, *a, **kw)
+
+    monkeypatch.setattr(rewrite, "_write_shard", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        rewrite.main(args)
+    out = tmp_path / "out"
+    assert not (out / "records.json").exists()
+    assert (out / "train-00000-of-00004.tfrecord").exists()
+    monkeypatch.setattr(rewrite, "_write_shard", real)
+    written = []
+    monkeypatch.setattr(rewrite, "_write_shard",
+                        lambda tf, out_dir, file, *a, **kw: written.append(file)
+                        or real(tf, out_dir, file, *a, **kw))
+    assert rewrite.main(args) == 0
+    assert "train-00000-of-00004.tfrecord" not in written  # kept, not rewritten
+    assert "train-00002-of-00004.tfrecord" in written
+    assert _files(out) == _files(records)
+
+
+def test_interrupted_rewrite_with_other_arguments_is_refused(src, tmp_path, monkeypatch, capsys):
+    args = ["--src", str(src), "--out", str(tmp_path / "out"), "--max-side", str(MAX_SIDE),
+            "--shards", "4", "--workers", "1"]
+
+    def dies(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rewrite, "_write_shard", dies)
+    with pytest.raises(KeyboardInterrupt):
+        rewrite.main(args)
+    monkeypatch.undo()
+    assert rewrite.main([*args[:-4], "--shards", "8", "--quality", "80", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds an interrupted rewrite with other arguments" in err
+    assert "settings.quality: was 90, now 80" in err and "settings.shards: was 4, now 8" in err
+
+
+@pytest.mark.subprocess
+def test_rewrite_killed_at_random_moments_ends_with_the_same_records(digits_dir, tmp_path):
+    """kill -9 at seeded random moments, re-run until it finishes: the records equal those of
+    an uninterrupted rewrite byte for byte."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, subprocess_env
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "flaxcls.data.rewrite", "--src", str(digits_dir),
+                "--out", str(out), "--shards", "12", "--workers", "1", "--max-side", "24"]
+
+    t0 = time.monotonic()
+    subprocess.run(command(tmp_path / "whole"), cwd=REPO, env=subprocess_env(1), check=True,
+                   capture_output=True)
+    span = time.monotonic() - t0
+    rng = np.random.default_rng(3)
+    out, kills = tmp_path / "killed", 0
+    for _ in range(30):
+        proc = subprocess.Popen(command(out), cwd=REPO, env=subprocess_env(1),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = proc.communicate(timeout=float(rng.uniform(0.3 * span, span)))
+            assert proc.returncode == 0, err[-2000:]
+            break
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            kills += 1
+    assert kills >= 1
+    assert _files(out) == _files(tmp_path / "whole")

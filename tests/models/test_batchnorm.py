@@ -283,6 +283,7 @@ def test_inside_shard_map_per_device_statistics():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.heavy
 def test_resnet_tiny_train_step_matches(dtype):
     """A whole model (ResNet_tiny cut to two stages: stem, basic blocks, projection
     shortcuts), one train-mode forward/backward with and without the context, and the same
@@ -345,6 +346,7 @@ def test_residual_benchmark_fused_saves_less(capsys):
     assert 0 < fused_r["stablehlo_reduce_ops"] < flax_r["stablehlo_reduce_ops"]
 
 
+@pytest.mark.heavy
 def test_blocks_fuse_their_activations(monkeypatch):
     """Inside the fused context a ResNet's BatchNorms that feed a ReLU (stem, bn1, the block's
     last one with the shortcut added) run as the BatchNorm+ReLU op (MobileNetV2's with ReLU6); the projection shortcut's

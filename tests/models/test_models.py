@@ -184,6 +184,7 @@ README_TABLE = zoo.readme_table(README.read_text())
 
 
 @pytest.mark.parametrize("name", flaxcls.list_models())
+@pytest.mark.heavy
 def test_param_counts_and_shapes(name):
     cfg = flaxcls.get_model_cfg(name)
     variables = variables_of(name)
@@ -224,6 +225,7 @@ def _path_exists(tree, path: str) -> bool:
 
 
 @pytest.mark.parametrize("name", list(REPRESENTATIVES.values()))
+@pytest.mark.heavy
 def test_any_class_count(name):
     """Every family's head follows num_classes: the classifier's kernel and bias, and logits."""
     logits, feats = outputs_of(name, num_classes=7, batch=3)
@@ -285,6 +287,7 @@ def _train_cases():
 
 
 @pytest.mark.parametrize("name,size,overrides", list(_train_cases()))
+@pytest.mark.heavy
 def test_forward_backward(name, size, overrides):
     train_step_checks(flaxcls.create_model(name, num_classes=10, **overrides), size)
 
@@ -300,6 +303,7 @@ def test_forward_backward(name, size, overrides):
         pytest.param("SE_ResNeXt50_vd_32x4d", 32, _S1, id="SE_ResNeXt50_vd_32x4d"),
     ],
 )
+@pytest.mark.heavy
 def test_bfloat16_compute_keeps_float32_params(name, size, overrides):
     model = flaxcls.create_model(name, num_classes=7, dtype="bfloat16", **overrides)
     assert model.dtype == jnp.bfloat16

@@ -37,6 +37,7 @@ def _tiny_config(**kw):
     return c
 
 
+@pytest.mark.heavy
 def test_other_class_count_reinitialises_only_the_head(ten_class_ckpt, caplog):
     from flaxcls import parallel
     from flaxcls.specs import Specs

@@ -43,6 +43,7 @@ def _train(mode: str, steps: int = 3, exclude: bool = False):
 
 
 @pytest.mark.parametrize("exclude", [False, True])
+@pytest.mark.heavy
 def test_l2_in_loss_equals_l2_in_optimizer(exclude):
     p_opt, loss_opt = _train("optimizer", exclude=exclude)
     p_loss, loss_loss = _train("loss", exclude=exclude)

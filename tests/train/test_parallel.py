@@ -57,6 +57,7 @@ def test_per_device_batchnorm_equals_per_slice_gradients_averaged(tmp_path, bn_i
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow  # per-device statistics: in the fast set on 8 devices (test_batchnorm)
 def test_per_device_batchnorm_on_two_processes_equals_one_process(tmp_path):
     """bn_stats="device" across 2 processes (1 device each, jax.distributed on loopback) gives
     the numbers of 1 process with 2 devices: the shard_map step spans hosts unchanged."""

@@ -44,6 +44,7 @@ def _batch(mesh, seed=0, n=BATCH, size=SIZE):
     }, mesh)
 
 
+@pytest.mark.heavy
 def test_float16_overflow_skips_the_step_and_halves_the_scale():
     t, state = _setup("float16", loss_scale=2.0**40)  # overflows float16 grads
     mesh, step = t.mesh, t.train_step
@@ -82,6 +83,7 @@ LOW_PRECISION_TOLERANCE = {  # dtype: (loss, update)
 }
 
 
+@pytest.mark.heavy
 def test_train_step_dtypes_keep_float32_params_and_follow_float32():
     """2 steps in float32, bfloat16 and float16 from the same initial state and batches: the
     parameters stay float32 and all move, no float16 step is skipped, and the low-precision
@@ -114,6 +116,7 @@ def test_train_step_dtypes_keep_float32_params_and_follow_float32():
         assert (off / change) ** 0.5 < update_tol, (dtype, (off / change) ** 0.5)
 
 
+@pytest.mark.heavy
 def test_metrics_accumulate_on_device_without_reset():
     """One accumulator over 2 steps holds the sums of the 2 steps' own metrics: the means it
     gives are the count-weighted means of each step's."""
@@ -142,6 +145,7 @@ def test_metrics_accumulate_on_device_without_reset():
     assert two["skipped_steps"] == 0
 
 
+@pytest.mark.heavy
 def test_eval_padding_counts_nowhere():
     t, state = _setup()
     mesh, eval_step = t.mesh, t.eval_step
@@ -170,6 +174,7 @@ def test_normalize_matches_numpy():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.heavy
 def test_auxiliary_heads_are_trained():
     """GoogLeNet's aux heads get gradients through the 0.3-weighted aux losses, as in Paddle
     (googlenet's train.py: CE(main) + 0.3 CE(aux1) + 0.3 CE(aux2))."""
@@ -191,6 +196,7 @@ def test_auxiliary_heads_are_trained():
 
 
 @pytest.mark.parametrize("dtype, bn_stats", [("float32", "global"), ("float16", "device")])
+@pytest.mark.heavy
 def test_frozen_backbone_gets_no_backward_pass(dtype, bn_stats):
     """freeze_backbone: only the head is differentiated. The backbone stays bit-equal, its
     BatchNorm statistics still follow the data, and the compiled step has no backward

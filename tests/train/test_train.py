@@ -18,6 +18,7 @@ NO_EVAL = "no_eval_list.txt"
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow  # 12 epochs as a user runs it; resume and SIGTERM runs are in the fast set
 def test_digits_main_job_reaches_accuracy(tmp_path):
     """The README's main job, as a user runs it; a real accuracy bar on the held-out split."""
     workdir = tmp_path / "run"
@@ -41,7 +42,7 @@ def test_digits_main_job_reaches_accuracy(tmp_path):
 
 
 def test_eta_reads_as_days_hours_minutes():
-    from flaxcls.train.writer import format_eta
+    from flaxcls.progress import format_eta
 
     assert format_eta(59.9) == "00:59"
     assert format_eta(5 * 3600 + 61) == "5:01:01"
@@ -49,6 +50,7 @@ def test_eta_reads_as_days_hours_minutes():
     assert format_eta(-3) == "00:00"
 
 
+@pytest.mark.heavy
 def test_resume_equals_uninterrupted(tmp_path, digits_dir):
     from flaxcls.train.loop import train_and_evaluate
 
@@ -115,6 +117,7 @@ def test_config_mistakes_get_one_line_not_a_traceback(tmp_path, args, says):
     assert says in out and "Traceback" not in out, out[-3000:]
 
 
+@pytest.mark.heavy
 def test_config_checkpoint_starts_a_fresh_workdir_once(tmp_path, digits_dir, caplog):
     """config.checkpoint=<another run's checkpoints/2>: a fresh workdir resumes from that step
     (and reaches the other run's step-4 weights exactly); once it has checkpoints of its own, a
@@ -151,6 +154,7 @@ def test_config_checkpoint_starts_a_fresh_workdir_once(tmp_path, digits_dir, cap
 
 # Orbax's restore that failed leaves an asyncio callback for a closed loop; not ours to fix.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.heavy
 def test_unreadable_newest_checkpoint_names_it_and_the_way_back(tmp_path, digits_dir, caplog):
     """A newest checkpoint damaged outside our atomic save (a file cut short) stops the run
     with one error naming it and the older step to go back to; moving it aside resumes. A
@@ -181,6 +185,7 @@ def test_unreadable_newest_checkpoint_names_it_and_the_way_back(tmp_path, digits
     assert sorted(int(p.name) for p in (work / "checkpoints").iterdir()) == [2, 4, 6]
 
 
+@pytest.mark.heavy
 def test_divergence_stops_before_non_finite_weights_are_saved(tmp_path, digits_dir):
     """lr jumps from 0.1 to 1e9 after epoch 1 (11 steps): with L2 decay every step multiplies
     the weights by about -5e5, so they overflow within a few steps. The run stops with an error
@@ -217,6 +222,7 @@ def _checkpoint_meta(path) -> dict:
     return restore_from(path, {"step": step}, partial=True)[1]
 
 
+@pytest.mark.heavy
 def test_corrupt_images_are_counted_in_logs_metrics_and_checkpoints(tmp_path, digits_dir,
                                                                      caplog):
     """1,024 train images, 8 of them corrupt JPEGs, batch 128: each epoch (8 steps) reads every
@@ -282,6 +288,7 @@ def test_divergence_exits_3_with_one_error_line(tmp_path, digits_dir):
     assert not (work / "eval_results.json").exists()
 
 
+@pytest.mark.heavy
 def test_float16_that_overflows_every_step_says_so(tmp_path, digits_dir, caplog):
     import logging
 
@@ -300,6 +307,7 @@ def test_float16_that_overflows_every_step_says_so(tmp_path, digits_dir, caplog)
         assert np.isfinite(v).all(), k
 
 
+@pytest.mark.heavy
 def test_input_bound_run_says_so(tmp_path, digits_dir, monkeypatch, caplog):
     """A host input slower than the step (here: 1.5 s per batch) shows as the share of time the
     loop waited for batches, in the log line and metrics.jsonl, and a warning names the fix."""
@@ -369,6 +377,7 @@ def test_bad_config_value_names_the_field(tmp_path):
     assert "config.lr_strategy='sawtooth'" in proc.stdout + proc.stderr
 
 
+@pytest.mark.heavy
 def test_batch_larger_than_dataset_names_the_field(tmp_path, digits_dir):
     from flaxcls.config import ConfigError
     from flaxcls.train.loop import train_and_evaluate
@@ -385,6 +394,7 @@ def test_resnet50_recipe_is_the_original():
     assert (c.lr, c.lr_base_batch_size, c.momentum_rate, c.l2_decay) == (0.1, 256, 0.9, 1e-4)
 
 
+@pytest.mark.heavy
 def test_any_registered_model_trains_by_name(tmp_path, digits_dir):
     """--config.model=<any name>: a zoo model other than the ResNets runs through the trainer."""
     from flaxcls.train.loop import train_and_evaluate
