@@ -31,3 +31,19 @@ def test_train_throughput_prints_json_without_tensorflow(tmp_path):
     assert result["images_per_sec"] > 0 and result["step_ms"] > 0
     assert {"device", "jax", "image_size"} <= set(result)
     assert csv_path.read_text().count("\n") == 2
+
+
+@pytest.mark.subprocess
+def test_checkpoint_cost_prints_json(tmp_path):
+    csv_path = tmp_path / "cost.csv"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "checkpoint_cost.py"), "--model",
+         "ResNet_tiny", "--repeats", "2", "--csv", str(csv_path)],
+        cwd=REPO, env=subprocess_env(1), capture_output=True, text=True, timeout=300,
+        check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["model"] == "ResNet_tiny" and result["arrays"] > 10
+    assert result["state_mb"] > 0 and result["on_disk_mb"] > 0
+    assert result["checksum_s"] > 0 and result["save_s"] > 0 and result["restore_verified_s"] > 0
+    assert csv_path.read_text().count("\n") == 2

@@ -211,3 +211,36 @@ def test_eval_released_runs_on_a_fake_release(released, digits_dir, tmp_path, ca
             f"| {num_val} |") in table
     jax.tree.map(np.testing.assert_array_equal, read_variables(str(work / "weights" / MODEL)),
                  variables)
+
+
+def test_interrupted_conversion_leaves_no_checkpoint_and_reruns(released, tmp_path, monkeypatch,
+                                                                caplog):
+    """A conversion that dies while its checkpoint is being written leaves nothing a reader
+    would take for weights (only the hidden unfinished folder); the same command then
+    converts, the source beside the result, and reports how far it read."""
+    import logging
+
+    from flaxcls.checkpoint import Checkpointer
+    from flaxcls.convert.__main__ import main
+
+    tar, variables, _ = released
+    out = tmp_path / "weights"
+    out.mkdir()
+    (out / tar.name).write_bytes(tar.read_bytes())  # the download beside its conversion
+    real_save = Checkpointer.save
+
+    def dies_midway(self, *a, **kw):
+        real_save(self, *a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpointer, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        main(["paddle", str(out / tar.name), "--model", MODEL, "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == [".converting", tar.name]
+    monkeypatch.undo()
+    caplog.set_level(logging.INFO)
+    assert main(["paddle", str(out / tar.name), "--model", MODEL, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "conversion.json", tar.name]
+    assert f"reading {out / tar.name}: " in caplog.text and " tensors in " in caplog.text
+    restored = read_variables(str(out))  # its source beside it: the sha256 is checked
+    jax.tree.map(np.testing.assert_array_equal, restored, variables)

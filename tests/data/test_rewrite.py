@@ -364,6 +364,7 @@ def test_interrupted_rewrite_with_other_arguments_is_refused(src, tmp_path, monk
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow  # about 2 minutes; the in-process resume test above is in the fast set
 def test_rewrite_killed_at_random_moments_ends_with_the_same_records(digits_dir, tmp_path):
     """kill -9 at seeded random moments, re-run until it finishes: the records equal those of
     an uninterrupted rewrite byte for byte."""

@@ -135,9 +135,16 @@ def test_training_holds_the_workdir_and_releases_it(tmp_path, digits_dir):
     assert sorted(p.name for p in work.iterdir()) == []  # nothing written, lock released
     train_and_evaluate(digits_run_config(digits_dir, num_train_steps=2, **_KW), str(work))
     assert not (work / "job.lock").exists()
+    from flaxcls.evaluate import run_eval
+
+    with WorkdirLock(str(work)):  # eval only reads: a workdir in use is fine
+        result = run_eval(digits_run_config(digits_dir, **{**_KW, "val_list": "val_list.txt"}),
+                          str(work))
+    assert result["step"] == 2 and result["num_examples"] > 0
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow  # three launch.py runs; the lock's own tests are in the fast set
 def test_second_job_refused_then_takes_over_after_kill_9(tmp_path, digits_dir):
     """Two launch.py jobs on one workdir: the second exits 2 naming the first; after the first
     is killed with -9 its lock is stale, and a new job takes it over and resumes."""
@@ -344,6 +351,7 @@ def test_a_full_disk_during_a_save_is_one_storage_error(small_filesystem, caplog
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow  # three launch.py runs; the in-process full-disk test is in the fast set
 def test_full_disk_exits_4_with_one_line_and_the_rerun_resumes(small_filesystem, digits_dir):
     """launch.py on a workdir that fills up after the first checkpoint: exit 4 and one error
     line naming the step; the earlier checkpoint stays; with room again, a re-run resumes."""

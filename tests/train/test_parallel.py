@@ -124,6 +124,7 @@ def test_two_processes_train_like_one(tmp_path, digits_dir):
         f"--coordinator_address={coordinator}", "--num_processes=2", f"--process_id={i}"],
         timeout=600)
     assert "2 process(es)" in outs[0] or "'process_count': 2" in outs[0], outs[0][-2000:]
+    assert not (multi / "job.lock").exists()  # process 0 held the workdir and released it
 
     a, b = checkpoint_params(single), checkpoint_params(multi)
     assert a.keys() == b.keys() and len(a) > 10

@@ -174,7 +174,7 @@ def test_normalize_matches_numpy():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # a GoogLeNet train step at 64 px; its aux losses run in test_forward_backward
 def test_auxiliary_heads_are_trained():
     """GoogLeNet's aux heads get gradients through the 0.3-weighted aux losses, as in Paddle
     (googlenet's train.py: CE(main) + 0.3 CE(aux1) + 0.3 CE(aux2))."""
