@@ -51,10 +51,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if storage.storage_errno(e) == errno.ENOENT and not inside:
             raise  # a missing input file is not a storage failure
         newest = workdir_checkpoint(workdir)
+        resume = (f"once fixed, re-run the same command to resume from step {newest[1]} "
+                  f"({newest[0]})" if newest else "once fixed, re-run the same command")
         err = storage.as_storage_error(
             e, "writing to the workdir" if inside else f"reading or writing {path}", path,
-            step=at.get("step"), resume=f"re-run the same command to resume from step {newest[1]} ({newest[0]})"
-            if newest else "")
+            step=at.get("step"), resume=resume)
         if err is None:
             raise
         raise err from e
