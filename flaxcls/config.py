@@ -42,6 +42,9 @@ def default_config() -> ml_collections.ConfigDict:
     # ResNet/ResNeXt/SE-ResNeXt: the stride-2 stem conv computed on the space-to-depth image
     # (same parameters and outputs; faster on GPUs)
     c.stem_space_to_depth = False
+    # Stochastic depth of the last residual block, linear in depth from 0 (families with
+    # residual blocks; 0: off, always off at eval)
+    c.drop_path_rate = 0.0
     # BatchNorm statistics while training: "global" = over the whole global batch (results do
     # not depend on the device count; one small all-reduce per BN layer), "device" = over each
     # device's share, as the 2019 multi-GPU runs did (one fused all-reduce per step)
@@ -111,6 +114,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.nesterov = False
     c.use_mixup = False
     c.mixup_alpha = 0.2
+    c.cutmix_alpha = 0.0  # > 0: CutMix (a box of the partner pasted; label mixed by its area)
+    c.mixup_prob = 1.0  # chance that a batch is mixed at all (mixup or CutMix)
+    c.mixup_cutmix_switch_prob = 0.5  # with both on: chance that a mixed batch uses CutMix
+    c.repeated_augmentation = 0  # N >= 2: each image N times per epoch, each copy augmented apart
+    c.random_erasing = 0.0  # chance per image of Random Erasing (on device, after normalising)
+    c.random_erasing_mode = "pixel"  # box filled with per-pixel normal noise, or "const" (mean)
+    c.random_erasing_count = 1  # up to this many boxes per erased image
+    c.random_erasing_area = (0.02, 1 / 3)  # box area, fraction of the image
+    c.random_erasing_aspect = (0.3, 1 / 0.3)  # box height / width, log-uniform
     c.use_label_smoothing = False
     c.label_smoothing_epsilon = 0.1
     c.random_seed = 0
@@ -214,6 +226,23 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
     need(all(b > a for a, b in zip(c.step_epochs, c.step_epochs[1:])), "step_epochs",
          "must be increasing")
     need(c.mixup_alpha > 0 or not c.use_mixup, "mixup_alpha", "must be > 0 with use_mixup")
+    need(c.cutmix_alpha >= 0, "cutmix_alpha", "must be >= 0 (0: no CutMix)")
+    need(0 <= c.mixup_prob <= 1, "mixup_prob", "must be in [0, 1]")
+    need(0 <= c.mixup_cutmix_switch_prob <= 1, "mixup_cutmix_switch_prob", "must be in [0, 1]")
+    need(c.repeated_augmentation >= 0, "repeated_augmentation",
+         "must be >= 0 (0 or 1: off; N: each image N times)")
+    need(c.repeated_augmentation <= 1 or c.data_source in ("auto", "list", "folder"),
+         "repeated_augmentation", "needs list files or class folders (data_source auto, list "
+         "or folder): record and TFDS streams are read in order")
+    need(0 <= c.random_erasing <= 1, "random_erasing", "must be a probability in [0, 1]")
+    need(c.random_erasing_mode in ("pixel", "const"), "random_erasing_mode",
+         "must be 'pixel' (normal noise) or 'const' (the mean colour)")
+    need(c.random_erasing_count >= 1, "random_erasing_count", "must be >= 1")
+    area, aspect = tuple(c.random_erasing_area), tuple(c.random_erasing_aspect)
+    need(len(area) == 2 and 0 < area[0] <= area[1] <= 1, "random_erasing_area",
+         "must be (min, max) with 0 < min <= max <= 1")
+    need(len(aspect) == 2 and 0 < aspect[0] <= aspect[1], "random_erasing_aspect",
+         "must be (min, max) with 0 < min <= max")
     need(0 <= c.label_smoothing_epsilon < 1, "label_smoothing_epsilon", "must be in [0, 1)")
     need(c.log_every_steps >= 1, "log_every_steps", "must be >= 1")
     need(c.checkpoint_every_steps >= 1, "checkpoint_every_steps", "must be >= 1")
@@ -231,9 +260,20 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
 
 
 def _validate_model_options(c: ml_collections.ConfigDict) -> None:
-    """The options that depend on the model: its name, and a stem that space-to-depth fits."""
+    """The options that depend on the model: its name, a stem that space-to-depth fits and
+    residual blocks for stochastic depth."""
     from flaxcls.registry import create_model
 
+    if not 0 <= c.drop_path_rate < 1:
+        raise ConfigError(f"config.drop_path_rate={c.drop_path_rate}: must be in [0, 1)")
+    if c.drop_path_rate > 0:
+        create_model(c.model)  # UnknownModelError first, for a typo
+        try:
+            create_model(c.model, drop_path_rate=c.drop_path_rate)
+        except ValueError:  # the registry: "has no field(s) drop_path_rate"
+            raise ConfigError(
+                f"config.drop_path_rate={c.drop_path_rate}: {c.model} has no residual blocks "
+                "with stochastic depth; set it to 0 for this model") from None
     if not c.stem_space_to_depth:
         create_model(c.model)  # UnknownModelError, with close names, for a typo
         return

@@ -27,14 +27,18 @@ class ModelSpec:
     num_classes: int
     dtype: str
     stem_space_to_depth: bool
+    drop_path_rate: float = 0.0
 
     @classmethod
     def from_config(cls, c: Any) -> ModelSpec:
-        return cls(str(c.model), int(c.num_classes), str(c.dtype), bool(c.stem_space_to_depth))
+        return cls(str(c.model), int(c.num_classes), str(c.dtype), bool(c.stem_space_to_depth),
+                   float(c.drop_path_rate))
 
     def build(self, **overrides: Any):
         """The (unbound) Flax module; ``overrides`` replace constructor fields."""
-        extra = {"stem_space_to_depth": True} if self.stem_space_to_depth else {}
+        extra: dict[str, Any] = {"stem_space_to_depth": True} if self.stem_space_to_depth else {}
+        if self.drop_path_rate:
+            extra["drop_path_rate"] = self.drop_path_rate
         return create_model(self.name, num_classes=self.num_classes, dtype=self.dtype,
                             **extra, **overrides)
 
@@ -91,6 +95,14 @@ class StepSpec:
     std: tuple[float, float, float]
     label_smoothing: float  # 0: none
     mixup_alpha: float  # 0: no mixup
+    cutmix_alpha: float  # 0: no CutMix
+    mixup_prob: float  # chance that a batch is mixed (mixup or CutMix)
+    mixup_cutmix_switch_prob: float  # with both on: chance that a mixed batch uses CutMix
+    erasing: float  # Random Erasing's chance per image; 0: off
+    erasing_mode: str
+    erasing_count: int
+    erasing_area: tuple[float, float]
+    erasing_aspect: tuple[float, float]
     bn_stats: str  # "global" or "device"
     bn_impl: str  # "flax" or "fused"
     l2_loss: float  # l2_decay when l2_decay_mode="loss" (the step adds the term), else 0
@@ -104,6 +116,12 @@ class StepSpec:
             num_classes=int(c.num_classes), dtype=str(c.dtype), mean=prep.mean, std=prep.std,
             label_smoothing=float(c.label_smoothing_epsilon) if c.use_label_smoothing else 0.0,
             mixup_alpha=float(c.mixup_alpha) if c.use_mixup else 0.0,
+            cutmix_alpha=float(c.cutmix_alpha), mixup_prob=float(c.mixup_prob),
+            mixup_cutmix_switch_prob=float(c.mixup_cutmix_switch_prob),
+            erasing=float(c.random_erasing), erasing_mode=str(c.random_erasing_mode),
+            erasing_count=int(c.random_erasing_count),
+            erasing_area=tuple(float(a) for a in c.random_erasing_area),
+            erasing_aspect=tuple(float(a) for a in c.random_erasing_aspect),
             bn_stats=str(c.bn_stats), bn_impl=str(c.bn_impl),
             l2_loss=float(c.l2_decay) if c.l2_decay_mode == "loss" else 0.0,
             l2_exclude_bn_bias=bool(c.l2_decay_exclude_bn_bias),
@@ -150,6 +168,7 @@ class InputSpec:
     reader_buf_size: int
     cache_eval: bool
     seed: int
+    repeated_augmentation: int = 1  # each image this many times per epoch, apart (1: off)
 
     @classmethod
     def from_config(cls, c: Any) -> InputSpec:
@@ -163,7 +182,8 @@ class InputSpec:
             upper_ratio=float(c.upper_ratio), random_flip=bool(c.random_flip),
             rotate_degrees=float(c.rotate_degrees) if c.rotate else 0.0, jitter=jitter,
             reader_thread=int(c.reader_thread), reader_buf_size=int(c.reader_buf_size),
-            cache_eval=bool(c.cache_eval), seed=int(c.random_seed or 0))
+            cache_eval=bool(c.cache_eval), seed=int(c.random_seed or 0),
+            repeated_augmentation=max(1, int(c.repeated_augmentation)))
 
     @classmethod
     def for_eval(cls, prep: EvalPreprocessing | dict[str, Any]) -> InputSpec:

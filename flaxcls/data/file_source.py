@@ -49,6 +49,7 @@ class FileSource(Source):
     example is read directly (a permutation per epoch, no shuffle buffer)."""
 
     keys_are_paths = True
+    repeats_examples = True
 
     def __init__(self, data_dir: str, train: FileSplit, eval: FileSplit | None, *,
                  num_classes: int, class_names: list[str] | None, total_images: int = 0,
@@ -71,7 +72,8 @@ class FileSource(Source):
 
         yield keys.indexed_train_batches(self.train.paths, self.train.labels, shard,
                                          steps_per_epoch=steps_per_epoch,
-                                         start_epoch=start_epoch, skip=skip, seed=spec.seed)
+                                         start_epoch=start_epoch, skip=skip, seed=spec.seed,
+                                         repeats=spec.repeated_augmentation)
 
     def eval_keys(self, spec: InputSpec, shard: Shard) -> Any:
         from flaxcls.data import keys

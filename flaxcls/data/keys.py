@@ -24,10 +24,17 @@ SHUFFLE_STREAM = 1 << 62  # keeps shuffle seeds apart from augmentation seeds
 NO_END = 1 << 62  # the last epoch of a never-ending stream
 
 
-def epoch_order(num_examples: int, length: int, seed: int, epoch: Any) -> Any:
+def epoch_order(num_examples: int, length: int, seed: int, epoch: Any, repeats: int = 1) -> Any:
     """The example indices of one epoch (int64 [length]): a stateless permutation seeded from
     (seed, epoch), followed by fresh permutations if the epoch (total_images) is longer than
-    the data set. A pure function of its arguments, so identical on every process."""
+    the data set. A pure function of its arguments, so identical on every process.
+
+    ``repeats`` > 1 (repeated augmentation, as DeiT's and torchvision's RA sampler): the first
+    ``length / repeats`` indices of that order, each ``repeats`` times in a row; the epoch keeps
+    its length, and each copy, at its own position, gets its own augmentation seed."""
+    if repeats > 1:
+        unique = epoch_order(num_examples, -(-length // repeats), seed, epoch)
+        return tf.repeat(unique, repeats)[:length]
     reps = -(-length // num_examples)
     key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64) + SHUFFLE_STREAM])
     if reps == 1:
@@ -47,7 +54,8 @@ def aug_seeds(seed: int, epoch: Any, position: Any) -> Any:
 
 
 def indexed_train_batches(keys: np.ndarray, labels: np.ndarray, shard: Shard, *,
-                          steps_per_epoch: int, start_epoch: int, skip: int, seed: int) -> Any:
+                          steps_per_epoch: int, start_epoch: int, skip: int, seed: int,
+                          repeats: int = 1) -> Any:
     """Train batches of {"key": keys[i], "label", "index": i, "seed"} over random-access keys
     (a string array: paths or encoded images) and their int32 labels, never ending.
 
@@ -59,7 +67,7 @@ def indexed_train_batches(keys: np.ndarray, labels: np.ndarray, shard: Shard, *,
     keys, labels = tf.constant(keys), tf.constant(labels)
 
     def epoch_batches(epoch, first_batch=0):
-        indices = tf.gather(epoch_order(n, length, seed, epoch), positions)
+        indices = tf.gather(epoch_order(n, length, seed, epoch, repeats), positions)
         rows = (tf.reshape(indices, [-1, lb])[first_batch:],
                 tf.reshape(positions, [-1, lb])[first_batch:])
         return tf.data.Dataset.from_tensor_slices(rows).map(lambda idx, pos: {

@@ -124,6 +124,10 @@ def train_iterator(source: Source, spec: InputSpec, *, global_batch_size: int,
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0")
     start_epoch, skip = divmod(start_step, steps_per_epoch)
+    if spec.repeated_augmentation > 1 and not source.repeats_examples:
+        raise DataError(f"config.repeated_augmentation={spec.repeated_augmentation}: needs list "
+                        f"files or class folders, not data_source={source.kind!r} (its train "
+                        "stream is read in order)")
     source.warn(spec, TRAIN)
     transform = _train_transform(spec)
     datasets = source.train_keys(spec, shard, steps_per_epoch=steps_per_epoch,

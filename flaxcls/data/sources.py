@@ -82,6 +82,8 @@ class Source(abc.ABC):
 
     kind: ClassVar[str] = ""  # what data_source would name it
     keys_are_paths: ClassVar[bool] = False  # keys are file paths to read, not encoded images
+    # train_keys honours spec.repeated_augmentation (needs random access to the examples)
+    repeats_examples: ClassVar[bool] = False
 
     def __init__(self, *, train_size: int, num_eval: int, num_classes: int,
                  class_names: list[str] | None, total_images: int = 0,

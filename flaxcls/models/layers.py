@@ -266,6 +266,31 @@ class DowngradeDropout(nn.Module):
         return jnp.where(mask, x, jnp.zeros((), x.dtype))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): in training, a residual branch is dropped for a
+    whole example with probability ``rate`` and the kept ones scaled by 1 / (1 - rate), so
+    inference (the identity) sees the same expectation. Uses the ``dropout`` rng."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        if self.rate == 0.0 or not train:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # one draw per example
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+def drop_path_rates(rate: float, blocks: int) -> list[float]:
+    """Stochastic depth rates of ``blocks`` residual blocks, linear in depth from 0 to ``rate``
+    (the last block's), as in the paper and timm."""
+    if blocks <= 1:
+        return [rate] * blocks
+    return [rate * i / (blocks - 1) for i in range(blocks)]
+
+
 def conv_and_norm(
     dtype: Any, train: bool, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5
 ) -> tuple[ModuleDef, ModuleDef]:

@@ -30,12 +30,14 @@ from flax.linen.dtypes import promote_dtype
 from flaxcls.models.layers import (
     BNClassifier,
     DowngradeDropout,
+    DropPath,
     ModuleDef,
     avg_pool,
     check_same_length,
     classifier_head,
     conv_bn,
     dense_kernel_init,
+    drop_path_rates,
     global_avg_pool,
     max_pool,
     norm_act,
@@ -169,14 +171,18 @@ class SqueezeExcite(nn.Module):
 
 
 def _merge(block: nn.Module, y: jax.Array, x: jax.Array, out_features: int, bn_name: str) -> jax.Array:
-    """A block's end: ``act(shortcut + [SE](BN(y)))``, the shortcut being ``x`` or its
-    projection."""
+    """A block's end: ``act(shortcut + drop_path([SE](BN(y))))``, the shortcut being ``x`` or
+    its projection; stochastic depth only while training with a rate."""
     shortcut = x
     if block.projection:
         shortcut = _shortcut(x, out_features, block.strides, block.avg_down, block.conv, block.norm)
-    if block.se is None:
+    dropping = block.drop_path > 0 and block.train
+    if block.se is None and not dropping:
         return norm_act(block.norm(name=bn_name), y, block.act, residual=shortcut)
-    y = block.se(name="se")(block.norm(name=bn_name)(y))
+    y = block.norm(name=bn_name)(y)
+    if block.se is not None:
+        y = block.se(name="se")(y)
+    y = DropPath(block.drop_path, name="drop_path")(y, train=block.train)
     return block.act(shortcut + y)
 
 
@@ -194,6 +200,8 @@ class ResNetBlock(nn.Module):
     act: Callable = nn.relu
     out_features: int | None = None  # None: features * expansion
     se: ModuleDef | None = None  # a SqueezeExcite partial, applied to the last BN's output
+    drop_path: float = 0.0  # stochastic depth rate of this block's branch
+    train: bool = False  # drop_path is active only while training
 
 
 class BasicBlock(ResNetBlock):
@@ -265,6 +273,7 @@ class ResNet(BNClassifier, kw_only=True):
     se_reduction: int = 0
     head_dropout: float = 0.0
     stem_space_to_depth: bool = False
+    drop_path_rate: float = 0.0  # stochastic depth of the last block; linear in depth from 0
 
     def block_out_widths(self) -> tuple[int, ...]:
         """Output channels of each stage's blocks."""
@@ -321,6 +330,7 @@ class ResNet(BNClassifier, kw_only=True):
         features = {}
         x = self._stem(x, conv, norm)
         features["stem"] = x
+        rates = iter(drop_path_rates(self.drop_path_rate, sum(self.stage_sizes)))
         for s, (depth, width, out_features) in enumerate(
             zip(self.stage_sizes, self.widths, out_widths)
         ):
@@ -338,6 +348,8 @@ class ResNet(BNClassifier, kw_only=True):
                     avg_down=self.avg_down,
                     act=self.act,
                     out_features=out_features,
+                    drop_path=next(rates),
+                    train=train,
                     name=f"stage{s + 1}_block{b}",
                     **block_options,
                 )(x)

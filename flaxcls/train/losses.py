@@ -1,4 +1,4 @@
-"""Losses and their on-device helpers: cross entropy, label smoothing, mixup, top-k, finiteness."""
+"""Losses and their on-device helpers: cross entropy, label smoothing, top-k, finiteness."""
 
 from __future__ import annotations
 
@@ -25,20 +25,6 @@ def onehot(labels: jax.Array, num_classes: int, smoothing: float = 0.0) -> jax.A
     if smoothing:
         hot = (1.0 - smoothing) * hot + smoothing / num_classes
     return hot
-
-
-def mixup(
-    rng: jax.Array, images: jax.Array, labels_onehot: jax.Array, alpha: float
-) -> tuple[jax.Array, jax.Array]:
-    """Mixes each example with its partner in the reversed batch, one ``lam ~ Beta(alpha, alpha)``.
-
-    Returns ``lam * x + (1 - lam) * x[::-1]`` for both images and targets. Mixing the targets is
-    the 2019 loss ``lam * CE(a) + (1 - lam) * CE(b)``, since cross entropy is linear in them.
-    """
-    lam = jax.random.beta(rng, alpha, alpha, dtype=jnp.float32)
-    mixed = lam.astype(images.dtype) * images + (1 - lam).astype(images.dtype) * images[::-1]
-    targets = lam * labels_onehot + (1.0 - lam) * labels_onehot[::-1]
-    return mixed, targets.astype(labels_onehot.dtype)
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:

@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from flaxcls.parallel import DATA_AXIS, batch_sharding, replicated
 from flaxcls.specs import StepSpec
-from flaxcls.train import losses, optim
+from flaxcls.train import augment, losses, optim
 from flaxcls.train.state import TrainState
 
 TRAIN_METRICS = ("loss", "top1", "top5", "count", "skipped_steps")
@@ -83,8 +83,14 @@ def make_train_step(
         mix_key, dropout_key = jax.random.split(key)
         images = normalize(batch["image"], spec.mean, spec.std, dtype)
         targets = losses.onehot(batch["label"], num_classes, smoothing)
-        if alpha > 0:
-            images, targets = losses.mixup(mix_key, images, targets, alpha)
+        if spec.erasing > 0:  # its own key: the other draws stay as they are without it
+            images = augment.random_erasing(
+                jax.random.fold_in(key, 1), images, prob=spec.erasing, mode=spec.erasing_mode,
+                max_count=spec.erasing_count, area=spec.erasing_area, aspect=spec.erasing_aspect)
+        if alpha > 0 or spec.cutmix_alpha > 0:
+            images, targets = augment.mix_batch(
+                mix_key, images, targets, mixup_alpha=alpha, cutmix_alpha=spec.cutmix_alpha,
+                prob=spec.mixup_prob, switch_prob=spec.mixup_cutmix_switch_prob)
 
         def loss_fn(params):
             out, updates = apply(

@@ -273,6 +273,32 @@ def test_train_stream_is_deterministic_and_epochs_differ(tree):
     assert not np.array_equal(a[0]["image"], other[0]["image"])
 
 
+def test_repeated_augmentation_repeats_each_image_with_its_own_augmentation(tree):
+    """repeated_augmentation=4: an epoch of 24 positions holds 6 images, each 4 times in a row,
+    every copy augmented apart; the order is seeded, and a resumed stream is the same."""
+    order = keys.epoch_order(24, 24, 0, 0, repeats=4).numpy()
+    assert len(order) == 24 and len(set(order)) == 6
+    np.testing.assert_array_equal(order.reshape(6, 4), np.repeat(order[::4], 4).reshape(6, 4))
+    np.testing.assert_array_equal(order[::4], keys.epoch_order(24, 6, 0, 0).numpy())
+    source, spec = _opened(tree, repeated_augmentation=4, random_flip=False, lower_scale=0.3)
+    batches = _take(train_iterator(source, spec, global_batch_size=8), 5)
+    for b in batches[:3]:  # epoch 0
+        labels = b["label"].reshape(2, 4)
+        assert (labels == labels[:, :1]).all()  # copies of one image share its label
+        images = b["image"].reshape(2, 4, *b["image"].shape[1:])
+        for group in images:
+            assert len({img.tobytes() for img in group}) == 4  # four different crops
+    resumed = _take(train_iterator(source, spec, global_batch_size=8, start_step=2), 3)
+    _assert_batches_equal(resumed, batches[2:])
+
+
+def test_repeated_augmentation_needs_random_access(tree):
+    source, spec = _opened(tree, repeated_augmentation=3)
+    source.repeats_examples = False  # as a record or TFDS source
+    with pytest.raises(DataError, match=r"config.repeated_augmentation=3: needs list files"):
+        train_iterator(source, spec, global_batch_size=8)
+
+
 @pytest.mark.parametrize("start_step", [1, 3, 5])
 def test_resume_yields_the_same_batches(tree, start_step):
     source, spec = _opened(tree)

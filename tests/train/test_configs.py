@@ -137,6 +137,17 @@ def test_a_bad_preprocessing_value_names_its_field(override, field):
     with pytest.raises(ConfigError, match=rf"^config\.{field}="):
         resolve_preprocessing(c)  # checks what is set before filling anything
 
+@pytest.mark.parametrize("override, field", [
+    ("--config.cutmix_alpha=-1", "cutmix_alpha"),
+    ("--config.mixup_prob=1.5", "mixup_prob"),
+    ("--config.mixup_cutmix_switch_prob=-0.1", "mixup_cutmix_switch_prob"),
+])
+def test_a_bad_mixing_value_names_its_field(override, field):
+    c = _parse_like_launch("resnet50_vd", override)
+    with pytest.raises(ConfigError, match=rf"^config\.{field}=.*must be"):
+        validate(c, need_data=False)
+
+
 
 def test_none_on_the_command_line_unsets_a_preprocessing_field():
     """--config.crop_size=None (as launch.py takes it out of argv before flag parsing) gives the

@@ -35,29 +35,6 @@ def test_cross_entropy_matches_numpy():
     np.testing.assert_allclose(got16, want, rtol=0.05)
 
 
-def test_mixup_is_a_convex_combination_with_the_reversed_batch():
-    rng = np.random.default_rng(1)
-    images = jnp.asarray(rng.normal(size=(4, 5, 5, 3)), jnp.float32)
-    labels = losses.onehot(jnp.array([0, 1, 2, 3]), 4)
-    key = jax.random.key(7)
-    mixed, mixed_labels = jax.jit(losses.mixup, static_argnums=3)(key, images, labels, 0.2)
-    lam = float(jax.random.beta(key, 0.2, 0.2, dtype=jnp.float32))
-    assert 0.0 <= lam <= 1.0
-    np.testing.assert_allclose(mixed, lam * images + (1 - lam) * images[::-1], rtol=1e-5,
-                               atol=1e-6)
-    np.testing.assert_allclose(mixed_labels[0], [lam, 0, 0, 1 - lam], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(mixed_labels.sum(-1), 1.0, rtol=1e-6)
-    # Every mixed pixel lies between the two originals.
-    lo, hi = jnp.minimum(images, images[::-1]), jnp.maximum(images, images[::-1])
-    assert bool(jnp.all((mixed >= lo - 1e-6) & (mixed <= hi + 1e-6)))
-
-
-def test_mixup_keeps_low_precision_images():
-    images = jnp.ones((2, 3, 3, 3), jnp.bfloat16)
-    mixed, _ = losses.mixup(jax.random.key(0), images, losses.onehot(jnp.array([0, 1]), 2), 1.0)
-    assert mixed.dtype == jnp.bfloat16
-
-
 def test_topk_correct_by_hand_and_against_lax_top_k():
     logits = jnp.array([[0.1, 0.5, 0.2, 0.9],
                         [1.0, 1.0, 0.0, 0.0],   # tie: top_k ranks class 0 first

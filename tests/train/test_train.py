@@ -56,7 +56,8 @@ def test_resume_equals_uninterrupted(tmp_path, digits_dir):
 
     kw = {"num_epochs": 2, "batch_size": 128, "crop_size": 16, "resize_short_size": 16,
           "eval_every_epochs": 100, "log_every_steps": 5, "checkpoint_every_steps": 4,
-          "use_mixup": True, "val_list": NO_EVAL}
+          "use_mixup": True, "cutmix_alpha": 1.0, "random_erasing": 0.5,
+          "drop_path_rate": 0.2, "val_list": NO_EVAL}  # the on-device randomness resumes too
     whole = tmp_path / "whole"
     train_and_evaluate(_config(digits_dir, **kw), str(whole))
 
@@ -79,7 +80,7 @@ def test_sigterm_saves_and_resumes(tmp_path, digits_dir):
             f"--workdir={workdir}", f"--config.data_dir={digits_dir}", "--config.builtin_dataset=",
             "--config.log_every_steps=1", "--config.checkpoint_every_steps=1000",
             "--config.crop_size=16", "--config.resize_short_size=16",
-            "--config.compilation_cache=False"]
+            "--config.compilation_cache=False", "--config.cutmix_alpha=1.0"]
     proc = subprocess.Popen(args, cwd=REPO, env=subprocess_env(1), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     seen = []
