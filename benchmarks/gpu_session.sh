@@ -191,6 +191,11 @@ run infer_s2d 90 $INFER --models "$R50" --batch "1,$B" --dtype bfloat16 $ITIMING
 run infer_models 150 $INFER --models "$VD,$MOBILE,$R18" --batch "1,$B" --dtype bfloat16 $ITIMING
 run train_batch_fp16 200 $TRAIN --setting "$R50:$B2:bfloat16" --setting "$R50:$B:float16" \
   $TIMING --compile-cache "$CACHE"
+# 7. The second wave's costs (issues: augmentation, faults), each beside a ResNet50 bf16 step:
+# the on-device augmentation ops per batch, and a checkpoint's checksums, save and restore.
+run augment_cost 200 $PY $HERE/augment_cost.py --model "$R50" --batch "$B" $IMG --dtype bfloat16 \
+  --with-step --csv "$OUT/augment_cost.csv"
+run checkpoint_cost 120 $PY $HERE/checkpoint_cost.py --model "$R50" --csv "$OUT/checkpoint_cost.csv"
 
 if [ -d "$PROFILES" ]; then
   tar -czf "$OUT/profiles.tar.gz" -C "$SCRATCH" profiles && log "profiles: $(ls "$PROFILES" | tr '\n' ' ')"

@@ -22,8 +22,10 @@ from flaxcls.models.layers import (
     BNClassifier,
     ConvBN,
     ConvNormBlock,
+    DropPath,
     ModuleDef,
     classifier_head,
+    drop_path_rates,
     global_avg_pool,
 )
 from flaxcls.registry import register_model
@@ -40,14 +42,18 @@ def _conv_bn(conv: ModuleDef, norm: ModuleDef, act: Callable):
 
 
 class ResidualBlock(ConvNormBlock):
-    """1x1 CBR to ``features`` -> 3x3 CBR to ``2 * features``, + input (no activation after)."""
+    """1x1 CBR to ``features`` -> 3x3 CBR to ``2 * features``, + input (no activation after);
+    ``drop_path``: stochastic depth of the branch while training."""
+
+    drop_path: float = 0.0
+    train: bool = False
 
     @nn.compact
     def __call__(self, x):
         layer = _conv_bn(self.conv, self.norm, self.act)
         y = layer(self.features, 1, name="reduce")(x)
         y = layer(2 * self.features, 3, name="expand")(y)
-        return x + y
+        return x + DropPath(self.drop_path, name="drop_path")(y, train=self.train)
 
 
 class DarkNet(BNClassifier):
@@ -66,6 +72,7 @@ class DarkNet(BNClassifier):
 
     stage_sizes: Sequence[int] = (1, 2, 8, 8, 4)
     stem_width: int = 32
+    drop_path_rate: float = 0.0  # of the last block; linear in depth from 0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -76,10 +83,12 @@ class DarkNet(BNClassifier):
         x = layer(2 * self.stem_width, 3, strides=2, name="stem_downsample")(x)
         features["stem"] = x
         last = len(self.stage_sizes) - 1
+        rates = iter(drop_path_rates(self.drop_path_rate, sum(self.stage_sizes)))
         for s, depth in enumerate(self.stage_sizes):
             width = self.stem_width * 2**s
             for b in range(depth):
                 x = ResidualBlock(width, conv=conv, norm=norm, act=self.act,
+                                  drop_path=next(rates), train=train,
                                   name=f"stage{s + 1}_block{b}")(x)
             features[f"stage{s + 1}"] = x
             if s != last:

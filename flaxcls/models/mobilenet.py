@@ -32,9 +32,11 @@ from flax import linen as nn
 from flaxcls.models.layers import (
     BNClassifier,
     ConvNormBlock,
+    DropPath,
     ModuleDef,
     classifier_head,
     conv_bn,
+    drop_path_rates,
     global_avg_pool,
 )
 from flaxcls.registry import register_model
@@ -122,6 +124,8 @@ class InvertedResidual(nn.Module):
     strides: int = 1
     residual: bool = False
     act: Callable = nn.relu6
+    drop_path: float = 0.0  # stochastic depth of the residual branch (training only)
+    train: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -131,7 +135,9 @@ class InvertedResidual(nn.Module):
         y = unit(y, features=self.expanded, kernel_size=3, strides=self.strides,
                  groups=self.expanded, act=self.act, names=("dw_conv", "dw_bn"))
         y = unit(y, features=self.features, kernel_size=1, names=("project_conv", "project_bn"))
-        return x + y if self.residual else y
+        if not self.residual:
+            return y
+        return x + DropPath(self.drop_path, name="drop_path")(y, train=self.train)
 
 
 class MobileNetV2(BNClassifier):
@@ -143,6 +149,7 @@ class MobileNetV2(BNClassifier):
 
     scale: float = 1.0
     act: Callable = nn.relu6
+    drop_path_rate: float = 0.0  # of the last unit; linear in depth from 0 (residual units)
 
     def last_width(self) -> int:
         # mobilenet_v2.py widens the last conv only for scale > 1 (1280 otherwise).
@@ -153,6 +160,7 @@ class MobileNetV2(BNClassifier):
         conv, norm = self.conv_and_norm(train)
         x = _stem(x, conv, norm, self.scale, self.act)
         features = {"stem": x}
+        rates = iter(drop_path_rates(self.drop_path_rate, sum(n for _, _, n, _ in V2_STAGES)))
         for s, (t, c, n, stage_stride) in enumerate(V2_STAGES):
             width = scaled(c, self.scale)
             for b in range(n):
@@ -164,6 +172,8 @@ class MobileNetV2(BNClassifier):
                     strides=stage_stride if b == 0 else 1,
                     residual=b > 0,  # never on a stage's first unit
                     act=self.act,
+                    drop_path=next(rates),
+                    train=train,
                     name=f"stage{s + 1}_block{b}",
                 )(x)
             features[f"stage{s + 1}"] = x

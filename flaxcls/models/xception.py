@@ -31,10 +31,12 @@ from flax import linen as nn
 
 from flaxcls.models.layers import (
     BNClassifier,
+    DropPath,
     ModuleDef,
     check_same_length,
     classifier_head,
     conv_bn,
+    drop_path_rates,
     global_avg_pool,
     max_pool,
     symmetric_padding,
@@ -71,6 +73,8 @@ class XceptionBlock(nn.Module):
     downsample: bool = True  # max pool + conv shortcut (entry/exit) or identity (middle)
     relu_first: bool = True
     act: Callable = nn.relu
+    drop_path: float = 0.0  # stochastic depth of the separable-conv branch (training only)
+    train: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -80,8 +84,9 @@ class XceptionBlock(nn.Module):
                 y = self.act(y)
             y = self.sep(width, name=f"sep{k + 1}")(y)
         if not self.downsample:
-            return x + y
+            return x + DropPath(self.drop_path, name="drop_path")(y, train=self.train)
         y = max_pool(y, 3, self.strides, padding=1)
+        y = DropPath(self.drop_path, name="drop_path")(y, train=self.train)
         shortcut = self.conv(
             self.widths[-1],
             (1, 1),
@@ -115,6 +120,7 @@ class Xception(BNClassifier):
     exit_widths: Sequence[int] = (728, 1024)
     tail_widths: Sequence[int] = (1536, 2048)
     stem_widths: Sequence[int] = (32, 64)
+    drop_path_rate: float = 0.0  # of the exit block; linear in depth from 0 over every block
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -127,7 +133,13 @@ class Xception(BNClassifier):
             )
         conv, norm = self.conv_and_norm(train)
         sep = functools.partial(SeparableConv, conv=conv, norm=norm)
-        block = functools.partial(XceptionBlock, conv=conv, sep=sep, act=self.act)
+        blocks = len(self.entry_widths) + self.middle_blocks + 1
+        rates = iter(drop_path_rates(self.drop_path_rate, blocks))
+
+        def block(*args, **kwargs):
+            return XceptionBlock(*args, conv=conv, sep=sep, act=self.act, drop_path=next(rates),
+                                 train=train, **kwargs)
+
         features = {}
         for i, (width, strides) in enumerate(zip(self.stem_widths, (2, 1)), start=1):
             x = conv_bn(x, conv, norm, width, 3, strides=strides, act=self.act,

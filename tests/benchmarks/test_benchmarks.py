@@ -47,3 +47,20 @@ def test_checkpoint_cost_prints_json(tmp_path):
     assert result["state_mb"] > 0 and result["on_disk_mb"] > 0
     assert result["checksum_s"] > 0 and result["save_s"] > 0 and result["restore_verified_s"] > 0
     assert csv_path.read_text().count("\n") == 2
+
+
+@pytest.mark.subprocess
+def test_augment_cost_prints_json_per_op(tmp_path):
+    csv_path = tmp_path / "aug.csv"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "augment_cost.py"), "--batch", "4",
+         "--image-size", "16", "--iters", "2", "--repeats", "1", "--model", "ResNet_tiny",
+         "--with-step", "--csv", str(csv_path)],
+        cwd=REPO, env=subprocess_env(1), capture_output=True, text=True, timeout=300,
+        check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert {r["op"] for r in rows} == {"random_erasing_pixel", "random_erasing_const", "mixup",
+                                       "cutmix", "mixup_or_cutmix"}
+    assert all(r["ms_per_batch"] > 0 and 0 < r["share_of_step"] for r in rows)
+    assert csv_path.read_text().count("\n") == 6

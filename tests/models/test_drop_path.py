@@ -13,7 +13,8 @@ from flaxcls.config import ConfigError, default_config, validate
 from flaxcls.models.layers import DropPath, drop_path_rates
 from flaxcls.registry import get_model_cfg
 
-RESIDUAL_FAMILIES = {"resnet", "resnext", "se_resnext", "resnext_wsl"}  # the ResNet class
+RESIDUAL_FAMILIES = {"resnet", "resnext", "se_resnext", "resnext_wsl", "mobilenet_v2", "darknet",
+                     "xception"}
 
 
 def test_rates_are_linear_in_depth():
@@ -34,10 +35,17 @@ def test_drop_path_drops_whole_examples_and_keeps_the_expectation():
     assert abs(y.mean() - 1.0) < 0.05
 
 
-def test_resnet_drop_path_is_the_identity_at_eval_and_random_in_training():
-    plain = flaxcls.create_model("ResNet_tiny", num_classes=10)
-    dropping = flaxcls.create_model("ResNet_tiny", num_classes=10, drop_path_rate=0.5)
-    x = np.random.RandomState(0).standard_normal((6, 16, 16, 3)).astype(np.float32)
+@pytest.mark.parametrize("name, overrides", [
+    pytest.param("ResNet_tiny", {}, id="ResNet_tiny"),
+    pytest.param("MobileNetV2_x0_25", {}, id="MobileNetV2", marks=pytest.mark.heavy),
+    pytest.param("DarkNet53", {"stage_sizes": (1, 1, 2, 1, 1)}, id="DarkNet53",
+                 marks=pytest.mark.heavy),
+    pytest.param("Xception41", {"middle_blocks": 2}, id="Xception41", marks=pytest.mark.heavy),
+])
+def test_drop_path_is_the_identity_at_eval_and_random_in_training(name, overrides):
+    plain = flaxcls.create_model(name, num_classes=10, **overrides)
+    dropping = flaxcls.create_model(name, num_classes=10, drop_path_rate=0.5, **overrides)
+    x = np.random.RandomState(0).standard_normal((6, 32, 32, 3)).astype(np.float32)
     variables = jax.jit(plain.init)(jax.random.key(0), x)
     # Same parameters (DropPath has none), same eval outputs.
     assert jax.tree.structure(jax.eval_shape(dropping.init, jax.random.key(0), x)) == \
