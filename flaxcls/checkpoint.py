@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from typing import Any, Self
 
 import jax
@@ -50,6 +51,23 @@ def _orbax_storage_noise(record: logging.LogRecord) -> bool:
 
 logging.getLogger("absl").addFilter(_orbax_storage_noise)
 
+def _late_write_noise(unraisable: Any) -> None:
+    """After a failed save, TensorStore finishes the writes still in flight and hands each
+    result to the save's asyncio loop, which Orbax has already closed: every one would print
+    an 'Event loop is closed' traceback after our one-line error. A result delivered from
+    native code (the traceback starts in ``call_soon_threadsafe``) into a closed loop has no
+    reader left, so it is dropped; any other unraisable exception goes to the previous hook."""
+    exc, tb = unraisable.exc_value, unraisable.exc_traceback
+    if (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+            and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"):
+        logging.getLogger(__name__).debug("a write finished after its save had failed")
+        return
+    _previous_unraisable_hook(unraisable)
+
+
+_previous_unraisable_hook = sys.unraisablehook
+sys.unraisablehook = _late_write_noise
+
 
 def _manager(
     directory: epath.Path, *, keep: int | None = None, async_save: bool = False,
@@ -82,6 +100,9 @@ class Checkpointer:
     def __init__(self, workdir: str | epath.PathLike, keep: int, async_save: bool = False):
         if keep < 1:
             raise ValueError(f"keep={keep}: must be >= 1 (config.keep_checkpoints)")
+        workdir = os.fspath(workdir)
+        if "://" not in workdir:  # a local folder: Orbax's writers need it absolute
+            workdir = os.path.abspath(workdir)
         self.directory = epath.Path(workdir) / CHECKPOINTS
         self._pending: tuple[int, int] | None = None  # (step, bytes) of a save in flight
         self._failed, self._async = False, async_save

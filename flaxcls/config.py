@@ -45,6 +45,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Stochastic depth of the last residual block, linear in depth from 0 (families with
     # residual blocks; 0: off, always off at eval)
     c.drop_path_rate = 0.0
+    # Dropout of the pooled features before the classifier, in training (inverted dropout;
+    # the models whose 2019 head had none: 0 is the released design)
+    c.dropout_rate = 0.0
     # BatchNorm statistics while training: "global" = over the whole global batch (results do
     # not depend on the device count; one small all-reduce per BN layer), "device" = over each
     # device's share, as the 2019 multi-GPU runs did (one fused all-reduce per step)
@@ -274,6 +277,16 @@ def _validate_model_options(c: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 f"config.drop_path_rate={c.drop_path_rate}: {c.model} has no residual blocks "
                 "with stochastic depth; set it to 0 for this model") from None
+    if not 0 <= c.dropout_rate < 1:
+        raise ConfigError(f"config.dropout_rate={c.dropout_rate}: must be in [0, 1)")
+    if c.dropout_rate > 0:
+        model = create_model(c.model)  # UnknownModelError first, for a typo
+        if not hasattr(model, "classifier_dropout") or getattr(model, "head_dropout", 0):
+            own = getattr(model, "head_dropout", None) or getattr(model, "dropout_rate", None)
+            raise ConfigError(
+                f"config.dropout_rate={c.dropout_rate}: {c.model}'s head has its own dropout "
+                f"({own}, as released, scaled at inference); dropout_rate adds one only to "
+                "heads that had none: set it to 0 for this model")
     if not c.stem_space_to_depth:
         create_model(c.model)  # UnknownModelError, with close names, for a typo
         return

@@ -28,17 +28,20 @@ class ModelSpec:
     dtype: str
     stem_space_to_depth: bool
     drop_path_rate: float = 0.0
+    dropout_rate: float = 0.0  # before the classifier, where the released head has none
 
     @classmethod
     def from_config(cls, c: Any) -> ModelSpec:
         return cls(str(c.model), int(c.num_classes), str(c.dtype), bool(c.stem_space_to_depth),
-                   float(c.drop_path_rate))
+                   float(c.drop_path_rate), float(c.dropout_rate))
 
     def build(self, **overrides: Any):
         """The (unbound) Flax module; ``overrides`` replace constructor fields."""
         extra: dict[str, Any] = {"stem_space_to_depth": True} if self.stem_space_to_depth else {}
         if self.drop_path_rate:
             extra["drop_path_rate"] = self.drop_path_rate
+        if self.dropout_rate:
+            extra["classifier_dropout"] = self.dropout_rate
         return create_model(self.name, num_classes=self.num_classes, dtype=self.dtype,
                             **extra, **overrides)
 

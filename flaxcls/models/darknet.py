@@ -73,6 +73,7 @@ class DarkNet(BNClassifier):
     stage_sizes: Sequence[int] = (1, 2, 8, 8, 4)
     stem_width: int = 32
     drop_path_rate: float = 0.0  # of the last block; linear in depth from 0
+    classifier_dropout: float = 0.0  # config.dropout_rate: before the fc, in training
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -95,7 +96,8 @@ class DarkNet(BNClassifier):
                 x = layer(2 * x.shape[-1], 3, strides=2, name=f"stage{s + 1}_downsample")(x)
         pooled = global_avg_pool(x)
         features["pooled"] = pooled
-        logits = classifier_head(pooled, self.num_classes, self.dtype)
+        logits = classifier_head(pooled, self.num_classes, self.dtype,
+                                 dropout=self.classifier_dropout, train=train)
         return (logits, features) if return_features else logits
 
 

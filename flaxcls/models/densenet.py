@@ -89,7 +89,8 @@ class DenseNet(BNClassifier, kw_only=True):
     growth_rate: int = 32
     stem_width: int = 64
     bn_size: int = 4
-    dropout_rate: float = 0.0
+    dropout_rate: float = 0.0  # inside the dense layers (Fluid's downgrade-in-infer)
+    classifier_dropout: float = 0.0  # config.dropout_rate: before the fc, in training
 
     def num_features(self) -> list[int]:
         """Channels entering each dense block, and (last entry) the width of the final map."""
@@ -129,7 +130,8 @@ class DenseNet(BNClassifier, kw_only=True):
         features[f"stage{last + 1}"] = x
         pooled = global_avg_pool(x)
         features["pooled"] = pooled
-        logits = classifier_head(pooled, self.num_classes, self.dtype)
+        logits = classifier_head(pooled, self.num_classes, self.dtype,
+                                 dropout=self.classifier_dropout, train=train)
         return (logits, features) if return_features else logits
 
 

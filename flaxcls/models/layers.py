@@ -341,8 +341,14 @@ def norm_act(norm: nn.Module, x: Array, act: Callable, residual: Array | None = 
     return act(y if residual is None else residual + y)
 
 
-def classifier_head(x: Array, num_classes: int, dtype: Any, name: str = "head") -> Array:
-    """The fc classifier on pooled features (Paddle's fc init); logits returned in float32."""
+def classifier_head(x: Array, num_classes: int, dtype: Any, name: str = "head",
+                    dropout: float = 0.0, train: bool = False) -> Array:
+    """The fc classifier on pooled features (Paddle's fc init); logits returned in float32.
+
+    ``dropout`` > 0 drops pooled features in training first (``config.dropout_rate``, for the
+    heads that had no dropout in 2019; inverted dropout, the identity at inference)."""
+    if dropout:
+        x = nn.Dropout(dropout, deterministic=not train, name="classifier_dropout")(x)
     logits = nn.Dense(
         num_classes, dtype=dtype, param_dtype=jnp.float32, kernel_init=dense_kernel_init,
         name=name,

@@ -90,6 +90,7 @@ class MobileNetV1(BNClassifier):
     """
 
     scale: float = 1.0
+    classifier_dropout: float = 0.0  # config.dropout_rate: before the fc, in training
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -109,7 +110,8 @@ class MobileNetV1(BNClassifier):
             features[f"stage{s + 1}"] = x
         pooled = global_avg_pool(x)
         features["pooled"] = pooled
-        logits = classifier_head(pooled, self.num_classes, self.dtype)
+        logits = classifier_head(pooled, self.num_classes, self.dtype,
+                                 dropout=self.classifier_dropout, train=train)
         return (logits, features) if return_features else logits
 
 
@@ -150,10 +152,12 @@ class MobileNetV2(BNClassifier):
     scale: float = 1.0
     act: Callable = nn.relu6
     drop_path_rate: float = 0.0  # of the last unit; linear in depth from 0 (residual units)
+    classifier_dropout: float = 0.0  # config.dropout_rate: before the fc, in training
 
     def last_width(self) -> int:
         # mobilenet_v2.py widens the last conv only for scale > 1 (1280 otherwise).
         return scaled(1280, self.scale) if self.scale > 1.0 else 1280
+
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -182,7 +186,8 @@ class MobileNetV2(BNClassifier):
         features["last"] = x
         pooled = global_avg_pool(x)
         features["pooled"] = pooled
-        logits = classifier_head(pooled, self.num_classes, self.dtype)
+        logits = classifier_head(pooled, self.num_classes, self.dtype,
+                                 dropout=self.classifier_dropout, train=train)
         return (logits, features) if return_features else logits
 
 

@@ -274,6 +274,7 @@ class ResNet(BNClassifier, kw_only=True):
     head_dropout: float = 0.0
     stem_space_to_depth: bool = False
     drop_path_rate: float = 0.0  # stochastic depth of the last block; linear in depth from 0
+    classifier_dropout: float = 0.0  # config.dropout_rate: before the fc, in training
 
     def block_out_widths(self) -> tuple[int, ...]:
         """Output channels of each stage's blocks."""
@@ -358,7 +359,8 @@ class ResNet(BNClassifier, kw_only=True):
         features["pooled"] = pooled
         if self.head_dropout:
             pooled = DowngradeDropout(self.head_dropout, name="head_dropout")(pooled, train=train)
-        logits = classifier_head(pooled, self.num_classes, self.dtype)
+        logits = classifier_head(pooled, self.num_classes, self.dtype,
+                                 dropout=self.classifier_dropout, train=train)
         return (logits, features) if return_features else logits
 
 

@@ -107,6 +107,7 @@ class ShuffleNetV2(BNClassifier):
     last_width: int = WIDTHS["x1_0"][1]
     stage_sizes: Sequence[int] = (4, 8, 4)
     stem_width: int = 24
+    classifier_dropout: float = 0.0  # config.dropout_rate: before the fc, in training
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -135,7 +136,8 @@ class ShuffleNetV2(BNClassifier):
         features["last"] = x
         pooled = global_avg_pool(x)  # = Paddle's 7x7/1 average pool on the 7x7 map at 224
         features["pooled"] = pooled
-        logits = classifier_head(pooled, self.num_classes, self.dtype)
+        logits = classifier_head(pooled, self.num_classes, self.dtype,
+                                 dropout=self.classifier_dropout, train=train)
         return (logits, features) if return_features else logits
 
 

@@ -121,6 +121,7 @@ class Xception(BNClassifier):
     tail_widths: Sequence[int] = (1536, 2048)
     stem_widths: Sequence[int] = (32, 64)
     drop_path_rate: float = 0.0  # of the exit block; linear in depth from 0 over every block
+    classifier_dropout: float = 0.0  # config.dropout_rate: before the fc, in training
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -159,7 +160,8 @@ class Xception(BNClassifier):
         features["exit"] = x
         pooled = global_avg_pool(x)
         features["pooled"] = pooled
-        logits = classifier_head(pooled, self.num_classes, self.dtype)
+        logits = classifier_head(pooled, self.num_classes, self.dtype,
+                                 dropout=self.classifier_dropout, train=train)
         return (logits, features) if return_features else logits
 
 

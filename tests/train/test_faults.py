@@ -390,6 +390,66 @@ def test_a_full_disk_during_a_save_is_one_storage_error(small_filesystem, caplog
     assert "Traceback" not in caplog.text and "RESOURCE_EXHAUSTED" not in caplog.text
 
 
+_LATE_WRITES = """
+import sys
+import numpy as np
+from flaxcls.checkpoint import Checkpointer
+from flaxcls.storage import StorageError
+rng = np.random.default_rng(0)
+small = {f"w{i}": rng.normal(size=(100,)).astype(np.float32) for i in range(60)}
+big = {f"w{i}": rng.normal(size=(20_000,)).astype(np.float32) for i in range(60)}
+ckpt = Checkpointer(sys.argv[1], keep=2, async_save=True)
+ckpt.save(1, small, {"step": 1})
+ckpt.wait()
+try:
+    ckpt.save(2, big, {"step": 2})
+    ckpt.wait()
+except StorageError as e:
+    print("ERROR", e, file=sys.stderr)
+ckpt.close()
+"""
+
+
+@pytest.mark.subprocess
+def test_writes_that_finish_after_a_failed_save_print_nothing(small_filesystem):
+    """60 arrays meet a full disk: TensorStore finishes the other writes after Orbax closed the
+    save's event loop; without the hook each printed an 'Event loop is closed' traceback
+    (CI, 2026-12-02). The process prints the one error line and nothing else."""
+    where, resize = small_filesystem
+    resize("600k")
+    proc = subprocess.run([sys.executable, "-c", _LATE_WRITES, str(where / "run")], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300,
+                          check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, out[-3000:]
+    assert lines[0].startswith("ERROR saving a checkpoint failed at step 2: no space left"), out
+
+
+def test_the_late_write_hook_drops_only_results_delivered_into_a_closed_loop(monkeypatch):
+    import asyncio
+    import types
+
+    from flaxcls import checkpoint
+
+    passed = []
+    monkeypatch.setattr(checkpoint, "_previous_unraisable_hook", passed.append)
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as e:  # as TensorStore's native callback meets it: no Python caller
+        late = types.SimpleNamespace(exc_value=e, exc_traceback=e.__traceback__.tb_next)
+        ours = types.SimpleNamespace(exc_value=e, exc_traceback=e.__traceback__)
+    other = RuntimeError("something else")
+    checkpoint._late_write_noise(late)
+    assert passed == []
+    checkpoint._late_write_noise(ours)  # a Python caller met the closed loop: reported
+    checkpoint._late_write_noise(types.SimpleNamespace(exc_value=other, exc_traceback=None))
+    assert [u.exc_value for u in passed] == [late.exc_value, other]
+
+
 @pytest.mark.subprocess
 @pytest.mark.slow  # three launch.py runs; the in-process full-disk test is in the fast set
 def test_full_disk_exits_4_with_one_line_and_the_rerun_resumes(small_filesystem, digits_dir):
