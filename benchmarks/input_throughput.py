@@ -8,7 +8,8 @@
 --format rewritten, a folder that already holds records.json. Setup (extracting the tar,
 writing the list file or the record shards) happens before any timing. The stream is
 `flaxcls.data.train_iterator`, i.e. exactly what training runs: random-resized crop with
-crop-window decode, flip, uint8 batches. The process is pinned to --workers CPUs (unless
+crop-window decode, flip, uint8 batches, plus what ``--set`` switches on (``--set
+auto_augment=rand-m9-n2-mstd0.5``: any train-stream field of the config). The process is pinned to --workers CPUs (unless
 --no-pin) and tf.data gets that many threads, so img/s per core = img/s / workers. Each of
 --repeats windows runs --seconds (or --epochs passes over the images) after --warmup batches;
 the JSON has the median and the spread, plus images per CPU-second of this process (which
@@ -37,7 +38,7 @@ DEFAULT_CSV = os.path.join("benchmarks", "results", "input_throughput.csv")
 CSV_FIELDS = ("date", "format", "data", "images", "workers", "batch", "crop", "img_per_sec",
               "img_per_sec_per_core", "img_per_cpu_sec", "spread_min", "spread_max", "repeats",
               "max_side", "side", "quality", "mean_kb", "load_avg_1m", "cpu", "cpus", "tf",
-              "numpy", "python")
+              "numpy", "python", "augment")
 
 
 def _cpu_model() -> str:
@@ -62,6 +63,19 @@ def _pin(workers: int) -> bool:
     return True
 
 
+def _override(text: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` -> (field, value); VALUE is a Python literal or else a string."""
+    import ast
+
+    field, sep, value = text.partition("=")
+    if not sep or not field:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE")
+    try:
+        return field, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return field, value
+
+
 def _write_list(split, folder: str) -> str:
     """A list file naming the images by absolute path, so the list source reads them in place."""
     path = os.path.join(folder, "train_list.txt")
@@ -84,6 +98,8 @@ def _prepare(args, tmp: str, stack: contextlib.ExitStack):
 
     c = default_config()
     c.crop_size = args.crop  # resize_short_size (eval only) stays the model's
+    for field, value in args.set:
+        c[field] = value
     c.reader_thread, c.random_seed = args.workers, 0
     settings = {"max_side": "", "side": "", "quality": ""}
     index_path = os.path.join(args.data, record_source.RECORDS_INDEX)
@@ -130,6 +146,9 @@ def main() -> None:
     p.add_argument("--side", choices=["longer", "shorter"], default="longer")
     p.add_argument("--quality", type=int, default=90, help="rewritten: JPEG quality")
     p.add_argument("--shards", type=int, default=8, help="rewritten: record files")
+    p.add_argument("--set", action="append", default=[], type=_override, metavar="FIELD=VALUE",
+                   help="a config override of the train stream, e.g. "
+                        "auto_augment=rand-m9-n2-mstd0.5 or color_jitter=True (repeatable)")
     p.add_argument("--no-pin", dest="pin", action="store_false",
                    help="do not restrict the process to --workers CPUs")
     p.add_argument("--csv", default=os.path.join(REPO, DEFAULT_CSV),
@@ -184,6 +203,7 @@ def main() -> None:
         "repeats": args.repeats, **settings, "mean_kb": round(mean_kb, 1),
         "load_avg_1m": round(load_avg, 2), "cpu": _cpu_model(), "cpus": os.cpu_count(),
         "tf": tf.__version__, "numpy": np.__version__, "python": platform.python_version(),
+        "augment": " ".join(f"{k}={v}" for k, v in args.set),
     }
     print(json.dumps(result), flush=True)
     if args.csv:

@@ -79,6 +79,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.image_shape = ()  # C, H, W as in the original flag; when set, H is the crop_size
     c.crop_size = placeholder(int)  # train: random-resized crop; eval: centre crop
     c.resize_short_size = placeholder(int)  # eval: the shorter side is resized to this first
+    # Test-time resolution (FixRes, torchvision's recipes): an eval centre crop other than the
+    # train crop (0: crop_size) and its resize (0: resize_short_size; with eval_crop_size set,
+    # at the model's crop fraction, 256/224 for most). Eval, infer and export use them.
+    c.eval_crop_size = 0
+    c.eval_resize_short_size = 0
     c.lower_scale = 0.08
     c.lower_ratio = 3.0 / 4.0
     c.upper_ratio = 4.0 / 3.0
@@ -277,6 +282,9 @@ def _validate_model_options(c: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 f"config.drop_path_rate={c.drop_path_rate}: {c.model} has no residual blocks "
                 "with stochastic depth; set it to 0 for this model") from None
+    eval_crop = getattr(c, "eval_crop_size", 0)
+    if eval_crop and c.crop_size is not None and eval_crop != c.crop_size:
+        _need_any_input_size(c.model, int(c.crop_size), int(eval_crop))
     if not 0 <= c.dropout_rate < 1:
         raise ConfigError(f"config.dropout_rate={c.dropout_rate}: must be in [0, 1)")
     if c.dropout_rate > 0:
@@ -301,6 +309,26 @@ def _validate_model_options(c: ml_collections.ConfigDict) -> None:
             f"(stem={stem!r}); set it to False for this model")
 
 
+def _need_any_input_size(model_name: str, train: int, test: int) -> None:
+    """A model whose parameters depend on the input size (AlexNet's and VGG's flattened fc)
+    cannot be evaluated at another crop than it trains at."""
+    import jax
+    import numpy as np
+
+    from flaxcls.registry import create_model
+
+    model = create_model(model_name)
+
+    def shapes(size: int):
+        x = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
+        return jax.tree.map(lambda a: a.shape, jax.eval_shape(model.init, jax.random.key(0), x))
+
+    if shapes(train) != shapes(test):
+        raise ConfigError(
+            f"config.eval_crop_size={test}: {model_name}'s parameters depend on the input size "
+            f"(a flattened fc), so it evaluates at its train crop {train} only; set it to 0")
+
+
 def validate_preprocessing(c: ml_collections.ConfigDict) -> None:
     """Checks the preprocessing fields that are set; unset (None) ones are the model's and pass.
 
@@ -318,6 +346,15 @@ def validate_preprocessing(c: ml_collections.ConfigDict) -> None:
              "must be a whole number >= 1 (or left unset: the model's)")
     if crop is not None and short is not None:
         need(short >= crop, "resize_short_size", f"must be >= crop_size={crop}")
+    eval_crop = getattr(c, "eval_crop_size", 0)
+    eval_short = getattr(c, "eval_resize_short_size", 0)
+    for field, value in (("eval_crop_size", eval_crop),
+                         ("eval_resize_short_size", eval_short)):
+        need(_is_int(value) and value >= 0, field,
+             "must be a whole number >= 0 (0: the train crop's)")
+    if eval_short and (eval_crop or crop) and eval_short < (eval_crop or crop):
+        which = "eval_crop_size" if eval_crop else "crop_size"
+        need(False, "eval_resize_short_size", f"must be >= {which}={eval_crop or crop}")
     shape = [_whole(v) for v in getattr(c, "image_shape", None) or ()]
     if shape:
         need(len(shape) == 3 and shape[0] == 3, "image_shape",

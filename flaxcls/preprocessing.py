@@ -30,7 +30,11 @@ _FIELDS = {
 
 @dataclasses.dataclass(frozen=True)
 class EvalPreprocessing:
-    """Decode -> resize the short side -> centre crop -> uint8 -> (x/255 - mean) / std."""
+    """Decode -> resize the short side -> centre crop -> uint8 -> (x/255 - mean) / std.
+
+    The eval sizes: ``config.eval_crop_size`` where set (its resize
+    ``eval_resize_short_size``, or at the model's crop fraction), else the 2019 pair
+    ``crop_size`` and ``resize_short_size``."""
 
     crop_size: int
     resize_short_size: int
@@ -48,6 +52,12 @@ def preprocessing_of(config) -> EvalPreprocessing:
     """The preprocessing `config` asks for, as `resolve_preprocessing` would fill it, without
     changing the config (for code that may get a config nobody resolved, like the step)."""
     return _resolve(config)[0]
+
+
+def train_crop_of(config) -> int:
+    """The train crop ``config`` asks for (its ``crop_size`` as `resolve_preprocessing` fills
+    it): the input size the model is built and trained at."""
+    return int(_resolve(config)[1]["crop_size"])
 
 
 def resolve_preprocessing(config) -> EvalPreprocessing:
@@ -85,8 +95,16 @@ def _resolve(config) -> tuple[EvalPreprocessing, dict[str, Any], dict[str, str]]
         # a crop larger than the model's resize was asked for: resize to the crop
         # (a resize the user set smaller than the crop is left for validate() to name)
         values["resize_short_size"] = values["crop_size"]
+    crop, short = int(values["crop_size"]), int(values["resize_short_size"])
+    eval_crop = int(getattr(config, "eval_crop_size", 0) or 0) or crop
+    eval_short = int(getattr(config, "eval_resize_short_size", 0) or 0)
+    if not eval_short:
+        # Without eval_crop_size: the 2019 pair. With it: the model's crop fraction (224 of
+        # 256 for most), as timm keeps crop_pct when the test size changes.
+        eval_short = short if not getattr(config, "eval_crop_size", 0) else round(
+            eval_crop * cfg.resize_short_size / cfg.crop_size)
     prep = EvalPreprocessing(
-        crop_size=int(values["crop_size"]), resize_short_size=int(values["resize_short_size"]),
+        crop_size=eval_crop, resize_short_size=eval_short,
         interpolation=interpolation_name(values["interpolation"]),
         mean=tuple(float(v) for v in values["image_mean"]),
         std=tuple(float(v) for v in values["image_std"]))

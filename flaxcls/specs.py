@@ -15,7 +15,12 @@ import dataclasses
 from typing import Any
 
 from flaxcls.config import split_lr_strategy, validate
-from flaxcls.preprocessing import EvalPreprocessing, preprocessing_of, resolve_preprocessing
+from flaxcls.preprocessing import (
+    EvalPreprocessing,
+    preprocessing_of,
+    resolve_preprocessing,
+    train_crop_of,
+)
 from flaxcls.registry import create_model
 
 
@@ -158,8 +163,9 @@ class InputSpec:
     the eval transform and the reader's settings."""
 
     model: str  # named in warnings about the data
-    crop_size: int
-    resize_short_size: int
+    crop_size: int  # train: the random-resized crop's size
+    eval_crop_size: int  # eval: the centre crop's
+    resize_short_size: int  # eval: the shorter side's before the centre crop
     interpolation: str
     lower_scale: float
     lower_ratio: float
@@ -179,7 +185,7 @@ class InputSpec:
         jitter = ((float(c.brightness), float(c.contrast), float(c.saturation), float(c.hue))
                   if c.color_jitter else None)
         return cls(
-            model=str(c.model), crop_size=prep.crop_size,
+            model=str(c.model), crop_size=train_crop_of(c), eval_crop_size=prep.crop_size,
             resize_short_size=prep.resize_short_size, interpolation=prep.interpolation,
             lower_scale=float(c.lower_scale), lower_ratio=float(c.lower_ratio),
             upper_ratio=float(c.upper_ratio), random_flip=bool(c.random_flip),
@@ -192,7 +198,7 @@ class InputSpec:
     def for_eval(cls, prep: EvalPreprocessing | dict[str, Any]) -> InputSpec:
         """An eval-only spec from preprocessing values alone (an export's ``model.json``)."""
         p = prep.to_json() if isinstance(prep, EvalPreprocessing) else prep
-        return cls(model="", crop_size=int(p["crop_size"]),
+        return cls(model="", crop_size=int(p["crop_size"]), eval_crop_size=int(p["crop_size"]),
                    resize_short_size=int(p["resize_short_size"]),
                    interpolation=str(p["interpolation"]), lower_scale=1.0, lower_ratio=1.0,
                    upper_ratio=1.0, random_flip=False, rotate_degrees=0.0, jitter=None,

@@ -156,7 +156,7 @@ def eval_iterator(source: Source, spec: InputSpec, *, global_batch_size: int,
     source.warn(spec, EVAL)
     key = None
     if spec.cache_eval:
-        key = (global_batch_size, process_index, process_count, spec.crop_size,
+        key = (global_batch_size, process_index, process_count, spec.eval_crop_size,
                spec.resize_short_size, ops.resize_method(spec.interpolation))
         if key in source.eval_cache:
             return BatchIterator(iter(source.eval_cache[key]), source, EVAL)
@@ -221,7 +221,7 @@ def eval_transform_fn(spec: InputSpec) -> Callable:
     """``(encoded bytes, seed) -> uint8 [crop, crop, 3]``: the one eval transform (resize the
     short side, centre crop) that eval, infer and export all use, from the spec's resolved
     preprocessing (`InputSpec.for_eval` makes one from preprocessing values alone)."""
-    crop, short = spec.crop_size, spec.resize_short_size
+    crop, short = spec.eval_crop_size, spec.resize_short_size
     method = ops.resize_method(spec.interpolation)
     return lambda data, seed: ops.eval_transform(data, crop_size=crop, resize_short_size=short,
                                                  method=method)
@@ -231,7 +231,7 @@ def _decode_batches(batches, transform: Callable, lb: int, spec: InputSpec, *, t
                     read_files: bool):
     """Batches of keys -> batches of images, each batch decoded as its own small dataset so an
     unreadable example can be dropped (ignore_errors) without shifting any other batch."""
-    crop = spec.crop_size
+    crop = spec.crop_size if train else spec.eval_crop_size
     threads = _threads(spec)
 
     def load(ex):

@@ -37,7 +37,8 @@ class Trainer:
 
     @property
     def image_size(self) -> int:
-        return self.specs.preprocessing.crop_size
+        """The train crop: the size the state is built at."""
+        return self.specs.input.crop_size
 
     @functools.cached_property
     def train_step(self):

@@ -178,3 +178,30 @@ def test_every_field_is_in_the_readme_table():
     named = set(re.findall(r"`([a-z_0-9]+)`", section))
     missing = [k for k in default_config() if k not in named]
     assert not missing, f"README's Configuration section does not name: {missing}"
+
+
+def test_test_time_resolution_resolves_apart_from_the_train_crop():
+    from flaxcls.specs import resolve
+
+    def specs(model="ResNet50", **fields):
+        c = default_config()
+        c.model = model
+        c.update(fields)
+        return resolve(c, need_data=False)
+
+    s = specs(crop_size=176, eval_crop_size=224, eval_resize_short_size=232)
+    assert (s.input.crop_size, s.input.eval_crop_size, s.input.resize_short_size) == (176, 224, 232)
+    assert (s.preprocessing.crop_size, s.preprocessing.resize_short_size) == (224, 232)
+    s = specs(eval_crop_size=288)  # its resize at the model's crop fraction, 256/224
+    assert (s.input.crop_size, s.preprocessing.crop_size) == (224, 288)
+    assert s.preprocessing.resize_short_size == round(288 * 256 / 224)
+    s = specs()  # unset: the 2019 pair
+    assert (s.input.crop_size, s.input.eval_crop_size, s.input.resize_short_size) == (224, 224, 256)
+    with pytest.raises(ConfigError, match=r"^config\.eval_resize_short_size=200: must be >= "
+                                          r"eval_crop_size=224"):
+        specs(eval_crop_size=224, eval_resize_short_size=200)
+    with pytest.raises(ConfigError, match=r"^config\.eval_crop_size=-1: must be a whole number"):
+        specs(eval_crop_size=-1)
+    with pytest.raises(ConfigError, match=r"^config\.eval_crop_size=256: AlexNet's parameters "
+                                          r"depend on the input size"):
+        specs("AlexNet", eval_crop_size=256)

@@ -408,3 +408,19 @@ def test_any_registered_model_trains_by_name(tmp_path, digits_dir):
     )
     assert result["step"] == 3 and result["num_examples"] == 359
     assert np.isfinite(result["loss"])
+
+
+@pytest.mark.heavy
+def test_a_test_time_resolution_other_than_the_train_crop(tmp_path, digits_dir):
+    """Train at 12 px, evaluate at a 16 px centre crop of the 16 px image (FixRes-style
+    ``eval_crop_size``); eval_results.json records the eval preprocessing that ran."""
+    from flaxcls.train.loop import train_and_evaluate
+
+    result = train_and_evaluate(
+        _config(digits_dir, num_train_steps=3, batch_size=32, test_batch_size=120, crop_size=12,
+                resize_short_size=12, eval_crop_size=16, eval_resize_short_size=16,
+                log_every_steps=1), str(tmp_path))
+    assert result["step"] == 3 and result["num_examples"] == 359
+    recorded = json.loads((tmp_path / "eval_results.json").read_text())
+    assert (recorded["preprocessing"]["crop_size"],
+            recorded["preprocessing"]["resize_short_size"]) == (16, 16)
