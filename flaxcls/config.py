@@ -95,6 +95,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.contrast = 0.4
     c.saturation = 0.4
     c.hue = 0.0
+    # Per-image policy on the train crop, in tf.data after the flip (timm's names): "" (off),
+    # "rand-m9-n2-mstd0.5" (RandAugment, timm's grammar), "autoaug" (AutoAugment's ImageNet
+    # policy) or "trivial" (TrivialAugment wide); flaxcls/data/autoaugment.py has the ops.
+    c.auto_augment = ""
     c.interpolation = placeholder(str)  # a name (INTERPOLATIONS) or a cv2 code "0"-"4"
     c.image_mean = placeholder(tuple)  # RGB on the 0-1 scale, e.g. (0.485, 0.456, 0.406)
     c.image_std = placeholder(tuple)
@@ -242,6 +246,15 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
     need(c.repeated_augmentation <= 1 or c.data_source in ("auto", "list", "folder"),
          "repeated_augmentation", "needs list files or class folders (data_source auto, list "
          "or folder): record and TFDS streams are read in order")
+    if not isinstance(c.auto_augment, str):
+        need(False, "auto_augment", 'must be a string ("" is off)')
+    if c.auto_augment:
+        from flaxcls.data.augment_policy import parse
+
+        try:
+            parse(c.auto_augment)
+        except ValueError as e:  # its message names the field and the grammar
+            raise ConfigError(str(e)) from None
     need(0 <= c.random_erasing <= 1, "random_erasing", "must be a probability in [0, 1]")
     need(c.random_erasing_mode in ("pixel", "const"), "random_erasing_mode",
          "must be 'pixel' (normal noise) or 'const' (the mean colour)")

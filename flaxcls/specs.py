@@ -178,6 +178,8 @@ class InputSpec:
     cache_eval: bool
     seed: int
     repeated_augmentation: int = 1  # each image this many times per epoch, apart (1: off)
+    auto_augment: str = ""  # the policy after the flip ("": none)
+    fill: tuple[int, int, int] = (0, 0, 0)  # RGB of what its geometric ops uncover: the mean
 
     @classmethod
     def from_config(cls, c: Any) -> InputSpec:
@@ -192,7 +194,9 @@ class InputSpec:
             rotate_degrees=float(c.rotate_degrees) if c.rotate else 0.0, jitter=jitter,
             reader_thread=int(c.reader_thread), reader_buf_size=int(c.reader_buf_size),
             cache_eval=bool(c.cache_eval), seed=int(c.random_seed or 0),
-            repeated_augmentation=max(1, int(c.repeated_augmentation)))
+            repeated_augmentation=max(1, int(c.repeated_augmentation)),
+            auto_augment=str(c.auto_augment),
+            fill=tuple(min(255, max(0, round(255 * m))) for m in prep.mean))
 
     @classmethod
     def for_eval(cls, prep: EvalPreprocessing | dict[str, Any]) -> InputSpec:

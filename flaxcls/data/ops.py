@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 
 from flaxcls.config import INTERPOLATIONS, interpolation_name
 
@@ -216,12 +217,17 @@ def to_uint8(image: tf.Tensor) -> tf.Tensor:
 def train_transform(data: tf.Tensor, seed: tf.Tensor, *, crop_size: int,
                     area_range: tuple[float, float], aspect_ratio_range: tuple[float, float],
                     method: str, flip: bool, rotate_degrees: float = 0.0,
-                    jitter: tuple[float, float, float, float] | None = None) -> tf.Tensor:
-    """Encoded image -> uint8 [crop, crop, 3]: random-resized crop, flip, rotation, jitter.
+                    jitter: tuple[float, float, float, float] | None = None,
+                    policy: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+                    ) -> tf.Tensor:
+    """Encoded image -> uint8 [crop, crop, 3]: random-resized crop, flip, rotation, jitter,
+    then ``policy(uint8 image, seed)`` (``config.auto_augment``), as timm orders them.
 
     Rotation and jitter run on the crop_size image (cheap), after the crop. Without rotation
     the flip moves after the uint8 conversion (it commutes with it and with the jitter; a
-    quarter of the bytes to move).
+    quarter of the bytes to move). The policy's seed is a fifth split of ``seed`` (the
+    first four are the same with or without it), so switching it on leaves every other op's
+    draw as it was.
     """
     seeds = tf.random.experimental.stateless_split(seed, 4)
     image = decode_random_crop(data, seeds[0], area_range, aspect_ratio_range)
@@ -235,6 +241,8 @@ def train_transform(data: tf.Tensor, seed: tf.Tensor, *, crop_size: int,
     image = to_uint8(image)
     if flip and not rotate_degrees:
         image = random_flip(image, seeds[1])
+    if policy is not None:
+        image = policy(image, tf.random.experimental.stateless_split(seed, 5)[4])
     return tf.ensure_shape(image, (crop_size, crop_size, 3))
 
 

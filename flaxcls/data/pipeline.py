@@ -207,12 +207,20 @@ def _train_transform(spec: InputSpec) -> Callable:
     crop, area = spec.crop_size, (spec.lower_scale, 1.0)
     ratio = (spec.lower_ratio, spec.upper_ratio)
     method = ops.resize_method(spec.interpolation)
+    policy = None
+    if spec.auto_augment:
+        from flaxcls.data import autoaugment
+
+        parsed = autoaugment.parse(spec.auto_augment)
+
+        def policy(image, seed):
+            return autoaugment.apply(image, seed, parsed, spec.fill)
 
     def transform(data, seed):
         return ops.train_transform(data, seed, crop_size=crop, area_range=area,
                                    aspect_ratio_range=ratio, method=method,
                                    flip=spec.random_flip, rotate_degrees=spec.rotate_degrees,
-                                   jitter=spec.jitter)
+                                   jitter=spec.jitter, policy=policy)
 
     return transform
 

@@ -292,6 +292,27 @@ def test_repeated_augmentation_repeats_each_image_with_its_own_augmentation(tree
     _assert_batches_equal(resumed, batches[2:])
 
 
+@pytest.mark.parametrize("policy", ["rand-m9-n2-mstd0.5", "autoaug", "trivial"])
+def test_auto_augment_in_the_stream_is_seeded_resumable_and_changes_only_its_own_draw(tree,
+                                                                                       policy):
+    """config.auto_augment runs per image in the train stream: the same batches for the same
+    seed and after a resume; with it off, the crops and flips are the ones it starts from."""
+    source, spec = _opened(tree, auto_augment=policy, random_flip=True, lower_scale=0.3)
+    assert spec.fill == (124, 116, 104)  # the ImageNet mean, as timm fills
+    a = _take(train_iterator(source, spec, global_batch_size=8), 3)
+    _assert_batches_equal(_take(train_iterator(source, spec, global_batch_size=8), 3), a)
+    _assert_batches_equal(
+        _take(train_iterator(source, spec, global_batch_size=8, start_step=1), 2), a[1:])
+    plain = _take(train_iterator(*_opened(tree, random_flip=True, lower_scale=0.3),
+                                 global_batch_size=8), 3)
+    changed = [not np.array_equal(x, y) for p, b in zip(plain, a)
+               for x, y in zip(p["image"], b["image"])]
+    assert 0 < sum(changed) < len(changed) or policy != "rand-m9-n2-mstd0.5"
+    assert any(changed)
+    for p, b in zip(plain, a):
+        np.testing.assert_array_equal(p["label"], b["label"])
+
+
 def test_repeated_augmentation_needs_random_access(tree):
     source, spec = _opened(tree, repeated_augmentation=3)
     source.repeats_examples = False  # as a record or TFDS source

@@ -39,6 +39,12 @@ def _seed():
     return np.array(SEED, np.int64)
 
 
+def _trivial(image, seed):
+    from flaxcls.data import autoaugment
+
+    return autoaugment.apply(image, seed, autoaugment.parse("trivial"), (124, 116, 104))
+
+
 CASES = {
     "decode_rgb": (ops.decode_rgb, lambda: (_jpeg(_photo()),)),
     "decode_random_crop_jpeg": (lambda d, s: ops.decode_random_crop(d, s, AREA, RATIO),
@@ -60,6 +66,11 @@ CASES = {
                                          aspect_ratio_range=RATIO, method="bilinear", flip=True,
                                          rotate_degrees=10.0, jitter=(0.4, 0.4, 0.4, 0.1)),
         lambda: (_jpeg(_photo()), _seed())),
+    "train_transform_policy": (
+        lambda d, s: ops.train_transform(d, s, crop_size=16, area_range=AREA,
+                                         aspect_ratio_range=RATIO, method="bilinear", flip=True,
+                                         policy=_trivial),
+        lambda: (_jpeg(_photo()), _seed())),
     "eval_transform": (
         lambda d: ops.eval_transform(d, crop_size=16, resize_short_size=20, method="bilinear"),
         lambda: (_jpeg(_photo()),)),
@@ -72,6 +83,23 @@ def test_eager_equals_tf_data(name):
     args = make_args()
     eager = fn(*(tf.constant(a) for a in args)).numpy()
     np.testing.assert_array_equal(eager, _in_tf_data(fn, *args))
+
+
+def test_a_policy_runs_last_on_its_own_seed_leaving_the_other_draws_alone():
+    """config.auto_augment gets a fifth split of the example's seed: the crop and flip it
+    starts from are the ones the stream has without it, and its own draw depends on the seed."""
+    data, seed = tf.constant(_jpeg(_photo(96, 128))), tf.constant(SEED, tf.int64)
+    kw = {"crop_size": 32, "area_range": AREA, "aspect_ratio_range": RATIO,
+          "method": "bilinear", "flip": True}
+    seen = []
+    plain = ops.train_transform(data, seed, **kw).numpy()
+    passed = ops.train_transform(data, seed, policy=lambda im, s: seen.append(s) or im, **kw)
+    np.testing.assert_array_equal(passed.numpy(), plain)
+    assert not any(np.array_equal(seen[0].numpy(), s)
+                   for s in tf.random.experimental.stateless_split(seed, 4).numpy())
+    outs = {ops.train_transform(data, seed, policy=_trivial, **kw).numpy().tobytes()
+            for _ in range(2)}
+    assert len(outs) == 1
 
 
 def test_to_uint8_rounds_and_clips():

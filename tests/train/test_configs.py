@@ -205,3 +205,22 @@ def test_test_time_resolution_resolves_apart_from_the_train_crop():
     with pytest.raises(ConfigError, match=r"^config\.eval_crop_size=256: AlexNet's parameters "
                                           r"depend on the input size"):
         specs("AlexNet", eval_crop_size=256)
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("rand-m99", "magnitude 99 is outside [0, 10]"),
+    ("rand-m9-x3", "unknown setting 'x3'"),
+    ("rand-m9-p2", "p 2 is outside [0, 1]"),
+    ("autoaugment", "unknown policy 'autoaugment'"),
+])
+def test_a_bad_auto_augment_stops_with_one_line_naming_the_field_and_the_grammar(spec, says):
+    c = default_config()
+    c.auto_augment = spec
+    with pytest.raises(ConfigError) as info:
+        validate(c, need_data=False)
+    msg = str(info.value)
+    assert msg.startswith(f"config.auto_augment={spec!r}: ") and says in msg
+    assert "\n" not in msg and '"rand-m<0..10>' in msg and '"trivial"' in msg
+    for good in ("", "rand-m9-n2-mstd0.5", "rand-m7-mstd0.5-inc1", "autoaug", "trivial"):
+        c.auto_augment = good
+        validate(c, need_data=False)

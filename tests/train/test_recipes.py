@@ -4,6 +4,7 @@ files in configs/, loadable as configs/paddle2019.py:<Model> the way launch.py l
 from __future__ import annotations
 
 import pytest
+from conftest import REPO
 from reference import RELEASED
 from test_configs import CONFIG_FILES, _load, _parse_like_launch
 
@@ -20,7 +21,8 @@ from flaxcls.recipes import (
 )
 from flaxcls.registry import UnknownModelError
 
-CURATED = [p for p in CONFIG_FILES if p.stem not in ("paddle2019", "digits")]
+CURATED = [p for p in CONFIG_FILES
+           if p.stem not in ("paddle2019", "digits") and not p.stem.endswith("_modern")]
 
 
 def test_every_released_model_has_a_recipe_or_a_reason():
@@ -93,3 +95,25 @@ def test_models_without_a_recipe_say_why_and_what_instead():
         paddle2019_recipe("ResNet18_vd")
     with pytest.raises(UnknownModelError, match="ResNet50"):
         paddle2019_recipe("ResNet5O")
+
+
+def test_the_modern_resnet50_recipe_is_torchvisions_and_validates():
+    """configs/resnet50_modern.py: torchvision's 2021 ResNet50 recipe, loaded as launch.py
+    loads it; it validates (every field it sets exists) and trains at 176, tests at 224/232."""
+    from flaxcls.recipes import MODERN, modern_config
+    from flaxcls.specs import resolve
+
+    c = _load(REPO / "configs" / "resnet50_modern.py").get_config()
+    assert c.to_dict() == modern_config("torchvision2021/ResNet50").to_dict()
+    defaults = default_config()
+    assert set(MODERN["torchvision2021/ResNet50"]) <= set(defaults)  # no field made up
+    specs = resolve(c, need_data=False)
+    assert (specs.input.crop_size, specs.preprocessing.crop_size,
+            specs.preprocessing.resize_short_size) == (176, 224, 232)
+    assert (specs.optim.lr, specs.optim.lr_base_batch_size, specs.optim.num_epochs) == (
+        0.5, 1024, 600)
+    assert (specs.step.mixup_alpha, specs.step.cutmix_alpha, specs.step.label_smoothing,
+            specs.step.erasing) == (0.2, 1.0, 0.1, 0.1)
+    assert (specs.input.auto_augment, specs.input.repeated_augmentation) == ("trivial", 4)
+    with pytest.raises(NoRecipeError, match="no recipe 'timm/ResNet50'"):
+        modern_config("timm/ResNet50")

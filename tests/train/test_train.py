@@ -111,6 +111,8 @@ def test_sigterm_saves_and_resumes(tmp_path, digits_dir):
     (["--config.model=ResNet51"], "Unknown model 'ResNet51'. Did you mean: ResNet50"),
     (["--config=configs/paddle2019.py:ResNeXt101_32x48d_wsl"],
      "ERROR --config: ResNeXt101_32x48d_wsl has no 2019 training recipe"),
+    (["--config=configs/digits.py", "--config.auto_augment=rand-m99"],
+     "ERROR config.auto_augment='rand-m99': magnitude 99 is outside [0, 10]"),
 ])
 def test_config_mistakes_get_one_line_not_a_traceback(tmp_path, args, says):
     proc = run_launch([f"--workdir={tmp_path}", *args], check=False, timeout=120)
