@@ -14,7 +14,8 @@ def test_preview_writes_a_grid_of_the_expected_size(digits_dir, tmp_path, capsys
     argv = [f"--config={REPO / 'configs' / 'digits.py'}", f"--workdir={tmp_path / 'w'}",
             f"--config.data_dir={digits_dir}", "--config.builtin_dataset=",
             "--config.cutmix_alpha=1.0", "--config.random_erasing=1.0",
-            "--config.random_erasing_mode=const", "--count=10", "--cols=4", f"--out={out}"]
+            "--config.random_erasing_mode=const", "--config.auto_augment=rand-m9-n2-mstd0.5",
+            "--count=10", "--cols=4", f"--out={out}"]
     assert preview.main(argv) == 0
     assert "wrote" in capsys.readouterr().out
     image = np.asarray(Image.open(out))
