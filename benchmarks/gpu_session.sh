@@ -192,8 +192,9 @@ run infer_models 150 $INFER --models "$VD,$MOBILE,$R18" --batch "1,$B" --dtype b
 run train_batch_fp16 200 $TRAIN --setting "$R50:$B2:bfloat16" --setting "$R50:$B:float16" \
   $TIMING --compile-cache "$CACHE"
 # 7. The second wave's costs (issues: augmentation, faults), each beside a ResNet50 bf16 step:
-# the on-device augmentation ops per batch, and a checkpoint's checksums, save and restore.
-run augment_cost 200 $PY $HERE/augment_cost.py --model "$R50" --batch "$B" $IMG --dtype bfloat16 \
+# the on-device augmentation ops per batch (erasing, mixup, CutMix and the three auto_augment
+# policies of auto_augment_on=device), and a checkpoint's checksums, save and restore.
+run augment_cost 260 $PY $HERE/augment_cost.py --model "$R50" --batch "$B" $IMG --dtype bfloat16 \
   --with-step --csv "$OUT/augment_cost.csv"
 run checkpoint_cost 120 $PY $HERE/checkpoint_cost.py --model "$R50" --csv "$OUT/checkpoint_cost.csv"
 

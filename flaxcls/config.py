@@ -99,6 +99,9 @@ def default_config() -> ml_collections.ConfigDict:
     # "rand-m9-n2-mstd0.5" (RandAugment, timm's grammar), "autoaug" (AutoAugment's ImageNet
     # policy) or "trivial" (TrivialAugment wide); flaxcls/data/autoaugment.py has the ops.
     c.auto_augment = ""
+    # Where it runs: "host" (tf.data, per image on the CPU) or "device" (in the jitted step on
+    # the uint8 batch, per example; flaxcls/train/autoaugment_device.py)
+    c.auto_augment_on = "host"
     c.interpolation = placeholder(str)  # a name (INTERPOLATIONS) or a cv2 code "0"-"4"
     c.image_mean = placeholder(tuple)  # RGB on the 0-1 scale, e.g. (0.485, 0.456, 0.406)
     c.image_std = placeholder(tuple)
@@ -255,6 +258,8 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
             parse(c.auto_augment)
         except ValueError as e:  # its message names the field and the grammar
             raise ConfigError(str(e)) from None
+    need(c.auto_augment_on in ("host", "device"), "auto_augment_on",
+         'must be "host" (tf.data on the CPU) or "device" (in the train step)')
     need(0 <= c.random_erasing <= 1, "random_erasing", "must be a probability in [0, 1]")
     need(c.random_erasing_mode in ("pixel", "const"), "random_erasing_mode",
          "must be 'pixel' (normal noise) or 'const' (the mean colour)")

@@ -24,6 +24,11 @@ from flaxcls.preprocessing import (
 from flaxcls.registry import create_model
 
 
+def _fill(mean: tuple[float, float, float]) -> tuple[int, int, int]:
+    """The data set's mean colour in 0-255: what auto_augment's geometric ops uncover (timm)."""
+    return tuple(min(255, max(0, round(255 * m))) for m in mean)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """Which network: registry name, classes, compute dtype and the stem option."""
@@ -111,6 +116,8 @@ class StepSpec:
     erasing_count: int
     erasing_area: tuple[float, float]
     erasing_aspect: tuple[float, float]
+    auto_augment: str  # the policy the step applies to the uint8 batch ("": none, or on host)
+    fill: tuple[int, int, int]  # RGB of what its geometric ops uncover: the mean
     bn_stats: str  # "global" or "device"
     bn_impl: str  # "flax" or "fused"
     l2_loss: float  # l2_decay when l2_decay_mode="loss" (the step adds the term), else 0
@@ -130,6 +137,8 @@ class StepSpec:
             erasing_count=int(c.random_erasing_count),
             erasing_area=tuple(float(a) for a in c.random_erasing_area),
             erasing_aspect=tuple(float(a) for a in c.random_erasing_aspect),
+            auto_augment=str(c.auto_augment) if c.auto_augment_on == "device" else "",
+            fill=_fill(prep.mean),
             bn_stats=str(c.bn_stats), bn_impl=str(c.bn_impl),
             l2_loss=float(c.l2_decay) if c.l2_decay_mode == "loss" else 0.0,
             l2_exclude_bn_bias=bool(c.l2_decay_exclude_bn_bias),
@@ -178,7 +187,7 @@ class InputSpec:
     cache_eval: bool
     seed: int
     repeated_augmentation: int = 1  # each image this many times per epoch, apart (1: off)
-    auto_augment: str = ""  # the policy after the flip ("": none)
+    auto_augment: str = ""  # the policy after the flip ("": none, or on the device)
     fill: tuple[int, int, int] = (0, 0, 0)  # RGB of what its geometric ops uncover: the mean
 
     @classmethod
@@ -195,8 +204,8 @@ class InputSpec:
             reader_thread=int(c.reader_thread), reader_buf_size=int(c.reader_buf_size),
             cache_eval=bool(c.cache_eval), seed=int(c.random_seed or 0),
             repeated_augmentation=max(1, int(c.repeated_augmentation)),
-            auto_augment=str(c.auto_augment),
-            fill=tuple(min(255, max(0, round(255 * m))) for m in prep.mean))
+            auto_augment=str(c.auto_augment) if c.auto_augment_on == "host" else "",
+            fill=_fill(prep.mean))
 
     @classmethod
     def for_eval(cls, prep: EvalPreprocessing | dict[str, Any]) -> InputSpec:

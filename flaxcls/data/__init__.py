@@ -29,8 +29,8 @@ _LAZY = {"train_iterator": "pipeline", "eval_iterator": "pipeline",
          "write_digits_dataset": "digits"}
 # Submodules reached as attributes (`data.pipeline.eval_transform_fn`) without importing them
 # (and tensorflow) with the package.
-_SUBMODULES = ("augment_policy", "autoaugment", "digits", "file_source", "keys", "ops",
-               "pipeline", "record_source", "rewrite", "tfds_source")
+_SUBMODULES = ("augment_policy", "augment_space", "autoaugment", "digits", "file_source", "keys",
+               "ops", "pipeline", "record_source", "rewrite", "tfds_source")
 
 
 def __getattr__(name: str) -> Any:

@@ -36,7 +36,8 @@ Filter.c, Geometry.c):
   moves the content right / down (torchvision's sign; timm's is the opposite, and both draw the
   sign at random).
 
-Magnitude -> argument mappings:
+Magnitude -> argument mappings (their code and tables live in the backend-free
+`augment_space`, shared with the on-device `flaxcls.train.autoaugment_device`):
 
 - RandAugment (`rand-...`) follows timm (huggingface/pytorch-image-models,
   timm/data/auto_augment.py): level m in [0, 10] (or [0, mmax]), noise N(m, mstd) per
@@ -74,7 +75,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from flaxcls.data.augment_policy import _LEVEL_DENOM, Policy, parse  # noqa: F401 (re-export)
+from flaxcls.data import augment_space
+from flaxcls.data.augment_policy import Policy, parse  # noqa: F401 (re-export)
+from flaxcls.data.augment_space import AUTOAUGMENT_IMAGENET, op_names
+from flaxcls.data.augment_space import torchvision_space as _torchvision_space  # noqa: F401
 from flaxcls.data.ops import tf
 
 # ----------------------------------------------------------------------------- colour ops
@@ -335,185 +339,58 @@ def translate_y(image: tf.Tensor, pixels: tf.Tensor | float,
 
 # A branch is (image, magnitude, negate, fill) -> image. For RandAugment the magnitude is timm's
 # level m (float64); for AutoAugment and TrivialAugment it is a bin index into the op's table.
+# What the magnitudes mean lives in augment_space, shared with the on-device ops.
 _Branch = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
-
-
-def _signed(value: tf.Tensor, negate: tf.Tensor) -> tf.Tensor:
-    return tf.where(negate, -value, value)
+_GEOMETRIC = {"rotate": rotate, "shear_x": shear_x, "shear_y": shear_y,
+              "translate_x": translate_x, "translate_y": translate_y}
+_COLOUR = {"posterize": posterize, "solarize": solarize, "solarize_add": solarize_add,
+           "color": color, "contrast": contrast, "brightness": brightness,
+           "sharpness": sharpness}
+_PLAIN = {"identity": identity, "invert": invert, "auto_contrast": auto_contrast,
+          "equalize": equalize}
 
 
 def _size(image: tf.Tensor, axis: int) -> tf.Tensor:
     return tf.cast(tf.shape(image)[axis], tf.float64)
 
 
+def _run(image_op: str, image: tf.Tensor, argument: tf.Tensor | None,
+         fill: tf.Tensor) -> tf.Tensor:
+    """The image op of augment_space's name on `argument` (None: an argument-free op)."""
+    if image_op in _PLAIN:
+        return _PLAIN[image_op](image)
+    if image_op == "translate_x_rel":
+        return translate_x(image, argument * _size(image, 1), fill)
+    if image_op == "translate_y_rel":
+        return translate_y(image, argument * _size(image, 0), fill)
+    if image_op in _GEOMETRIC:
+        return _GEOMETRIC[image_op](image, argument, fill)
+    return _COLOUR[image_op](image, argument)
+
+
 def _timm_ops() -> dict[str, _Branch]:
-    def level(m: tf.Tensor) -> tf.Tensor:
-        return m / _LEVEL_DENOM
+    def branch(image_op: str, argument: augment_space.LevelFn | None) -> _Branch:
+        def run(x: tf.Tensor, m: tf.Tensor, neg: tf.Tensor, fill: tf.Tensor) -> tf.Tensor:
+            return _run(image_op, x, None if argument is None else argument(m, neg, tf), fill)
+        return run
 
-    def enhance(op: Callable) -> _Branch:
-        return lambda x, m, neg, fill: op(x, level(m) * 1.8 + 0.1)
-
-    def enhance_increasing(op: Callable) -> _Branch:
-        return lambda x, m, neg, fill: op(x, tf.maximum(1.0 + _signed(level(m) * 0.9, neg), 0.1))
-
-    def posterize_bits(m: tf.Tensor) -> tf.Tensor:
-        return tf.floor(level(m) * 4.0)
-
-    def solarize_threshold(m: tf.Tensor) -> tf.Tensor:
-        return tf.minimum(tf.floor(level(m) * 256.0), 256.0)
-
-    return {
-        "AutoContrast": lambda x, m, neg, fill: auto_contrast(x),
-        "Equalize": lambda x, m, neg, fill: equalize(x),
-        "Invert": lambda x, m, neg, fill: invert(x),
-        "Rotate": lambda x, m, neg, fill: rotate(x, _signed(level(m) * 30.0, neg), fill),
-        "Posterize": lambda x, m, neg, fill: posterize(x, posterize_bits(m)),
-        "PosterizeIncreasing": lambda x, m, neg, fill: posterize(x, 4.0 - posterize_bits(m)),
-        "Solarize": lambda x, m, neg, fill: solarize(x, solarize_threshold(m)),
-        "SolarizeIncreasing": lambda x, m, neg, fill: solarize(x, 256.0 - solarize_threshold(m)),
-        "SolarizeAdd": lambda x, m, neg, fill: solarize_add(
-            x, tf.minimum(tf.floor(level(m) * 110.0), 128.0)),
-        "Color": enhance(color),
-        "ColorIncreasing": enhance_increasing(color),
-        "Contrast": enhance(contrast),
-        "ContrastIncreasing": enhance_increasing(contrast),
-        "Brightness": enhance(brightness),
-        "BrightnessIncreasing": enhance_increasing(brightness),
-        "Sharpness": enhance(sharpness),
-        "SharpnessIncreasing": enhance_increasing(sharpness),
-        "ShearX": lambda x, m, neg, fill: shear_x(x, _signed(level(m) * 0.3, neg), fill),
-        "ShearY": lambda x, m, neg, fill: shear_y(x, _signed(level(m) * 0.3, neg), fill),
-        "TranslateXRel": lambda x, m, neg, fill: translate_x(
-            x, _signed(level(m) * 0.45, neg) * _size(x, 1), fill),
-        "TranslateYRel": lambda x, m, neg, fill: translate_y(
-            x, _signed(level(m) * 0.45, neg) * _size(x, 0), fill),
-    }
-
-
-_RAND_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize",
-             "SolarizeAdd", "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY",
-             "TranslateXRel", "TranslateYRel")
-_RAND_INCREASING_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing",
-                        "SolarizeIncreasing", "SolarizeAdd", "ColorIncreasing",
-                        "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing",
-                        "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-
-# The AutoAugment ImageNet policy (Cubuk et al. 2019) as torchvision lists it:
-# (op, probability, magnitude bin or None) twice per sub-policy.
-AUTOAUGMENT_IMAGENET: tuple[tuple[tuple[str, float, int | None], ...], ...] = (
-    (("Posterize", 0.4, 8), ("Rotate", 0.6, 9)),
-    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, None)),
-    (("Equalize", 0.8, None), ("Equalize", 0.6, None)),
-    (("Posterize", 0.6, 7), ("Posterize", 0.6, 6)),
-    (("Equalize", 0.4, None), ("Solarize", 0.2, 4)),
-    (("Equalize", 0.4, None), ("Rotate", 0.8, 8)),
-    (("Solarize", 0.6, 3), ("Equalize", 0.6, None)),
-    (("Posterize", 0.8, 5), ("Equalize", 1.0, None)),
-    (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
-    (("Equalize", 0.6, None), ("Posterize", 0.4, 6)),
-    (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
-    (("Rotate", 0.4, 9), ("Equalize", 0.6, None)),
-    (("Equalize", 0.0, None), ("Equalize", 0.8, None)),
-    (("Invert", 0.6, None), ("Equalize", 1.0, None)),
-    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
-    (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
-    (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
-    (("Sharpness", 0.4, 7), ("Invert", 0.6, None)),
-    (("ShearX", 0.6, 5), ("Equalize", 1.0, None)),
-    (("Color", 0.4, 0), ("Equalize", 0.6, None)),
-    (("Equalize", 0.4, None), ("Solarize", 0.2, 4)),
-    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, None)),
-    (("Invert", 0.6, None), ("Equalize", 1.0, None)),
-    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
-    (("Equalize", 0.8, None), ("Equalize", 0.6, None)),
-)
-
-_TRIVIAL_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
-                "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize",
-                "AutoContrast", "Equalize")
-
-
-def _torch_linspace(start: float, end: float, steps: int) -> np.ndarray:
-    """torch.linspace in float32 (its CPU formula: from the start below halfway, else the end)."""
-    start32, end32 = np.float32(start), np.float32(end)
-    step = np.float32((end32 - start32) / np.float32(steps - 1))
-    out = [start32 + step * np.float32(i) if i < steps // 2
-           else end32 - step * np.float32(steps - i - 1) for i in range(steps)]
-    return np.array(out, np.float32)
-
-
-def _torchvision_space(num_bins: int, wide: bool) -> dict[str, tuple[np.ndarray | None, bool]]:
-    """op -> (magnitude per bin as float64, signed), as torchvision's _augmentation_space.
-
-    Translate of the standard (AutoAugment) space scales with the image width; the ImageNet
-    policy uses no Translate, so only the wide space has it.
-    """
-    enhance = _torch_linspace(0.0, 0.99 if wide else 0.9, num_bins)
-    bits = np.round(np.float32(8) - np.arange(num_bins, dtype=np.float32)
-                    / np.float32((num_bins - 1) / (6 if wide else 4)))
-    # Pillow solarizes i >= 255.0 * float(mag): the whole-number threshold is the ceiling.
-    thresholds = np.ceil(255.0 * _torch_linspace(1.0, 0.0, num_bins).astype(np.float64))
-    space: dict[str, tuple[np.ndarray | None, bool]] = {
-        "Identity": (None, False), "AutoContrast": (None, False), "Equalize": (None, False),
-        "Invert": (None, False),
-        "ShearX": (_torch_linspace(0.0, 0.99 if wide else 0.3, num_bins), True),
-        "ShearY": (_torch_linspace(0.0, 0.99 if wide else 0.3, num_bins), True),
-        "Rotate": (_torch_linspace(0.0, 135.0 if wide else 30.0, num_bins), True),
-        "Brightness": (enhance, True), "Color": (enhance, True), "Contrast": (enhance, True),
-        "Sharpness": (enhance, True), "Posterize": (bits, False), "Solarize": (thresholds, False),
-    }
-    if wide:
-        space["TranslateX"] = (_torch_linspace(0.0, 32.0, num_bins), True)
-        space["TranslateY"] = (_torch_linspace(0.0, 32.0, num_bins), True)
-    return {k: (None if v is None else v.astype(np.float64), s) for k, (v, s) in space.items()}
+    return {name: branch(*spec) for name, spec in augment_space.TIMM_OPS.items()}
 
 
 def _torchvision_ops(num_bins: int, wide: bool) -> dict[str, _Branch]:
-    ops_by_name: dict[str, Callable[..., tf.Tensor]] = {
-        "Identity": lambda x, v, fill: x,
-        "AutoContrast": lambda x, v, fill: auto_contrast(x),
-        "Equalize": lambda x, v, fill: equalize(x),
-        "Invert": lambda x, v, fill: invert(x),
-        "ShearX": lambda x, v, fill: shear_x(x, v, fill),
-        "ShearY": lambda x, v, fill: shear_y(x, v, fill),
-        # torchvision passes int(magnitude): whole pixels, truncated towards zero.
-        "TranslateX": lambda x, v, fill: translate_x(x, tf.cast(tf.cast(v, tf.int32), tf.float64),
-                                                     fill),
-        "TranslateY": lambda x, v, fill: translate_y(x, tf.cast(tf.cast(v, tf.int32), tf.float64),
-                                                     fill),
-        "Rotate": lambda x, v, fill: rotate(x, v, fill),
-        "Brightness": lambda x, v, fill: brightness(x, 1.0 + v),
-        "Color": lambda x, v, fill: color(x, 1.0 + v),
-        "Contrast": lambda x, v, fill: contrast(x, 1.0 + v),
-        "Sharpness": lambda x, v, fill: sharpness(x, 1.0 + v),
-        "Posterize": lambda x, v, fill: posterize(x, v),
-        "Solarize": lambda x, v, fill: solarize(x, v),
-    }
-
-    def branch(name: str, table: np.ndarray | None, signed: bool) -> _Branch:
+    def branch(image_op: str, positive: np.ndarray | None,
+               negative: np.ndarray | None) -> _Branch:
         def run(x: tf.Tensor, bin_: tf.Tensor, neg: tf.Tensor, fill: tf.Tensor) -> tf.Tensor:
-            value = tf.constant(0.0, tf.float64)
-            if table is not None:
-                value = tf.gather(tf.constant(table), tf.cast(bin_, tf.int32))
-                value = _signed(value, neg) if signed else value
-            return ops_by_name[name](x, value, fill)
+            argument = None
+            if positive is not None:
+                index = tf.cast(bin_, tf.int32)
+                argument = tf.where(neg, tf.gather(tf.constant(negative), index),
+                                    tf.gather(tf.constant(positive), index))
+            return _run(image_op, x, argument, fill)
         return run
 
-    return {name: branch(name, table, signed)
-            for name, (table, signed) in _torchvision_space(num_bins, wide).items()}
-
-
-def _autoaug_names() -> tuple[str, ...]:
-    return tuple(sorted({op for sub in AUTOAUGMENT_IMAGENET for op, _, _ in sub}))
-
-
-def op_names(policy: Policy) -> tuple[str, ...]:
-    """The ops `apply` chooses among, in the order of `op_choices`' indices."""
-    if policy.kind == "rand":
-        return _RAND_INCREASING_OPS if policy.increasing else _RAND_OPS
-    if policy.kind == "trivial":
-        return _TRIVIAL_OPS
-    return _autoaug_names()
+    return {name: branch(*spec)
+            for name, spec in augment_space.torchvision_arguments(num_bins, wide).items()}
 
 
 # ----------------------------------------------------------------------------- random draws
@@ -542,15 +419,13 @@ def _draws(seed: tf.Tensor, policy: Policy) -> dict[str, tf.Tensor]:
                 "negate": u[:, 2] > 0.5}
     if policy.kind == "trivial":
         u = tf.random.stateless_uniform([3], seeds[0], dtype=tf.float64)
-        return {"op": tf.cast(tf.floor(u[:1] * len(_TRIVIAL_OPS)), tf.int32),
-                "magnitude": tf.floor(u[1:2] * 31.0), "negate": u[2:] <= 0.5}
-    names = _autoaug_names()
+        return {"op": tf.cast(tf.floor(u[:1] * len(augment_space.TRIVIAL_OPS)), tf.int32),
+                "magnitude": tf.floor(u[1:2] * float(augment_space.TRIVIAL_BINS)),
+                "negate": u[2:] <= 0.5}
     u = tf.random.stateless_uniform([5], seeds[0], dtype=tf.float64)
     sub = tf.cast(tf.floor(u[0] * len(AUTOAUGMENT_IMAGENET)), tf.int32)
-    table = AUTOAUGMENT_IMAGENET
-    op = tf.gather(tf.constant([[names.index(o) for o, _, _ in s] for s in table]), sub)
-    prob = tf.gather(tf.constant([[p for _, p, _ in s] for s in table], tf.float64), sub)
-    bins = tf.gather(tf.constant([[b or 0 for _, _, b in s] for s in table], tf.float64), sub)
+    ops, probs, bins = (tf.constant(t) for t in augment_space.autoaugment_table())
+    op, prob, bins = tf.gather(ops, sub), tf.gather(probs, sub), tf.gather(bins, sub)
     return {"op": tf.where(u[1:3] <= prob, op, -1), "magnitude": bins,
             "negate": u[3:5] <= 0.5, "sub_policy": sub}
 
@@ -577,12 +452,8 @@ def apply(image: tf.Tensor, seed: tf.Tensor, policy: Policy,
         raise ValueError(f"fill={fill!r}: must be three values in [0, 255]")
     image = tf.convert_to_tensor(image, tf.uint8)
     fill_color = tf.constant([int(v) for v in fill], tf.uint8)
-    if policy.kind == "rand":
-        table = _timm_ops()
-    elif policy.kind == "trivial":
-        table = _torchvision_ops(31, wide=True)
-    else:
-        table = _torchvision_ops(10, wide=False)
+    table = (_timm_ops() if policy.kind == "rand"
+             else _torchvision_ops(*augment_space.policy_bins(policy)))
     branches = [table[name] for name in op_names(policy)]
     draws = _draws(seed, policy)
     out = image

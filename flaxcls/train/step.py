@@ -19,9 +19,10 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from flaxcls.data.augment_policy import parse as parse_policy
 from flaxcls.parallel import DATA_AXIS, batch_sharding, replicated
 from flaxcls.specs import StepSpec
-from flaxcls.train import augment, losses, optim
+from flaxcls.train import augment, autoaugment_device, losses, optim
 from flaxcls.train.state import TrainState
 
 TRAIN_METRICS = ("loss", "top1", "top5", "count", "skipped_steps")
@@ -76,12 +77,17 @@ def make_train_step(
     aux_weights = dict(getattr(model, "aux_loss_weights", None) or {})
     apply = _model_apply(model, spec.bn_impl)
     frozen = set(head) if head is not None and spec.freeze_backbone else None
+    policy = parse_policy(spec.auto_augment) if spec.auto_augment else None
 
     def forward_backward(params, batch_stats, loss_scale, key, batch):
         """Gradients, new BatchNorm statistics and metric sums of one batch: the global batch,
         or (bn_stats="device") one device's share of it."""
         mix_key, dropout_key = jax.random.split(key)
-        images = normalize(batch["image"], spec.mean, spec.std, dtype)
+        raw = batch["image"]
+        if policy is not None:  # auto_augment_on="device": on the uint8 batch, its own key
+            raw = autoaugment_device.apply_batch(raw, jax.random.fold_in(key, 2), policy,
+                                                 spec.fill)
+        images = normalize(raw, spec.mean, spec.std, dtype)
         targets = losses.onehot(batch["label"], num_classes, smoothing)
         if spec.erasing > 0:  # its own key: the other draws stay as they are without it
             images = augment.random_erasing(

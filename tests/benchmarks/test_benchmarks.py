@@ -61,6 +61,8 @@ def test_augment_cost_prints_json_per_op(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert {r["op"] for r in rows} == {"random_erasing_pixel", "random_erasing_const", "mixup",
-                                       "cutmix", "mixup_or_cutmix"}
+                                       "cutmix", "mixup_or_cutmix",
+                                       "auto_augment:rand-m9-n2-mstd0.5", "auto_augment:trivial",
+                                       "auto_augment:autoaug"}
     assert all(r["ms_per_batch"] > 0 and 0 < r["share_of_step"] for r in rows)
-    assert csv_path.read_text().count("\n") == 6
+    assert csv_path.read_text().count("\n") == 9

@@ -211,3 +211,31 @@ def test_mixup_pairs_examples_within_each_devices_share():
         else:
             assert abs(loss_m - loss_p) > 1e-3 * loss_p
             assert worst(params_m, params_p) > 1e-3
+
+
+@pytest.mark.subprocess
+@pytest.mark.devices(8)
+def test_auto_augment_on_device_is_per_example_whatever_the_sharding():
+    """auto_augment_on="device" over a batch split across 8 devices: the same images as on
+    one device (each example's draws depend on the key and its place in the batch only), and
+    the partitioned program moves no image between devices (no all-gather)."""
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from flaxcls.data.augment_policy import parse
+    from flaxcls.train import autoaugment_device
+
+    mesh = parallel.make_mesh()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 24, 24, 3), dtype=np.uint8)
+    key = jax.random.key(3)
+    for spec in ("rand-m9-n2-mstd0.5", "autoaug", "trivial"):
+        policy = parse(spec)
+        fn = jax.jit(lambda x, k, policy=policy: autoaugment_device.apply_batch(
+            x, k, policy, (124, 116, 104)))
+        one = np.asarray(fn(jax.device_put(images, jax.devices()[0]), key))
+        sharded = jax.device_put(images, NamedSharding(mesh, P(parallel.DATA_AXIS)))
+        np.testing.assert_array_equal(np.asarray(fn(sharded, key)), one, err_msg=spec)
+        hlo = fn.lower(sharded, key).compile().as_text()
+        assert "all-gather" not in hlo and "all-to-all" not in hlo, spec

@@ -235,3 +235,23 @@ def test_frozen_backbone_gets_no_backward_pass(dtype, bn_stats):
         else:
             np.testing.assert_array_equal(value, params2[name], err_msg=name)
     assert all(not np.allclose(stats0[k], stats2[k]) for k in stats0)
+
+
+def test_auto_augment_on_device_runs_in_the_step_on_its_own_key():
+    """auto_augment_on="device": the policy changes what the model sees (another loss), and
+    the same key gives the same step; on the host (the default) the step is untouched."""
+    batch = None
+    losses = {}
+    for name, fields in {"off": {}, "host": {"auto_augment": "trivial"},
+                         "device": {"auto_augment": "trivial", "auto_augment_on": "device"}}.items():
+        t, _ = _setup(**fields)
+        batch = batch if batch is not None else _batch(t.mesh)
+        runs = []
+        for _ in range(2):  # a fresh state each time: the step donates it
+            _, metrics = t.train_step(t.init_state(), zeros_metrics(TRAIN_METRICS, t.mesh),
+                                      batch)
+            runs.append(fetch_metrics(metrics)["loss"])
+        assert runs[0] == runs[1], name  # a function of the state's key
+        losses[name] = runs[0]
+    assert losses["host"] == losses["off"]  # on the host the step has nothing to do
+    assert losses["device"] != losses["off"]
