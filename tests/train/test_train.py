@@ -57,7 +57,8 @@ def test_resume_equals_uninterrupted(tmp_path, digits_dir):
     kw = {"num_epochs": 2, "batch_size": 128, "crop_size": 16, "resize_short_size": 16,
           "eval_every_epochs": 100, "log_every_steps": 5, "checkpoint_every_steps": 4,
           "use_mixup": True, "cutmix_alpha": 1.0, "random_erasing": 0.5,
-          "drop_path_rate": 0.2, "dropout_rate": 0.2,
+          "drop_path_rate": 0.2, "dropout_rate": 0.2, "auto_augment": "trivial",
+          "auto_augment_on": "device",
           "val_list": NO_EVAL}  # the on-device randomness resumes too
     whole = tmp_path / "whole"
     train_and_evaluate(_config(digits_dir, **kw), str(whole))
