@@ -179,3 +179,23 @@ def train_step_checks(model, size: int) -> None:
     if dropouts:  # another key, another mask
         (_, (other, _)), _ = loss_and_grads(params, stats, jax.random.key(3, impl="rbg"))
         assert not np.array_equal(np.asarray(logits), np.asarray(other)), dropouts
+
+
+def check_random_in_training_only(plain, dropping) -> None:
+    """``dropping`` (a model with a parameter-free random layer switched on) has ``plain``'s
+    parameters and eval outputs; in training it is random (another rng, other logits; the
+    same rng, the same logits) where ``plain`` is not."""
+    x = np.random.RandomState(0).standard_normal((6, 32, 32, 3)).astype(np.float32)
+    variables = jax.jit(plain.init)(jax.random.key(0), x)
+    assert jax.tree.structure(jax.eval_shape(dropping.init, jax.random.key(0), x)) == \
+        jax.tree.structure(variables)
+    np.testing.assert_array_equal(plain.apply(variables, x), dropping.apply(variables, x))
+
+    def train(model, seed):
+        out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                             rngs={"dropout": jax.random.key(seed)})
+        return np.asarray(out)
+
+    np.testing.assert_array_equal(train(plain, 0), train(plain, 1))
+    assert not np.allclose(train(dropping, 0), train(dropping, 1))
+    np.testing.assert_array_equal(train(dropping, 0), train(dropping, 0))

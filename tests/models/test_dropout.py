@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import jax
-import numpy as np
 import pytest
+from model_checks import check_random_in_training_only
 
 import flaxcls
 from flaxcls.config import ConfigError, default_config, validate
@@ -47,20 +46,6 @@ def test_a_rate_outside_0_1_names_the_field():
     pytest.param("ShuffleNetV2_x0_25", {}, id="ShuffleNetV2", marks=pytest.mark.heavy),
 ])
 def test_dropout_is_the_identity_at_eval_and_random_in_training(name, overrides):
-    plain = flaxcls.create_model(name, num_classes=10, **overrides)
-    dropping = flaxcls.create_model(name, num_classes=10, classifier_dropout=0.5, **overrides)
-    x = np.random.RandomState(0).standard_normal((6, 32, 32, 3)).astype(np.float32)
-    variables = jax.jit(plain.init)(jax.random.key(0), x)
-    # Same parameters (dropout has none), so released weights load; same eval outputs.
-    assert jax.tree.structure(jax.eval_shape(dropping.init, jax.random.key(0), x)) == \
-        jax.tree.structure(variables)
-    np.testing.assert_array_equal(plain.apply(variables, x), dropping.apply(variables, x))
-
-    def train(model, seed):
-        out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                             rngs={"dropout": jax.random.key(seed)})
-        return np.asarray(out)
-
-    np.testing.assert_array_equal(train(plain, 0), train(plain, 1))
-    assert not np.allclose(train(dropping, 0), train(dropping, 1))
-    np.testing.assert_array_equal(train(dropping, 0), train(dropping, 0))
+    check_random_in_training_only(
+        flaxcls.create_model(name, num_classes=10, **overrides),
+        flaxcls.create_model(name, num_classes=10, classifier_dropout=0.5, **overrides))
