@@ -84,6 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
     # at the model's crop fraction, 256/224 for most). Eval, infer and export use them.
     c.eval_crop_size = 0
     c.eval_resize_short_size = 0
+    c.eval_flip = False  # eval: average the logits of each image and its mirror
     c.lower_scale = 0.08
     c.lower_ratio = 3.0 / 4.0
     c.upper_ratio = 4.0 / 3.0

@@ -89,7 +89,8 @@ def run_eval(config: Any, workdir: str) -> dict[str, Any]:
                         workdir=workdir, writer=writer,
                         extra={"checkpoint": path, "model": config.model,
                                "data": {f: config[f] for f in EVAL_DATA_FIELDS},
-                               "preprocessing": prep}, progress=True)
+                               "preprocessing": prep,
+                               "eval_flip": specs.step.eval_flip}, progress=True)
     finally:
         writer.close()
 

@@ -118,6 +118,7 @@ class StepSpec:
     erasing_aspect: tuple[float, float]
     auto_augment: str  # the policy the step applies to the uint8 batch ("": none, or on host)
     fill: tuple[int, int, int]  # RGB of what its geometric ops uncover: the mean
+    eval_flip: bool  # eval: average the logits of each image and its mirror
     bn_stats: str  # "global" or "device"
     bn_impl: str  # "flax" or "fused"
     l2_loss: float  # l2_decay when l2_decay_mode="loss" (the step adds the term), else 0
@@ -138,7 +139,7 @@ class StepSpec:
             erasing_area=tuple(float(a) for a in c.random_erasing_area),
             erasing_aspect=tuple(float(a) for a in c.random_erasing_aspect),
             auto_augment=str(c.auto_augment) if c.auto_augment_on == "device" else "",
-            fill=_fill(prep.mean),
+            fill=_fill(prep.mean), eval_flip=bool(c.eval_flip),
             bn_stats=str(c.bn_stats), bn_impl=str(c.bn_impl),
             l2_loss=float(c.l2_decay) if c.l2_decay_mode == "loss" else 0.0,
             l2_exclude_bn_bias=bool(c.l2_decay_exclude_bn_bias),

@@ -127,7 +127,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
         return evaluate(trainer.eval_step, state.variables(), source, specs.input,
                         batch_size=specs.run.test_batch_size, mesh=mesh, step=step,
                         workdir=workdir, writer=writer,
-                        extra={"preprocessing": specs.preprocessing.to_json()})
+                        extra={"preprocessing": specs.preprocessing.to_json(),
+                               "eval_flip": specs.step.eval_flip})
 
     result: dict[str, Any] = {}
     step, t_epoch = start_step, time.time()

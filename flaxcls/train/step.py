@@ -236,13 +236,19 @@ def _model_apply(model: flax.linen.Module, impl: str) -> Callable[..., Any]:
 def make_eval_step(
     model: flax.linen.Module, spec: StepSpec, mesh: Mesh
 ) -> Callable[[dict[str, Any], Metrics, dict[str, jax.Array]], Metrics]:
-    """Builds ``step(variables, metrics, batch) -> metrics``; padded examples (mask 0) count nowhere."""
+    """Builds ``step(variables, metrics, batch) -> metrics``; padded examples (mask 0) count nowhere.
+    With ``spec.eval_flip`` the logits are the mean of the image's and its mirror's."""
     num_classes, mean, std = spec.num_classes, spec.mean, spec.std
     dtype = jnp.dtype(spec.dtype)
 
     def step(variables: dict[str, Any], metrics: Metrics, batch: dict[str, jax.Array]) -> Metrics:
         images = normalize(batch["image"], mean, std, dtype)
-        logits = model.apply(variables, images, train=False).astype(jnp.float32)
+        if spec.eval_flip:  # the mirror's logits averaged in (one batch of twice the size)
+            both = model.apply(variables, jnp.concatenate([images, images[:, :, ::-1]]),
+                               train=False).astype(jnp.float32)
+            logits = 0.5 * (both[:len(images)] + both[len(images):])
+        else:
+            logits = model.apply(variables, images, train=False).astype(jnp.float32)
         w = batch["mask"].astype(jnp.float32)
         loss = losses.cross_entropy(logits, losses.onehot(batch["label"], num_classes))
         top1, top5 = _topk_sums(logits, batch["label"], w)

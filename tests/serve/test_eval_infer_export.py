@@ -66,6 +66,7 @@ def test_eval_counts_every_image_once_on_8_devices(tmp_path, digits_dir, ckpt_di
     for k in ("top1", "top5", "loss"):
         assert eight[k] == pytest.approx(one[k], abs=1e-5), k
     assert eight["preprocessing"]["crop_size"] == 32  # ResNet_tiny's ModelCfg
+    assert eight["eval_flip"] is False
     assert eight["checkpoint"] == str(ckpt_dir)
 
 

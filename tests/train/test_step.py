@@ -166,6 +166,35 @@ def test_eval_padding_counts_nowhere():
         assert m_pad[k] == pytest.approx(m_real[k], rel=1e-5)
 
 
+def test_eval_flip_averages_the_logits_of_the_image_and_its_mirror():
+    """eval_flip: the loss is that of the mean of the model's logits on each image and on its
+    mirror, computed here apart from the step; without it the step is as before."""
+    t, state = _setup(eval_flip=True)
+    plain, _ = _setup()
+    rng = np.random.RandomState(7)
+    images = rng.randint(0, 256, (BATCH, SIZE, SIZE, 3)).astype(np.uint8)
+    labels = rng.randint(0, 10, (BATCH,)).astype(np.int32)
+    batch = {"image": images, "label": labels, "mask": np.ones(BATCH, bool)}
+    variables = state.variables()
+    m_flip = fetch_metrics(t.eval_step(variables, zeros_metrics(EVAL_METRICS, t.mesh),
+                                       parallel.host_to_global(batch, t.mesh)))
+    m_plain = fetch_metrics(plain.eval_step(variables, zeros_metrics(EVAL_METRICS, t.mesh),
+                                            parallel.host_to_global(batch, t.mesh)))
+
+    def logits(x):
+        x = normalize(jnp.asarray(x), t.specs.step.mean, t.specs.step.std, jnp.float32)
+        return np.asarray(t.model.apply(variables, x, train=False), np.float64)
+
+    def loss(z):
+        z = z - z.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(BATCH), labels]))
+
+    assert m_flip["loss"] == pytest.approx(loss((logits(images) + logits(images[:, :, ::-1])) / 2),
+                                           rel=1e-5)
+    assert m_plain["loss"] == pytest.approx(loss(logits(images)), rel=1e-5)
+    assert m_flip["loss"] != pytest.approx(m_plain["loss"], rel=1e-5)
+
+
 def test_normalize_matches_numpy():
     x = np.arange(0, 256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, -1)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -27,7 +27,8 @@ def test_digits_main_job_reaches_accuracy(tmp_path):
                        "--config.compilation_cache=False"])
     seconds = time.time() - t0
     result = json.loads((workdir / "eval_results.json").read_text())
-    assert set(result) == {"top1", "top5", "loss", "num_examples", "step", "preprocessing"}
+    assert set(result) == {"top1", "top5", "loss", "num_examples", "step", "preprocessing",
+                           "eval_flip"}
     assert (result["preprocessing"]["crop_size"], result["preprocessing"]["resize_short_size"]) \
         == (32, 32)  # what the eval ran with
     assert result["num_examples"] == len((workdir / "data/digits/val_list.txt").read_text().split("\n")) - 1
