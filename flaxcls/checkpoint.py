@@ -51,6 +51,7 @@ def _orbax_storage_noise(record: logging.LogRecord) -> bool:
 
 logging.getLogger("absl").addFilter(_orbax_storage_noise)
 
+
 def _late_write_noise(unraisable: Any) -> None:
     """After a failed save, TensorStore finishes the writes still in flight and hands each
     result to the save's asyncio loop, which Orbax has already closed: every one would print

@@ -250,8 +250,7 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
     need(c.repeated_augmentation <= 1 or c.data_source in ("auto", "list", "folder"),
          "repeated_augmentation", "needs list files or class folders (data_source auto, list "
          "or folder): record and TFDS streams are read in order")
-    if not isinstance(c.auto_augment, str):
-        need(False, "auto_augment", 'must be a string ("" is off)')
+    need(isinstance(c.auto_augment, str), "auto_augment", 'must be a string ("" is off)')
     if c.auto_augment:
         from flaxcls.data.augment_policy import parse
 
@@ -371,9 +370,9 @@ def validate_preprocessing(c: ml_collections.ConfigDict) -> None:
                          ("eval_resize_short_size", eval_short)):
         need(_is_int(value) and value >= 0, field,
              "must be a whole number >= 0 (0: the train crop's)")
-    if eval_short and (eval_crop or crop) and eval_short < (eval_crop or crop):
-        which = "eval_crop_size" if eval_crop else "crop_size"
-        need(False, "eval_resize_short_size", f"must be >= {which}={eval_crop or crop}")
+    which, size = ("eval_crop_size", eval_crop) if eval_crop else ("crop_size", crop)
+    need(not eval_short or size is None or eval_short >= size, "eval_resize_short_size",
+         f"must be >= {which}={size}")
     shape = [_whole(v) for v in getattr(c, "image_shape", None) or ()]
     if shape:
         need(len(shape) == 3 and shape[0] == 3, "image_shape",

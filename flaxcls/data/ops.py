@@ -229,7 +229,7 @@ def train_transform(data: tf.Tensor, seed: tf.Tensor, *, crop_size: int,
     first four are the same with or without it), so switching it on leaves every other op's
     draw as it was.
     """
-    seeds = tf.random.experimental.stateless_split(seed, 4)
+    seeds = tf.random.experimental.stateless_split(seed, 4 if policy is None else 5)
     image = decode_random_crop(data, seeds[0], area_range, aspect_ratio_range)
     image = resize(image, (crop_size, crop_size), method)
     if flip and rotate_degrees:
@@ -242,7 +242,7 @@ def train_transform(data: tf.Tensor, seed: tf.Tensor, *, crop_size: int,
     if flip and not rotate_degrees:
         image = random_flip(image, seeds[1])
     if policy is not None:
-        image = policy(image, tf.random.experimental.stateless_split(seed, 5)[4])
+        image = policy(image, seeds[4])
     return tf.ensure_shape(image, (crop_size, crop_size, 3))
 
 

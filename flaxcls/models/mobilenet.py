@@ -158,7 +158,6 @@ class MobileNetV2(BNClassifier):
         # mobilenet_v2.py widens the last conv only for scale > 1 (1280 otherwise).
         return scaled(1280, self.scale) if self.scale > 1.0 else 1280
 
-
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
         conv, norm = self.conv_and_norm(train)
