@@ -21,6 +21,10 @@ LR_STRATEGIES = (
 DTYPES = ("float32", "bfloat16", "float16")
 L2_DECAY_MODES = ("optimizer", "loss")
 BN_STATS = ("global", "device")
+OPTIMIZERS = ("momentum", "nesterov", "adamw", "lamb", "lars", "rmsprop_tf", "lion")
+# Optimizers whose decay is the decoupled weight_decay only: Paddle's coupled l2_decay (in the
+# gradient, then scaled by the adaptive terms) is refused for them.
+DECOUPLED_ONLY = ("adamw", "lamb", "lars", "lion")
 BN_IMPLS = ("flax", "fused")
 DATA_SOURCES = ("auto", "list", "folder", "records", "tfds")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos3", "lanczos5")
@@ -126,8 +130,20 @@ def default_config() -> ml_collections.ConfigDict:
     c.l2_decay = 1e-4
     c.l2_decay_mode = "optimizer"  # or "loss" (same gradient; see optim.make_optimizer)
     c.l2_decay_exclude_bn_bias = False  # True: L2 only on weights with ndim > 1 (not BN, biases)
-    c.momentum_rate = 0.9
+    c.momentum_rate = 0.9  # momentum, nesterov, lars and rmsprop_tf
     c.nesterov = False
+    # The update rule (flaxcls.train.optim._direction): momentum (the 2019 recipes'), nesterov,
+    # adamw, lamb, lars, rmsprop_tf (TensorFlow's, as MobileNet/EfficientNet trained) or lion
+    c.optimizer = "momentum"
+    # Decoupled weight decay (p -= lr * weight_decay * p beside the update, AdamW's and SGDW's);
+    # by default not on BatchNorm scales/offsets and biases (weight_decay_exclude_bn_bias)
+    c.weight_decay = 0.0
+    c.weight_decay_exclude_bn_bias = True
+    c.clip_grad_norm = 0.0  # > 0: the gradient is scaled down to this global norm first
+    c.opt_betas = placeholder(tuple)  # adamw, lamb, lion: (beta1, beta2); unset: the optimizer's
+    c.opt_eps = placeholder(float)  # adamw, lamb, rmsprop_tf; unset: 1e-8, 1e-6, 1e-3
+    c.rmsprop_decay = 0.9  # rmsprop_tf: decay of the mean square
+    c.lars_trust_coefficient = 0.001  # lars: the trust ratio's coefficient
     c.use_mixup = False
     c.mixup_alpha = 0.2
     c.cutmix_alpha = 0.0  # > 0: CutMix (a box of the partner pasted; label mixed by its area)
@@ -220,6 +236,7 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
     need(c.l2_decay_mode in L2_DECAY_MODES, "l2_decay_mode", f"must be one of {L2_DECAY_MODES}")
     need(c.bn_stats in BN_STATS, "bn_stats", f"must be one of {BN_STATS}")
     need(c.bn_impl in BN_IMPLS, "bn_impl", f"must be one of {BN_IMPLS}")
+    _validate_optimizer(c, need)
     need(c.topk >= 1, "topk", "must be >= 1")
     need(c.backbone_lr_mult >= 0, "backbone_lr_mult", "must be >= 0")
     need(c.export_input in EXPORT_INPUTS, "export_input", f"must be one of {EXPORT_INPUTS}")
@@ -283,6 +300,27 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
     need(c.loss_scale > 0, "loss_scale", "must be > 0")
     need(c.eval_every_epochs >= 1, "eval_every_epochs", "must be >= 1")
     _validate_model_options(c)
+
+
+def _validate_optimizer(c: ml_collections.ConfigDict, need) -> None:
+    """The optimizer and its settings (``flaxcls.train.optim``)."""
+    need(c.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
+    need(c.l2_decay >= 0, "l2_decay", "must be >= 0")
+    need(c.l2_decay == 0 or c.optimizer not in DECOUPLED_ONLY, "l2_decay",
+         f"optimizer={c.optimizer!r} takes the decoupled weight_decay only; set "
+         "--config.l2_decay=0 and --config.weight_decay=... instead")
+    need(c.weight_decay >= 0, "weight_decay", "must be >= 0 (0: none)")
+    need(c.clip_grad_norm >= 0, "clip_grad_norm", "must be >= 0 (0: no clipping)")
+    need(0 <= c.momentum_rate < 1, "momentum_rate", "must be in [0, 1)")
+    need(not c.nesterov or c.optimizer in ("momentum", "nesterov", "lars"), "nesterov",
+         f"applies to optimizer momentum or lars, not {c.optimizer!r}")
+    betas = c.opt_betas
+    need(betas is None or (len(betas) == 2 and all(
+        isinstance(b, numbers.Real) and 0 <= b < 1 for b in betas)), "opt_betas",
+         "must be (beta1, beta2), each in [0, 1) (or unset: the optimizer's)")
+    need(c.opt_eps is None or c.opt_eps >= 0, "opt_eps", "must be >= 0 (or unset)")
+    need(0 <= c.rmsprop_decay < 1, "rmsprop_decay", "must be in [0, 1)")
+    need(c.lars_trust_coefficient > 0, "lars_trust_coefficient", "must be > 0")
 
 
 def _validate_model_options(c: ml_collections.ConfigDict) -> None:

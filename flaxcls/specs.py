@@ -58,7 +58,7 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class OptimSpec:
-    """The learning-rate schedule and the Momentum + L2 optimizer (``flaxcls.train.optim``)."""
+    """The learning-rate schedule and the optimizer (``flaxcls.train.optim``)."""
 
     lr: float  # for lr_base_batch_size images (0: for the run's batch, unscaled)
     lr_base_batch_size: int
@@ -77,6 +77,14 @@ class OptimSpec:
     nesterov: bool
     freeze_backbone: bool
     backbone_lr_mult: float
+    optimizer: str = "momentum"
+    weight_decay: float = 0.0  # decoupled (AdamW-style); 0: none
+    weight_decay_exclude_bn_bias: bool = True
+    clip_grad_norm: float = 0.0  # 0: no clipping
+    betas: tuple[float, float] | None = None  # None: the optimizer's default
+    eps: float | None = None  # None: the optimizer's default
+    rmsprop_decay: float = 0.9
+    lars_trust_coefficient: float = 0.001
 
     @classmethod
     def from_config(cls, c: Any) -> OptimSpec:
@@ -90,7 +98,14 @@ class OptimSpec:
             l2_decay_mode=str(c.l2_decay_mode),
             l2_decay_exclude_bn_bias=bool(c.l2_decay_exclude_bn_bias),
             momentum_rate=float(c.momentum_rate), nesterov=bool(c.nesterov),
-            freeze_backbone=bool(c.freeze_backbone), backbone_lr_mult=float(c.backbone_lr_mult))
+            freeze_backbone=bool(c.freeze_backbone), backbone_lr_mult=float(c.backbone_lr_mult),
+            optimizer=str(c.optimizer), weight_decay=float(c.weight_decay),
+            weight_decay_exclude_bn_bias=bool(c.weight_decay_exclude_bn_bias),
+            clip_grad_norm=float(c.clip_grad_norm),
+            betas=None if c.opt_betas is None else tuple(float(b) for b in c.opt_betas),
+            eps=None if c.opt_eps is None else float(c.opt_eps),
+            rmsprop_decay=float(c.rmsprop_decay),
+            lars_trust_coefficient=float(c.lars_trust_coefficient))
 
     @property
     def fine_tuning(self) -> bool:

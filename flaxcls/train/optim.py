@@ -1,4 +1,5 @@
-"""Learning-rate schedules and the Momentum + L2 optimizer of the 2019 PaddleCV recipes.
+"""Learning-rate schedules and the optimizers: the 2019 recipes' Momentum + L2 and the ones
+recipes use today (AdamW, LAMB, LARS, TF-style RMSProp, Lion), from optax.
 
 Every schedule is a function of the optimizer step (an int array) that jits; the optimizer
 records the rate it used in ``opt_state.hyperparams["learning_rate"]`` for logging.
@@ -131,47 +132,113 @@ def l2_penalty(params: Any, l2: float, exclude_bn_bias: bool) -> jax.Array:
     return 0.5 * l2 * sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in leaves)
 
 
+# optimizer -> (beta1, beta2) and eps when config.opt_betas / config.opt_eps are unset (timm's
+# and the papers' defaults; rmsprop_tf's eps is the MobileNet/EfficientNet recipes' 1e-3).
+DEFAULT_BETAS = {"adamw": (0.9, 0.999), "lamb": (0.9, 0.999), "lion": (0.9, 0.99)}
+DEFAULT_EPS = {"adamw": 1e-8, "lamb": 1e-6, "rmsprop_tf": 1e-3}
+
+
+def _direction(spec: OptimSpec, learning_rate: jax.Array | float) -> optax.GradientTransformation:
+    """One parameter group's update for ``spec.optimizer`` at ``learning_rate``.
+
+    ``g`` is the gradient (plus ``l2_decay * p``, Paddle's coupled L2, for momentum, nesterov
+    and rmsprop_tf), ``wd`` is ``weight_decay`` (decoupled: never scaled by the adaptive
+    terms), ``lr`` the rate, ``b1, b2`` the betas and ``eps`` the epsilon:
+
+    - ``momentum``/``nesterov``: ``v = m v + g``; ``p -= lr (v + wd p)`` (nesterov:
+      ``g + m v`` in place of ``v``); SGDW's decoupled decay.
+    - ``adamw``: Adam's bias-corrected ``u = m_hat / (sqrt(v_hat) + eps)``; ``p -= lr (u + wd p)``.
+    - ``lamb``: ``r = u + wd p`` with Adam's ``u``; ``p -= lr * (||p|| / ||r||) r`` per tensor
+      (the trust ratio, 1 where a norm is 0).
+    - ``lars``: ``r = g + wd p``; ``v = m v + lr * trust_coefficient * (||p|| / ||r||) r``;
+      ``p -= v`` (nesterov as above).
+    - ``rmsprop_tf``: TensorFlow's RMSProp as MobileNet/EfficientNet trained with it:
+      ``s = d s + (1 - d) g^2`` with ``s`` starting at 1, ``v = m v + lr (g / sqrt(s + eps) +
+      wd p)`` (epsilon inside the square root, the rate inside the momentum), ``p -= v``.
+    - ``lion``: ``u = sign(b1 mu + (1 - b1) g)``, ``mu = b2 mu + (1 - b2) g``;
+      ``p -= lr (u + wd p)``.
+
+    With ``weight_decay_exclude_bn_bias`` (the default) the decay, and LAMB's and LARS's trust
+    ratio (as timm's LAMB and the LARS papers), spare BatchNorm scales/offsets and biases
+    (tensors with one dimension).
+    """
+    name = spec.optimizer
+    mask = _weight_decay_mask if spec.weight_decay_exclude_bn_bias else None
+    coupled_l2 = spec.l2_decay if spec.l2_decay_mode == "optimizer" else 0.0
+    parts: list[optax.GradientTransformation] = []
+    if coupled_l2:
+        parts.append(optax.add_decayed_weights(
+            coupled_l2, mask=_weight_decay_mask if spec.l2_decay_exclude_bn_bias else None))
+    decay = [optax.add_decayed_weights(spec.weight_decay, mask=mask)] if spec.weight_decay else []
+    b1, b2 = spec.betas or DEFAULT_BETAS.get(name, (0.9, 0.999))
+    eps = DEFAULT_EPS.get(name, 0.0) if spec.eps is None else spec.eps
+    lr = optax.scale_by_learning_rate(learning_rate)
+
+    def trust_ratio(**kw) -> optax.GradientTransformation:
+        ratio = optax.scale_by_trust_ratio(**kw)
+        return optax.masked(ratio, _weight_decay_mask) if mask is not None else ratio
+
+    if name in ("momentum", "nesterov"):
+        if spec.momentum_rate:
+            parts.append(optax.trace(decay=spec.momentum_rate,
+                                     nesterov=spec.nesterov or name == "nesterov"))
+        parts += [*decay, lr]
+    elif name == "adamw":
+        parts += [optax.scale_by_adam(b1=b1, b2=b2, eps=eps), *decay, lr]
+    elif name == "lamb":
+        parts += [optax.scale_by_adam(b1=b1, b2=b2, eps=eps), *decay, trust_ratio(), lr]
+    elif name == "lars":
+        parts += [*decay, trust_ratio(trust_coefficient=spec.lars_trust_coefficient), lr,
+                  optax.trace(decay=spec.momentum_rate, nesterov=spec.nesterov)]
+    elif name == "rmsprop_tf":
+        parts += [optax.scale_by_rms(decay=spec.rmsprop_decay, eps=eps, initial_scale=1.0,
+                                     eps_in_sqrt=True), *decay, lr]
+        if spec.momentum_rate:
+            parts.append(optax.trace(decay=spec.momentum_rate))
+    else:
+        assert name == "lion", name
+        parts += [optax.scale_by_lion(b1=b1, b2=b2), *decay, lr]
+    return optax.chain(*parts)
+
+
 def make_optimizer(
     spec: OptimSpec, schedule: optax.Schedule | float, head: Collection[str] | None = None
 ) -> optax.GradientTransformation:
-    """Paddle's ``Momentum`` optimizer with an ``L2Decay`` regularizer.
+    """``spec.optimizer`` (``_direction`` has each update rule) at the rate ``schedule``.
 
-    Per parameter: ``g' = g + l2_decay * p``; ``v = momentum_rate * v + g'``;
-    ``p -= lr * v`` (with ``nesterov``: ``p -= lr * (g' + momentum_rate * v)``). Like Paddle,
-    the L2 term applies to every trainable parameter, BatchNorm scale/offset and biases
-    included; ``l2_decay_exclude_bn_bias`` limits it to parameters with ndim > 1. With
+    The default, ``momentum``, is Paddle's ``Momentum`` with an ``L2Decay`` regularizer: per
+    parameter ``g' = g + l2_decay * p``; ``v = momentum_rate * v + g'``; ``p -= lr * v`` (with
+    ``nesterov``: ``p -= lr * (g' + momentum_rate * v)``). Like Paddle, the L2 term applies to
+    every trainable parameter, BatchNorm scale/offset and biases included;
+    ``l2_decay_exclude_bn_bias`` limits it to parameters with ndim > 1. With
     ``l2_decay_mode="loss"`` the same term is in the step's objective instead (``l2_penalty``):
-    the same gradient, at another speed. The rate used by the last update is
+    the same gradient, at another speed. ``clip_grad_norm > 0`` first scales the whole gradient
+    down to that global norm. The rate used by the last update is
     ``opt_state.hyperparams["learning_rate"]``.
 
     Fine-tuning: ``head`` names the classifier's parameters ('/'-joined paths inside params);
     with it, ``freeze_backbone`` leaves every other parameter unchanged and
     ``backbone_lr_mult`` scales their learning rate (optax.multi_transform).
     """
-    l2 = spec.l2_decay if spec.l2_decay_mode == "optimizer" else 0.0
-    exclude, momentum, nesterov = spec.l2_decay_exclude_bn_bias, spec.momentum_rate, spec.nesterov
+    clip = [optax.clip_by_global_norm(spec.clip_grad_norm)] if spec.clip_grad_norm else []
 
-    def momentum_l2(learning_rate: jax.Array | float) -> optax.GradientTransformation:
-        parts = []
-        if l2:
-            parts.append(optax.add_decayed_weights(l2, mask=_weight_decay_mask if exclude else None))
-        if momentum:
-            parts.append(optax.trace(decay=momentum, nesterov=nesterov))
-        parts.append(optax.scale_by_learning_rate(learning_rate))
-        return optax.chain(*parts)
+    def whole(learning_rate: jax.Array | float) -> optax.GradientTransformation:
+        inner = _direction(spec, learning_rate)
+        return optax.chain(*clip, inner) if clip else inner
 
     freeze, mult = spec.freeze_backbone, spec.backbone_lr_mult
     if head is None or not spec.fine_tuning:
-        return optax.inject_hyperparams(momentum_l2)(learning_rate=schedule)
+        return optax.inject_hyperparams(whole)(learning_rate=schedule)
 
     def labels(params: Any) -> Any:
         return jax.tree_util.tree_map_with_path(
             lambda path, _: "head" if path_name(path) in head else "backbone", params)
 
     def per_group(learning_rate: jax.Array | float) -> optax.GradientTransformation:
-        backbone = optax.set_to_zero() if freeze else momentum_l2(learning_rate * mult)
-        return optax.multi_transform({"head": momentum_l2(learning_rate), "backbone": backbone},
-                                     labels)
+        backbone = optax.set_to_zero() if freeze else _direction(spec, learning_rate * mult)
+        groups = optax.multi_transform(
+            {"head": _direction(spec, learning_rate), "backbone": backbone}, labels)
+        return optax.chain(*clip, groups) if clip else groups
 
     return optax.inject_hyperparams(per_group)(learning_rate=schedule)
 
