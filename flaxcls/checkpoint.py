@@ -271,12 +271,15 @@ def _newest_on_disk(root: str) -> tuple[str, int] | None:
     return os.path.join(root, str(max(steps))), max(steps)
 
 
-def read_variables(path: str | epath.PathLike) -> dict[str, Any]:
-    """The ``params`` and ``batch_stats`` of a checkpoint as nested dicts of numpy arrays.
+def read_variables(path: str | epath.PathLike, ema: bool = False,
+                   which: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ``params`` and ``batch_stats`` of a checkpoint as nested dicts of numpy arrays; with
+    ``ema``, those of its moving average where it has one (``config.use_ema_weights``).
 
     For starting from another run's weights (``config.pretrained_model``), where the model
-    may differ (another head) and the optimizer state is not wanted. ``path`` as in
-    ``restore_from``.
+    may differ (another head) and the optimizer state is not wanted, and for serving.
+    ``path`` as in ``restore_from``. ``which``, when given, gets ``{"weights": "ema"}`` or
+    ``{"weights": "raw"}``: what was read.
     """
     directory, step = _resolve(path)
     _check_conversion_source(directory.parent)
@@ -285,7 +288,13 @@ def read_variables(path: str | epath.PathLike) -> dict[str, Any]:
         if step is None:
             step = _latest_or_raise(manager, directory)
         tree = _saved_tree(manager, step)
-        wanted = {k: tree[k] for k in ("params", "batch_stats") if isinstance(tree, dict) and k in tree}
+        if ema and isinstance(tree, dict) and isinstance(tree.get("ema"), dict):
+            logging.getLogger("flaxcls").info("weights: the moving average (EMA) of %s (config.use_ema_weights)",
+                     directory / str(step))
+            wanted = {"ema": {k: v for k, v in tree["ema"].items() if k == "params" or v}}
+        else:
+            wanted = {k: tree[k] for k in ("params", "batch_stats")
+                      if isinstance(tree, dict) and k in tree}
         if not wanted:
             raise CheckpointError(f"checkpoint {directory / str(step)} has no 'params' "
                              f"(top-level entries: {sorted(tree) if isinstance(tree, dict) else tree})")
@@ -299,7 +308,9 @@ def read_variables(path: str | epath.PathLike) -> dict[str, Any]:
         out = manager.restore(step, args=ocp.args.Composite(**items))
         _verify(out[STATE], dict(out[METADATA] or {}) if has_metadata else {},
                 directory / str(step))
-        return dict(out[STATE])
+        if which is not None:
+            which["weights"] = "ema" if "ema" in wanted else "raw"
+        return dict(out[STATE]["ema"] if "ema" in wanted else out[STATE])
     finally:
         manager.close()
 

@@ -28,11 +28,13 @@ EVAL_DATA_FIELDS = ("data_dir", "builtin_dataset", "data_source", "tfds_name", "
 
 def evaluate(eval_step, variables: Any, source: Any, spec: InputSpec, *, batch_size: int,
              mesh, step: int, workdir: str, writer: MetricWriter | None = None,
-             extra: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
+             extra: dict[str, Any] | None = None, progress: bool = False,
+             name: str = "eval", write_results: bool = True) -> dict[str, Any]:
     """One pass of ``eval_step`` over the eval split of ``source`` in global batches of
-    ``batch_size`` (the last one padded and masked). Logs, records and writes
-    ``<workdir>/eval_results.json``; returns top1, top5, loss, num_examples and step.
-    ``progress``: report how far the pass is (``--mode=eval``; process 0)."""
+    ``batch_size`` (the last one padded and masked). Logs and records it under ``name``
+    ("eval"; "eval_ema" for the moving average) and, with ``write_results``, writes
+    ``<workdir>/eval_results.json`` (with ``extra``); returns top1, top5, loss, num_examples
+    and step. ``progress``: report how far the pass is (``--mode=eval``; process 0)."""
     if not source.num_eval:
         log.warning("no eval data (no val list or eval split): evaluation skipped")
         return {"step": int(step)}
@@ -53,14 +55,21 @@ def evaluate(eval_step, variables: Any, source: Any, spec: InputSpec, *, batch_s
     result = {"top1": m["top1"], "top5": m["top5"], "loss": m["loss"],
               "num_examples": round(m["count"]), "step": int(step)}
     seconds = time.time() - t0
-    log.info("eval @ step %d: top1 %.4f  top5 %.4f  loss %.4f  on %d images (%.1fs)",
-             step, result["top1"], result["top5"], result["loss"], result["num_examples"],
-             seconds)
+    log.info("%s @ step %d: top1 %.4f  top5 %.4f  loss %.4f  on %d images (%.1fs)",
+             "eval (EMA weights)" if name == "eval_ema" else name, step, result["top1"],
+             result["top5"], result["loss"], result["num_examples"], seconds)
     if writer is not None:
-        writer.write("eval", step, {**result, "seconds": seconds})
+        writer.write(name, step, {**result, "seconds": seconds})
+    if write_results:
+        write_results_file(workdir, result, extra)
+    return result
+
+
+def write_results_file(workdir: str, result: dict[str, Any],
+                       extra: dict[str, Any] | None = None) -> None:
+    """``<workdir>/eval_results.json`` (process 0): the result and what it was computed with."""
     if jax.process_index() == 0:
         write_json_atomic(os.path.join(workdir, RESULTS), {**result, **(extra or {})})
-    return result
 
 
 def run_eval(config: Any, workdir: str) -> dict[str, Any]:
@@ -77,7 +86,8 @@ def run_eval(config: Any, workdir: str) -> dict[str, Any]:
         raise ConfigError("--mode=eval: the data set has no eval split (config.val_list, "
                           "config.eval_split)")
     size = specs.preprocessing.crop_size
-    variables = weights.inference_variables(specs.model, size, path, run.mesh)
+    variables, which = weights.inference_variables(specs.model, size, path, run.mesh,
+                                                   ema=specs.run.use_ema_weights)
     log.info("weights of %s from %s%s", specs.model.name, path, f" (step {step})" if step else "")
     prep = specs.preprocessing.to_json()
     log.info("eval preprocessing: %s", prep)
@@ -87,7 +97,7 @@ def run_eval(config: Any, workdir: str) -> dict[str, Any]:
         return evaluate(eval_step, variables, run.source, specs.input,
                         batch_size=specs.run.test_batch_size, mesh=run.mesh, step=step,
                         workdir=workdir, writer=writer,
-                        extra={"checkpoint": path, "model": config.model,
+                        extra={"checkpoint": path, "weights": which, "model": config.model,
                                "data": {f: config[f] for f in EVAL_DATA_FIELDS},
                                "preprocessing": prep,
                                "eval_flip": specs.step.eval_flip}, progress=True)

@@ -98,6 +98,7 @@ def export_model(config, workdir: str) -> str:
         "platforms": list(exported.platforms),
         "checkpoint": source["checkpoint"],
         "step": source["step"],
+        "weights": source["weights"],  # "ema" (the moving average) or "raw"
         "labels": class_labels(config),
         "jax_version": jax.__version__,
         "flaxcls_version": flaxcls.__version__,

@@ -253,10 +253,10 @@ def load_for_serving(config: Any, specs: Specs, workdir: str, mesh) -> tuple[Any
     path, step = weights.serving_source(config.checkpoint, config.pretrained_model, workdir)
     if not (config.checkpoint or config.pretrained_model):
         weights.warn_if_unlike_training(config, workdir)
-    variables = weights.inference_variables(specs.model, specs.preprocessing.crop_size, path,
-                                            mesh)
+    variables, which = weights.inference_variables(
+        specs.model, specs.preprocessing.crop_size, path, mesh, ema=specs.run.use_ema_weights)
     log.info("weights of %s from %s%s", specs.model.name, path, f" (step {step})" if step else "")
-    return specs.model.build(), variables, {"checkpoint": path, "step": step}
+    return specs.model.build(), variables, {"checkpoint": path, "step": step, "weights": which}
 
 
 # ----------------------------------------------------------------------------- --mode=infer

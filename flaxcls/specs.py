@@ -139,6 +139,9 @@ class StepSpec:
     l2_loss: float  # l2_decay when l2_decay_mode="loss" (the step adds the term), else 0
     l2_exclude_bn_bias: bool
     freeze_backbone: bool
+    ema_decay: float = 0.0  # 0: no EMA
+    ema_every_steps: int = 1
+    ema_warmup: bool = False
 
     @classmethod
     def from_config(cls, c: Any) -> StepSpec:
@@ -158,7 +161,8 @@ class StepSpec:
             bn_stats=str(c.bn_stats), bn_impl=str(c.bn_impl),
             l2_loss=float(c.l2_decay) if c.l2_decay_mode == "loss" else 0.0,
             l2_exclude_bn_bias=bool(c.l2_decay_exclude_bn_bias),
-            freeze_backbone=bool(c.freeze_backbone))
+            freeze_backbone=bool(c.freeze_backbone), ema_decay=float(c.ema_decay),
+            ema_every_steps=int(c.ema_every_steps), ema_warmup=bool(c.ema_warmup))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +254,7 @@ class RunSpec:
     eval_every_epochs: int
     pretrained_model: str
     checkpoint: str
+    use_ema_weights: bool = True  # a checkpoint's EMA, where it has one, for a pretrained start
 
     @classmethod
     def from_config(cls, c: Any) -> RunSpec:
@@ -260,7 +265,8 @@ class RunSpec:
             log_every_steps=int(c.log_every_steps),
             checkpoint_every_steps=int(c.checkpoint_every_steps),
             keep_checkpoints=int(c.keep_checkpoints), eval_every_epochs=int(c.eval_every_epochs),
-            pretrained_model=str(c.pretrained_model), checkpoint=str(c.checkpoint))
+            pretrained_model=str(c.pretrained_model), checkpoint=str(c.checkpoint),
+            use_ema_weights=bool(c.use_ema_weights))
 
 
 @dataclasses.dataclass(frozen=True)

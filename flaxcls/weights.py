@@ -72,16 +72,17 @@ def fit(source: dict, target: Any, model: ModelSpec, image_size: int, path: str,
     return traverse_util.unflatten_dict(out), new_head
 
 
-def load_pretrained(path: str, variables: dict, model: ModelSpec, image_size: int) -> dict:
+def load_pretrained(path: str, variables: dict, model: ModelSpec, image_size: int, *,
+                    ema: bool = True) -> dict:
     """``variables`` ({"params", "batch_stats"} of a fresh model) with another run's or a
     converted release's weights.
 
     Every tensor must match the model by name and shape, except the classifier head (the
     tensors whose shape follows num_classes): with another class count it keeps its fresh
     initialisation and is named in the log. Anything else that differs is another
-    architecture: CheckpointError.
+    architecture: CheckpointError. ``ema``: a checkpoint's moving average where it has one.
     """
-    restored = read_variables(os.path.abspath(path))
+    restored = read_variables(os.path.abspath(path), ema=ema)
     merged, reinit = fit(restored, variables, model, image_size, path, allow_new_head=True)
     if reinit:
         log.info("pretrained_model: classifier head re-initialised for num_classes=%d "
@@ -107,18 +108,21 @@ def serving_source(checkpoint: str, pretrained_model: str, workdir: str) -> tupl
     return os.path.abspath(found[0]), found[1]
 
 
-def inference_variables(model: ModelSpec, image_size: int, path: str, mesh) -> dict[str, Any]:
-    """The weights at ``path``, replicated on ``mesh``; they must fit the model exactly, head
-    included."""
+def inference_variables(model: ModelSpec, image_size: int, path: str, mesh, *,
+                        ema: bool = True) -> tuple[dict[str, Any], str]:
+    """(the weights at ``path`` replicated on ``mesh``, "ema" or "raw"): the checkpoint's
+    moving average where it has one and ``ema`` (config.use_ema_weights) asks for it, else
+    its weights. They must fit the model exactly, head included."""
     net = model.build()
     rep = parallel.replicated(mesh)
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
     shapes = jax.eval_shape(lambda x: net.init(jax.random.key(0), x, train=False), x)
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
                           {k: v for k, v in shapes.items() if k in COLLECTIONS})
-    variables, _ = fit(read_variables(path), target, model, image_size, path,
-                       allow_new_head=False)
-    return variables
+    which: dict[str, str] = {}
+    variables, _ = fit(read_variables(path, ema=ema, which=which), target, model, image_size,
+                       path, allow_new_head=False)
+    return variables, which["weights"]
 
 
 # What decides which images and labels a workdir's weights were trained for.

@@ -118,13 +118,16 @@ def run_launch(args: list[str], *, devices: int = 1, timeout: float = 600, check
     return proc
 
 
-def checkpoint_params(workdir) -> dict[str, np.ndarray]:
-    """params and batch_stats of the newest checkpoint in a workdir, flattened to path -> array."""
+def checkpoint_params(workdir, ema: bool = False) -> dict[str, np.ndarray]:
+    """params and batch_stats of the newest checkpoint in a workdir (with ``ema``: of its
+    moving average), flattened to path -> array."""
     import jax
 
     from flaxcls.checkpoint import read_variables
 
-    variables = read_variables(str(workdir))
+    which: dict[str, str] = {}
+    variables = read_variables(str(workdir), ema=ema, which=which)
+    assert which["weights"] == ("ema" if ema else "raw"), which
     return {jax.tree_util.keystr(p): np.asarray(v)
             for p, v in jax.tree_util.tree_leaves_with_path(variables)}
 

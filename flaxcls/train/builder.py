@@ -57,10 +57,15 @@ class Trainer:
         return None
 
     def init_state(self) -> TrainState:
-        """Fresh parameters, optimizer state and loss scale, replicated on the mesh."""
+        """Fresh parameters, optimizer state, loss scale and EMA, replicated on the mesh."""
         return create_train_state(self.model, self.tx, image_size=self.image_size,
                                   seed=self.specs.run.seed, mesh=self.mesh,
-                                  loss_scale=self.loss_scale())
+                                  loss_scale=self.loss_scale(), ema=self.ema)
+
+    @property
+    def ema(self) -> bool:
+        """The state keeps an exponential moving average of the weights."""
+        return self.specs.step.ema_decay > 0
 
     def abstract_state(self) -> TrainState:
         """Shapes, dtypes and shardings of ``init_state()``, computing nothing."""

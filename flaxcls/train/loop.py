@@ -21,7 +21,7 @@ import flaxcls
 from flaxcls import job, parallel, storage, weights
 from flaxcls.checkpoint import Checkpointer, restore_from, workdir_checkpoint
 from flaxcls.config import ConfigError
-from flaxcls.evaluate import evaluate, write_json_atomic
+from flaxcls.evaluate import evaluate, write_json_atomic, write_results_file
 from flaxcls.progress import format_eta
 from flaxcls.specs import RunSpec
 from flaxcls.train import builder
@@ -123,12 +123,28 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
         ckpt.save(step, state, meta, force=force)
 
     def run_eval(step: int, state: TrainState) -> dict[str, Any]:
+        """The raw weights and, with an EMA, its average too: eval_results.json leads with
+        the ones config.use_ema_weights serves and holds both."""
         check_weights(step, state.variables())
-        return evaluate(trainer.eval_step, state.variables(), source, specs.input,
-                        batch_size=specs.run.test_batch_size, mesh=mesh, step=step,
-                        workdir=workdir, writer=writer,
-                        extra={"preprocessing": specs.preprocessing.to_json(),
-                               "eval_flip": specs.step.eval_flip})
+        extra = {"preprocessing": specs.preprocessing.to_json(),
+                 "eval_flip": specs.step.eval_flip}
+
+        def one(variables: dict[str, Any], name: str) -> dict[str, Any]:
+            return evaluate(trainer.eval_step, variables, source, specs.input,
+                            batch_size=specs.run.test_batch_size, mesh=mesh, step=step,
+                            workdir=workdir, writer=writer, extra=extra, name=name,
+                            write_results=state.ema is None)
+
+        raw = one(state.variables(), "eval")
+        if state.ema is None or "top1" not in raw:
+            return raw
+        avg = one(state.ema_variables(), "eval_ema")
+        metrics = ("top1", "top5", "loss")
+        use_ema = specs.run.use_ema_weights
+        result = {**(avg if use_ema else raw), "weights": "ema" if use_ema else "raw",
+                  "raw": {k: raw[k] for k in metrics}, "ema": {k: avg[k] for k in metrics}}
+        write_results_file(workdir, result, extra)
+        return result
 
     result: dict[str, Any] = {}
     step, t_epoch = start_step, time.time()
@@ -205,6 +221,7 @@ def _starting_state(trainer: builder.Trainer, ckpt: Checkpointer,
     if run.pretrained_model:
         merged = weights.load_pretrained(
             run.pretrained_model, {"params": state.params, "batch_stats": state.batch_stats},
-            trainer.specs.model, trainer.image_size)
-        state = state.replace(params=merged["params"], batch_stats=merged.get("batch_stats", {}))
+            trainer.specs.model, trainer.image_size, ema=run.use_ema_weights)
+        state = state.replace(params=merged["params"], batch_stats=merged.get("batch_stats", {})
+                              ).with_ema_reset()
     return state, 0, 0

@@ -21,12 +21,31 @@ class TrainState:
     opt_state: Any
     rng: jax.Array  # raw uint32 key data; per-step keys are fold_in(rng, step)
     loss_scale: Any = None  # loss_scale.LossScale for float16, else None
+    # config.ema_decay > 0: the moving average, {"params": ..., "batch_stats": ...} (float32)
+    ema: Any = None
 
     def variables(self) -> dict[str, Any]:
         out = {"params": self.params}
         if self.batch_stats:
             out["batch_stats"] = self.batch_stats
         return out
+
+    def ema_variables(self) -> dict[str, Any] | None:
+        """The EMA as model variables (what ``variables()`` is for the raw weights), or None."""
+        if self.ema is None:
+            return None
+        return {k: v for k, v in self.ema.items() if k == "params" or v}
+
+    def with_ema_reset(self) -> TrainState:
+        """The EMA restarted at the current weights (after a pretrained start); no-op without."""
+        if self.ema is None:
+            return self
+        return self.replace(ema=ema_of(self.params, self.batch_stats))
+
+
+def ema_of(params: Any, batch_stats: Any) -> dict[str, Any]:
+    """A fresh EMA: a copy of the weights and statistics."""
+    return jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
 
 
 def create_train_state(
@@ -37,8 +56,10 @@ def create_train_state(
     seed: int,
     mesh: Mesh,
     loss_scale: Any = None,
+    ema: bool = False,
 ) -> TrainState:
-    """Initialises parameters directly as replicated arrays on the mesh (no host copy)."""
+    """Initialises parameters directly as replicated arrays on the mesh (no host copy); with
+    ``ema`` the state's EMA starts as a copy of them."""
 
     def init() -> TrainState:
         # The rbg generator compiles parameter initialisation ~1.5x faster than threefry;
@@ -47,14 +68,15 @@ def create_train_state(
         dropout_key, train_key = jax.random.split(jax.random.key(seed))
         x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
         variables = model.init({"params": init_key, "dropout": dropout_key}, x, train=False)
-        params = variables["params"]
+        params, batch_stats = variables["params"], variables.get("batch_stats", {})
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
-            batch_stats=variables.get("batch_stats", {}),
+            batch_stats=batch_stats,
             opt_state=tx.init(params),
             rng=jax.random.key_data(train_key),
             loss_scale=loss_scale,
+            ema=ema_of(params, batch_stats) if ema else None,
         )
 
     return jax.jit(init, out_shardings=replicated(mesh))()

@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 from flaxcls.data.augment_policy import parse as parse_policy
 from flaxcls.parallel import DATA_AXIS, batch_sharding, replicated
 from flaxcls.specs import StepSpec
-from flaxcls.train import augment, autoaugment_device, losses, optim
+from flaxcls.train import augment, autoaugment_device, ema, losses, optim
 from flaxcls.train.state import TrainState
 
 TRAIN_METRICS = ("loss", "top1", "top5", "count", "skipped_steps")
@@ -181,6 +181,10 @@ def make_train_step(
                 loss_scale=state.loss_scale.update(finite),
             )
             skipped = 1.0 - finite.astype(jnp.float32)
+
+        if state.ema is not None:  # from the weights as kept (a skipped float16 step: as were)
+            new_state = new_state.replace(ema=ema.update(
+                state.ema, new_state.params, new_state.batch_stats, new_state.step, spec))
 
         new_metrics = {k: metrics[k] + sums[k] for k in ("loss", "top1", "top5", "count")}
         new_metrics["skipped_steps"] = metrics["skipped_steps"] + skipped

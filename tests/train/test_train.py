@@ -61,8 +61,9 @@ def test_resume_equals_uninterrupted(tmp_path, digits_dir):
           "eval_every_epochs": 100, "log_every_steps": 5, "checkpoint_every_steps": 4,
           "use_mixup": True, "cutmix_alpha": 1.0, "random_erasing": 0.5,
           "drop_path_rate": 0.2, "dropout_rate": 0.2, "auto_augment": "trivial",
-          "auto_augment_on": "device",
-          "val_list": NO_EVAL}  # the on-device randomness resumes too
+          "auto_augment_on": "device", "ema_decay": 0.9, "ema_every_steps": 3,
+          "ema_warmup": True,
+          "val_list": NO_EVAL}  # the on-device randomness resumes too, and the EMA
     whole = tmp_path / "whole"
     train_and_evaluate(_config(digits_dir, **kw), str(whole))
 
@@ -72,10 +73,11 @@ def test_resume_equals_uninterrupted(tmp_path, digits_dir):
     result = train_and_evaluate(_config(digits_dir, **kw), str(parts))
     assert result["step"] == 22
 
-    a, b = checkpoint_params(whole), checkpoint_params(parts)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    for ema in (False, True):
+        a, b = checkpoint_params(whole, ema=ema), checkpoint_params(parts, ema=ema)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=f"{ema} {k}")
 
 
 @pytest.mark.subprocess
