@@ -144,6 +144,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.opt_eps = placeholder(float)  # adamw, lamb, rmsprop_tf; unset: 1e-8, 1e-6, 1e-3
     c.rmsprop_decay = 0.9  # rmsprop_tf: decay of the mean square
     c.lars_trust_coefficient = 0.001  # lars: the trust ratio's coefficient
+    # Gradient accumulation: each step's batch as this many micro-batches in turn inside the
+    # jitted step (a scan), gradients and BatchNorm statistics averaged; the update is the one
+    # step of the whole batch, BatchNorm statistics per micro-batch; must divide the batch
+    # of each device
+    c.grad_accum_steps = 1
     # Exponential moving average of the weights and BatchNorm statistics, kept on the device and
     # in the checkpoint (0: off): ema = d * ema + (1 - d) * weights every ema_every_steps steps;
     # with ema_warmup, d = min(ema_decay, (1 + k) / (10 + k)) at the k-th update (TF's rule)
@@ -330,6 +335,8 @@ def _validate_optimizer(c: ml_collections.ConfigDict, need) -> None:
     need(c.opt_eps is None or c.opt_eps >= 0, "opt_eps", "must be >= 0 (or unset)")
     need(0 <= c.rmsprop_decay < 1, "rmsprop_decay", "must be in [0, 1)")
     need(c.lars_trust_coefficient > 0, "lars_trust_coefficient", "must be > 0")
+    need(_is_int(c.grad_accum_steps) and c.grad_accum_steps >= 1, "grad_accum_steps",
+         "must be a whole number >= 1 (1: no accumulation)")
     need(0 <= c.ema_decay < 1, "ema_decay", "must be in [0, 1) (0: no EMA; 0.9998 is common)")
     need(_is_int(c.ema_every_steps) and c.ema_every_steps >= 1, "ema_every_steps",
          "must be a whole number >= 1")

@@ -51,6 +51,7 @@ def _start(config: Any, workdir: str, specs: Specs, lock: WorkdirLock | None) ->
     mesh = parallel.make_mesh()
     local_batch = parallel.check_batch_size(specs.run.batch_size, mesh, "batch_size")
     parallel.check_batch_size(specs.run.test_batch_size, mesh, "test_batch_size")
+    parallel.check_grad_accum(specs.run.batch_size, mesh, specs.step.grad_accum_steps)
     source = data.open_source(specs.data)
     if source.num_classes > specs.model.num_classes:
         raise ConfigError(f"config.num_classes={specs.model.num_classes} but the data set has "

@@ -44,6 +44,19 @@ def check_batch_size(global_batch: int, mesh: Mesh, field: str = "batch_size") -
     return global_batch // jax.process_count()
 
 
+def check_grad_accum(global_batch: int, mesh: Mesh, steps: int) -> None:
+    """Gradient accumulation splits each device's share of the batch into ``steps``
+    micro-batches: raises a message naming config.grad_accum_steps when it won't split."""
+    from flaxcls.config import ConfigError
+
+    per_device = global_batch // mesh.devices.size
+    if per_device % steps:
+        raise ConfigError(
+            f"config.grad_accum_steps={steps} does not divide the batch of each device "
+            f"({global_batch} over {mesh.devices.size} devices = {per_device}); use a divisor "
+            f"of {per_device} or another batch_size")
+
+
 def host_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Each process hands in its own slice of the global batch; returns arrays sharded over ``data``."""
     sharding = batch_sharding(mesh)

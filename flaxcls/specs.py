@@ -139,6 +139,7 @@ class StepSpec:
     l2_loss: float  # l2_decay when l2_decay_mode="loss" (the step adds the term), else 0
     l2_exclude_bn_bias: bool
     freeze_backbone: bool
+    grad_accum_steps: int = 1  # micro-batches per step, gradients averaged (1: none)
     ema_decay: float = 0.0  # 0: no EMA
     ema_every_steps: int = 1
     ema_warmup: bool = False
@@ -161,7 +162,8 @@ class StepSpec:
             bn_stats=str(c.bn_stats), bn_impl=str(c.bn_impl),
             l2_loss=float(c.l2_decay) if c.l2_decay_mode == "loss" else 0.0,
             l2_exclude_bn_bias=bool(c.l2_decay_exclude_bn_bias),
-            freeze_backbone=bool(c.freeze_backbone), ema_decay=float(c.ema_decay),
+            freeze_backbone=bool(c.freeze_backbone),
+            grad_accum_steps=int(c.grad_accum_steps), ema_decay=float(c.ema_decay),
             ema_every_steps=int(c.ema_every_steps), ema_warmup=bool(c.ema_warmup))
 
 

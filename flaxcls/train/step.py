@@ -79,9 +79,8 @@ def make_train_step(
     frozen = set(head) if head is not None and spec.freeze_backbone else None
     policy = parse_policy(spec.auto_augment) if spec.auto_augment else None
 
-    def forward_backward(params, batch_stats, loss_scale, key, batch):
-        """Gradients, new BatchNorm statistics and metric sums of one batch: the global batch,
-        or (bn_stats="device") one device's share of it."""
+    def one_batch(params, batch_stats, loss_scale, key, batch):
+        """Gradients, new BatchNorm statistics and metric sums of one (micro-)batch."""
         mix_key, dropout_key = jax.random.split(key)
         raw = batch["image"]
         if policy is not None:  # auto_augment_on="device": on the uint8 batch, its own key
@@ -126,6 +125,41 @@ def make_train_step(
         top1, top5 = _topk_sums(logits, batch["label"], jnp.ones_like(logits[:, 0]))
         sums = {"loss": loss * n, "top1": top1, "top5": top5, "count": n}
         return grads, new_stats, sums
+
+    accum = spec.grad_accum_steps
+    spread = spec.bn_stats == "global" and mesh.shape[DATA_AXIS] > 1
+
+    def forward_backward(params, batch_stats, loss_scale, key, batch):
+        """Gradients, new BatchNorm statistics and metric sums of the global batch, or
+        (bn_stats="device") of one device's share of it: with ``grad_accum_steps`` N > 1, of N
+        micro-batches in turn (a scan), gradients and statistics averaged, sums added."""
+        if accum == 1:
+            return one_batch(params, batch_stats, loss_scale, key, batch)
+        size = batch["label"].shape[0]
+        if size % accum:
+            raise ValueError(f"grad_accum_steps={accum} does not divide the batch of {size}")
+
+        def micro(x):
+            # Micro-batch i is examples i, i + N, i + 2N, ...: every device holds an equal
+            # share of each, so no example moves between devices.
+            x = jnp.swapaxes(x.reshape(size // accum, accum, *x.shape[1:]), 0, 1)
+            if spread:
+                x = jax.lax.with_sharding_constraint(
+                    x, jax.sharding.NamedSharding(mesh, P(None, DATA_AXIS)))
+            return x
+
+        def body(carry, xs):
+            i, part = xs
+            out = one_batch(params, batch_stats, loss_scale, jax.random.fold_in(key, i), part)
+            return jax.tree.map(jnp.add, carry, out), None
+
+        shapes = jax.eval_shape(one_batch, params, batch_stats, loss_scale, key,
+                                jax.tree.map(lambda x: x[:size // accum], batch))
+        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+        (grads, new_stats, sums), _ = jax.lax.scan(
+            body, zeros, (jnp.arange(accum), jax.tree.map(micro, batch)))
+        mean_of = functools.partial(jax.tree.map, lambda x: x / accum)
+        return mean_of(grads), mean_of(new_stats), sums
 
     if spec.bn_stats == "device":
         n_dev = mesh.shape[DATA_AXIS]

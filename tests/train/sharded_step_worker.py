@@ -8,6 +8,7 @@ BatchNorm means: plain ``jax.grad`` on each device's slice of the batch, gradien
 statistics averaged over the slices, then one optimizer update. Those go under ``ref/``.
 """
 
+import ast
 import sys
 
 import jax
@@ -23,13 +24,15 @@ from flaxcls.train.step import TRAIN_METRICS, fetch_metrics, zeros_metrics
 
 def main(out_path: str, model_name: str = "ResNet_tiny", bn_stats: str = "global",
          bn_impl: str = "flax", coordinator: str = "", num_processes: str = "1",
-         process_id: str = "0") -> None:
+         process_id: str = "0", **fields) -> None:
+    """``fields``: more config fields (``name=value`` arguments), e.g. an EMA or accumulation."""
     if coordinator:  # one of several processes (jax.distributed on loopback)
         jax.distributed.initialize(coordinator, int(num_processes), int(process_id))
     c = default_config()
     c.model, c.num_classes, c.crop_size, c.resize_short_size = model_name, 10, 32, 32
     c.batch_size, c.lr, c.use_label_smoothing, c.bn_stats = 16, 0.05, True, bn_stats
     c.bn_impl = bn_impl
+    c.update(fields)
     resolve_preprocessing(c)  # image_mean/image_std: the model's, for the reference step
     mesh = parallel.make_mesh()
     trainer = builder.build(Specs.from_config(c), mesh, steps_per_epoch=10)  # the loop's chain
@@ -62,11 +65,11 @@ def main(out_path: str, model_name: str = "ResNet_tiny", bn_stats: str = "global
 
 
 def _flat(state) -> dict[str, np.ndarray]:
-    return {
-        "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-        for path, v in jax.tree_util.tree_leaves_with_path(
-            {"params": state.params, "batch_stats": state.batch_stats})
-    }
+    tree = {"params": state.params, "batch_stats": state.batch_stats}
+    if getattr(state, "ema", None) is not None:
+        tree["ema"] = state.ema
+    return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+            for path, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _per_slice_reference_step(model, tx, c, state, batch, slices):
@@ -108,4 +111,6 @@ def _per_slice_reference_step(model, tx, c, state, batch, slices):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    positional = [a for a in sys.argv[1:] if "=" not in a]
+    named = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+    main(*positional, **{k: ast.literal_eval(v) for k, v in named.items()})

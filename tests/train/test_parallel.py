@@ -22,15 +22,22 @@ def _run_worker(devices: int, out, *args: str) -> dict[str, np.ndarray]:
     return dict(np.load(out))
 
 
+# EMA and gradient accumulation (2 micro-batches of 8: each device holds one example of each)
+# shard like the rest of the step.
+EMA_ACCUM = ("ema_decay=0.9", "ema_warmup=True", "grad_accum_steps=2")
+
+
 @pytest.mark.subprocess
-@pytest.mark.parametrize("bn_impl", ["flax", "fused"])
-def test_sharded_step_matches_single_device(tmp_path, bn_impl):
-    one = _run_worker(1, tmp_path / "one.npz", "ResNet_tiny", "global", bn_impl)
-    eight = _run_worker(8, tmp_path / "eight.npz", "ResNet_tiny", "global", bn_impl)
+@pytest.mark.parametrize("bn_impl, fields", [("flax", ()), ("fused", ()), ("flax", EMA_ACCUM)],
+                         ids=["flax", "fused", "ema-accum"])
+def test_sharded_step_matches_single_device(tmp_path, bn_impl, fields):
+    one = _run_worker(1, tmp_path / "one.npz", "ResNet_tiny", "global", bn_impl, *fields)
+    eight = _run_worker(8, tmp_path / "eight.npz", "ResNet_tiny", "global", bn_impl, *fields)
     assert int(one["devices"]) == 1 and int(eight["devices"]) == 8
     np.testing.assert_allclose(one["losses"], eight["losses"], rtol=1e-5)
     keys = [k for k in one if k not in ("losses", "devices")]
     assert any("batch_stats" in k for k in keys) and any("params" in k for k in keys)
+    assert any(k.startswith("ema/") for k in keys) == bool(fields)
     for k in keys:
         np.testing.assert_allclose(one[k], eight[k], rtol=2e-4, atol=2e-5, err_msg=k)
 
@@ -114,6 +121,8 @@ def test_two_processes_train_like_one(tmp_path, digits_dir):
         "--config.builtin_dataset=", "--config.num_train_steps=4", "--config.batch_size=32",
         "--config.crop_size=16", "--config.resize_short_size=16", "--config.log_every_steps=2",
         "--config.test_batch_size=64", "--config.compilation_cache=False",
+        # the EMA and accumulation run across processes too
+        "--config.ema_decay=0.9", "--config.ema_warmup=True", "--config.grad_accum_steps=2",
     ]
     single = tmp_path / "single"
     run_launch([*common, f"--workdir={single}"], devices=2)
@@ -126,10 +135,11 @@ def test_two_processes_train_like_one(tmp_path, digits_dir):
     assert "2 process(es)" in outs[0] or "'process_count': 2" in outs[0], outs[0][-2000:]
     assert not (multi / "job.lock").exists()  # process 0 held the workdir and released it
 
-    a, b = checkpoint_params(single), checkpoint_params(multi)
-    assert a.keys() == b.keys() and len(a) > 10
-    for k in a:
-        np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=2e-5, err_msg=k)
+    for ema in (False, True):
+        a, b = checkpoint_params(single, ema=ema), checkpoint_params(multi, ema=ema)
+        assert a.keys() == b.keys() and len(a) > 10
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=2e-5, err_msg=f"{ema} {k}")
     import json
 
     ra = json.loads((single / "eval_results.json").read_text())
