@@ -149,6 +149,21 @@ def default_config() -> ml_collections.ConfigDict:
     # step of the whole batch, BatchNorm statistics per micro-batch; must divide the batch
     # of each device
     c.grad_accum_steps = 1
+    # Knowledge distillation: a teacher (a registry name) with its weights (a checkpoint of
+    # ours or a converted release, which must have num_classes outputs) runs in eval mode inside
+    # the train step on the student's augmented batch; never trained, never saved with the
+    # student. distill_loss: "kl" (the student against the teacher's softmax at
+    # distill_temperature), "js" (Jensen-Shannon, SSLD's) or "soft_hard"
+    # (distill_alpha * kl + (1 - distill_alpha) * cross-entropy with the labels)
+    c.distill_teacher = ""
+    c.distill_teacher_weights = ""
+    c.distill_loss = "kl"
+    c.distill_temperature = 1.0
+    c.distill_alpha = 0.5
+    # Images without labels as extra training data (SSLD): a folder (every image under it) or
+    # a list file (one path per line, relative to the list's folder); needs a teacher, whose
+    # loss is the only one on them; list files and class folders only
+    c.distill_unlabeled = ""
     # Exponential moving average of the weights and BatchNorm statistics, kept on the device and
     # in the checkpoint (0: off): ema = d * ema + (1 - d) * weights every ema_every_steps steps;
     # with ema_warmup, d = min(ema_decay, (1 + k) / (10 + k)) at the k-th update (TF's rule)
@@ -337,9 +352,39 @@ def _validate_optimizer(c: ml_collections.ConfigDict, need) -> None:
     need(c.lars_trust_coefficient > 0, "lars_trust_coefficient", "must be > 0")
     need(_is_int(c.grad_accum_steps) and c.grad_accum_steps >= 1, "grad_accum_steps",
          "must be a whole number >= 1 (1: no accumulation)")
+    _validate_distillation(c, need)
     need(0 <= c.ema_decay < 1, "ema_decay", "must be in [0, 1) (0: no EMA; 0.9998 is common)")
     need(_is_int(c.ema_every_steps) and c.ema_every_steps >= 1, "ema_every_steps",
          "must be a whole number >= 1")
+
+
+DISTILL_LOSSES = ("kl", "js", "soft_hard")
+
+
+def _validate_distillation(c: ml_collections.ConfigDict, need) -> None:
+    """The teacher, its weights and the distillation loss."""
+    teacher = c.distill_teacher
+    need(bool(teacher) or not c.distill_teacher_weights, "distill_teacher",
+         "is empty but distill_teacher_weights is set: name the teacher's model")
+    need(bool(teacher) or not c.distill_unlabeled, "distill_teacher",
+         "is empty but distill_unlabeled is set: images without labels need a teacher")
+    need(c.distill_loss in DISTILL_LOSSES, "distill_loss", f"must be one of {DISTILL_LOSSES}")
+    need(c.distill_temperature > 0, "distill_temperature", "must be > 0")
+    need(0 <= c.distill_alpha <= 1, "distill_alpha", "must be in [0, 1]")
+    if not teacher:
+        return
+    from flaxcls.registry import UnknownModelError, create_model
+
+    try:
+        create_model(teacher)
+    except UnknownModelError as e:
+        raise ConfigError(f"config.distill_teacher={teacher!r}: {e}") from None
+    need(bool(c.distill_teacher_weights), "distill_teacher_weights",
+         f"is empty: the teacher {teacher} needs trained weights (a checkpoint or a converted "
+         "release)")
+    need(not c.distill_unlabeled or c.data_source in ("auto", "list", "folder"),
+         "distill_unlabeled", "needs list files or class folders (data_source auto, list or "
+         "folder)")
 
 
 def _validate_model_options(c: ml_collections.ConfigDict) -> None:

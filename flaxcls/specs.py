@@ -29,6 +29,12 @@ def _fill(mean: tuple[float, float, float]) -> tuple[int, int, int]:
     return tuple(min(255, max(0, round(255 * m))) for m in mean)
 
 
+def _teacher_cfg(c: Any):
+    from flaxcls.registry import get_model_cfg
+
+    return get_model_cfg(str(c.distill_teacher))
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """Which network: registry name, classes, compute dtype and the stem option."""
@@ -140,6 +146,11 @@ class StepSpec:
     l2_exclude_bn_bias: bool
     freeze_backbone: bool
     grad_accum_steps: int = 1  # micro-batches per step, gradients averaged (1: none)
+    distill_loss: str = ""  # "": no teacher; "kl", "js" or "soft_hard"
+    distill_temperature: float = 1.0
+    distill_alpha: float = 0.5  # soft_hard: the weight of the teacher's loss
+    teacher_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the teacher's normalisation
+    teacher_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     ema_decay: float = 0.0  # 0: no EMA
     ema_every_steps: int = 1
     ema_warmup: bool = False
@@ -163,7 +174,13 @@ class StepSpec:
             l2_loss=float(c.l2_decay) if c.l2_decay_mode == "loss" else 0.0,
             l2_exclude_bn_bias=bool(c.l2_decay_exclude_bn_bias),
             freeze_backbone=bool(c.freeze_backbone),
-            grad_accum_steps=int(c.grad_accum_steps), ema_decay=float(c.ema_decay),
+            grad_accum_steps=int(c.grad_accum_steps),
+            distill_loss=str(c.distill_loss) if c.distill_teacher else "",
+            distill_temperature=float(c.distill_temperature),
+            distill_alpha=float(c.distill_alpha),
+            teacher_mean=_teacher_cfg(c).mean if c.distill_teacher else (0.0, 0.0, 0.0),
+            teacher_std=_teacher_cfg(c).std if c.distill_teacher else (1.0, 1.0, 1.0),
+            ema_decay=float(c.ema_decay),
             ema_every_steps=int(c.ema_every_steps), ema_warmup=bool(c.ema_warmup))
 
 
@@ -180,12 +197,13 @@ class DataSpec:
     eval_split: str
     num_classes: int
     total_images: int  # > 0: the epoch length, whatever is on disk
+    unlabeled: str = ""  # images without labels added to the train split (a teacher's only)
 
     @classmethod
     def from_config(cls, c: Any) -> DataSpec:
         return cls(str(c.data_source), str(c.data_dir or ""), str(c.tfds_name),
                    str(c.train_list), str(c.val_list), str(c.train_split), str(c.eval_split),
-                   int(c.num_classes), int(c.total_images))
+                   int(c.num_classes), int(c.total_images), str(c.distill_unlabeled))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +275,7 @@ class RunSpec:
     pretrained_model: str
     checkpoint: str
     use_ema_weights: bool = True  # a checkpoint's EMA, where it has one, for a pretrained start
+    distill_teacher_weights: str = ""
 
     @classmethod
     def from_config(cls, c: Any) -> RunSpec:
@@ -268,7 +287,8 @@ class RunSpec:
             checkpoint_every_steps=int(c.checkpoint_every_steps),
             keep_checkpoints=int(c.keep_checkpoints), eval_every_epochs=int(c.eval_every_epochs),
             pretrained_model=str(c.pretrained_model), checkpoint=str(c.checkpoint),
-            use_ema_weights=bool(c.use_ema_weights))
+            use_ema_weights=bool(c.use_ema_weights),
+            distill_teacher_weights=str(c.distill_teacher_weights))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,13 +302,16 @@ class Specs:
     input: InputSpec
     run: RunSpec
     preprocessing: EvalPreprocessing
+    teacher: ModelSpec | None = None  # distillation's teacher (config.distill_teacher)
 
     @classmethod
     def from_config(cls, c: Any) -> Specs:
         """The specs of a config as it stands (no validation, nothing filled in)."""
+        teacher = (ModelSpec(str(c.distill_teacher), int(c.num_classes), str(c.dtype), False)
+                   if c.distill_teacher else None)
         return cls(ModelSpec.from_config(c), OptimSpec.from_config(c), StepSpec.from_config(c),
                    DataSpec.from_config(c), InputSpec.from_config(c), RunSpec.from_config(c),
-                   preprocessing_of(c))
+                   preprocessing_of(c), teacher)
 
 
 def resolve(config: Any, *, need_data: bool = True) -> Specs:

@@ -59,6 +59,17 @@ class FileSource(Source):
                          total_images=total_images, eval_looked_for=eval_looked_for)
         self.data_dir, self.train, self.eval = data_dir, train, eval
 
+    def add_unlabeled(self, where: str) -> int:
+        """Appends the images of ``where`` (config.distill_unlabeled: a folder, every image
+        under it, or a list file of paths relative to its folder) to the train split with label
+        -1; returns how many. DataError naming the file and line for what cannot be read."""
+        paths = read_unlabeled(where)
+        self.train = FileSplit(
+            np.concatenate([self.train.paths, np.array(paths, dtype=object)]),
+            np.concatenate([self.train.labels, np.full(len(paths), -1, np.int32)]))
+        self.train_size = len(self.train)
+        return len(paths)
+
     def split(self, split: Split) -> FileSplit:
         if split == TRAIN:
             return self.train
@@ -173,6 +184,43 @@ def _missing_files(paths: list[str]) -> Iterable[int]:
         names = listings[folder]
         if names is None or (name not in names and not os.path.isfile(path)):
             yield i
+
+
+def read_unlabeled(where: str) -> list[str]:
+    """The image paths of config.distill_unlabeled: a folder's images (recursively, sorted) or
+    a list file's lines (a path each, relative to the list's folder; a trailing label is not
+    allowed: these images have none)."""
+    field = f"config.distill_unlabeled={where!r}"
+    if os.path.isdir(where):
+        paths = []
+        for dirpath, dirnames, filenames in os.walk(where, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            paths.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+                         if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES))
+        if not paths:
+            raise DataError(f"{field}: no images under it (looked for "
+                            f"{', '.join(IMAGE_SUFFIXES)} files)")
+        return paths
+    if not os.path.isfile(where):
+        raise DataError(f"{field}: not found (a folder of images or a list file of paths)")
+    problems, paths, root = [], [], os.path.dirname(os.path.abspath(where))
+    with open(where, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        if len(line.rsplit(None, 1)) == 2 and _LABEL.fullmatch(line.rsplit(None, 1)[1]):
+            problems.append(f"{where}:{lineno}: expected an image path alone (these images "
+                            f"have no labels), got {line!r}")
+            continue
+        paths.append(os.path.join(root, line))
+    for i in _missing_files(paths):
+        problems.append(f"{where}: image not found: {paths[i]!r}")
+    raise_problems(problems, field)
+    if not paths:
+        raise DataError(f"{field}: no image paths in it")
+    return paths
 
 
 # ----------------------------------------------------------------------------- class folders

@@ -180,7 +180,15 @@ def open_source(spec: DataSpec) -> Source:
         raise DataError(f"config.data_source={spec.data_source!r}: must be auto, list, folder, "
                         f"records or tfds")
     module, name = _KINDS[kind]
-    return getattr(importlib.import_module(module), name).from_spec(spec)
+    source = getattr(importlib.import_module(module), name).from_spec(spec)
+    if spec.unlabeled:
+        if not hasattr(source, "add_unlabeled"):
+            raise DataError(f"config.distill_unlabeled={spec.unlabeled!r}: needs list files or "
+                            f"class folders, not a {kind} data set")
+        added = source.add_unlabeled(spec.unlabeled)
+        log.info("distill_unlabeled: %d images without labels join the %d of the train split "
+                 "(%s)", added, source.train_size - added, spec.unlabeled)
+    return source
 
 
 def dataset_info(spec: DataSpec) -> DatasetInfo:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any
 
 import flax
@@ -34,6 +35,9 @@ class Trainer:
     schedule: optax.Schedule
     tx: optax.GradientTransformation
     head: frozenset[str] | None  # the classifier's parameter names while fine-tuning
+    teacher: flax.linen.Module | None = None  # distillation's teacher (eval mode, not trained)
+    # The teacher's weights on the mesh (load_teacher / random_teacher), an input of each step
+    teacher_variables: Any = None
 
     @property
     def image_size(self) -> int:
@@ -43,7 +47,45 @@ class Trainer:
     @functools.cached_property
     def train_step(self):
         """``step(state, metrics, batch) -> (state, metrics)``, jitted over the mesh."""
-        return make_train_step(self.model, self.tx, self.specs.step, self.mesh, self.head)
+        return make_train_step(self.model, self.tx, self.specs.step, self.mesh, self.head,
+                               self.teacher)
+
+    @property
+    def step_inputs(self) -> tuple[Any, ...]:
+        """What the train step takes after (state, metrics, batch): the teacher's weights when
+        distilling, else nothing."""
+        if self.teacher is None:
+            return ()
+        if self.teacher_variables is None:
+            raise RuntimeError("distillation: call load_teacher() or random_teacher() first")
+        return (self.teacher_variables,)
+
+    def load_teacher(self) -> None:
+        """The teacher's weights (config.distill_teacher_weights: its EMA where the checkpoint
+        has one and use_ema_weights is on), replicated on the mesh; they must fit the teacher
+        exactly, its class count included."""
+        from flaxcls.checkpoint import CheckpointError
+        from flaxcls.config import ConfigError
+        from flaxcls.weights import inference_variables
+
+        path = os.path.abspath(self.specs.run.distill_teacher_weights)
+        try:
+            self.teacher_variables, _ = inference_variables(
+                self.specs.teacher, self.image_size, path, self.mesh,
+                ema=self.specs.run.use_ema_weights)
+        except CheckpointError as e:
+            raise ConfigError(f"config.distill_teacher_weights={path!r} does not fit the "
+                              f"teacher config.distill_teacher={self.specs.teacher.name!r} "
+                              f"with config.num_classes={self.specs.teacher.num_classes}: "
+                              f"{e}") from None
+
+    def random_teacher(self, seed: int = 1) -> None:
+        """Freshly initialised teacher weights (benchmarks: the cost, not the accuracy)."""
+        size = self.image_size
+        self.teacher_variables = jax.jit(
+            lambda: self.teacher.init(jax.random.key(seed),
+                                      jnp.zeros((1, size, size, 3), jnp.float32), train=False),
+            out_shardings=parallel.replicated(self.mesh))()
 
     @functools.cached_property
     def eval_step(self):
@@ -99,4 +141,5 @@ def build(specs: Specs, mesh: Mesh, *, steps_per_epoch: int,
         head = frozenset(n.removeprefix("params/") for n in
                          head_names(specs.model, specs.preprocessing.crop_size))
     tx = optim.make_optimizer(specs.optim, schedule, head)
-    return Trainer(specs, mesh, model, schedule, tx, head)
+    teacher = specs.teacher.build() if specs.teacher is not None else None
+    return Trainer(specs, mesh, model, schedule, tx, head, teacher)

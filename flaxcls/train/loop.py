@@ -73,6 +73,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
         log.info("fine-tuning: head %s%s", sorted(trainer.head),
                  ", backbone frozen" if specs.optim.freeze_backbone
                  else f", backbone lr x{specs.optim.backbone_lr_mult}")
+    if trainer.teacher is not None:
+        trainer.load_teacher()
+        log.info("distillation: teacher %s from %s, loss %s (temperature %g%s)",
+                 specs.teacher.name, specs.run.distill_teacher_weights, specs.step.distill_loss,
+                 specs.step.distill_temperature,
+                 f", alpha {specs.step.distill_alpha:g}"
+                 if specs.step.distill_loss == "soft_hard" else "")
     ckpt = stack.enter_context(
         Checkpointer(workdir, keep=specs.run.keep_checkpoints, async_save=True))
     state, start_step, skipped_before = _starting_state(trainer, ckpt, steps_per_epoch)
@@ -98,7 +105,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
         process_index=jax.process_index(), process_count=jax.process_count())
     batches = parallel.prefetch_to_mesh(host_iter, mesh)
     stack.callback(batches.close)
-    train_step, metrics = trainer.train_step, trainer.zeros_metrics()
+    train_step, metrics, step_inputs = trainer.train_step, trainer.zeros_metrics(), trainer.step_inputs
     stop = StopFlag(run.lock)
     stop.install()
     stack.callback(stop.uninstall)
@@ -150,7 +157,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
     step, t_epoch = start_step, time.time()
     while step < total_steps:
         batch = progress.next_batch(batches)
-        state, metrics = train_step(state, metrics, batch)
+        state, metrics = train_step(state, metrics, batch, *step_inputs)
         step = at["step"] = step + 1
         at_log = step % specs.run.log_every_steps == 0 or step == total_steps
         if at_log:

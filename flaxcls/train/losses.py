@@ -27,6 +27,30 @@ def onehot(labels: jax.Array, num_classes: int, smoothing: float = 0.0) -> jax.A
     return hot
 
 
+def distillation(student_logits: jax.Array, teacher_logits: jax.Array, kind: str,
+                 temperature: float = 1.0) -> jax.Array:
+    """Per-example distillation loss of the student against the teacher (float32), both
+    softened at ``temperature`` T and scaled by T^2 (Hinton et al.) so its gradient keeps its
+    size as T changes:
+
+    - ``kl`` (and ``soft_hard``'s soft part): the cross-entropy of the student against the
+      teacher's softmax, ``-sum(p_t * log p_s)``: the KL divergence plus the teacher's entropy,
+      which does not depend on the student (the same gradient);
+    - ``js``: the Jensen-Shannon divergence ``(KL(p_s || m) + KL(p_t || m)) / 2`` with
+      ``m = (p_s + p_t) / 2``, symmetric and bounded (PaddleClas's SSLD loss).
+    """
+    t = jnp.float32(temperature)
+    log_ps = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t, axis=-1)
+    log_pt = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / t, axis=-1)
+    if kind == "js":
+        log_m = jnp.logaddexp(log_ps, log_pt) - jnp.log(2.0)
+        loss = 0.5 * (jnp.sum(jnp.exp(log_ps) * (log_ps - log_m), axis=-1)
+                      + jnp.sum(jnp.exp(log_pt) * (log_pt - log_m), axis=-1))
+    else:
+        loss = -jnp.sum(jnp.exp(log_pt) * log_ps, axis=-1)
+    return loss * t * t
+
+
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     """Per example, 1.0 where ``labels`` is among the ``k`` largest logits, else 0.0.
 

@@ -25,7 +25,9 @@ from flaxcls.specs import StepSpec
 from flaxcls.train import augment, autoaugment_device, ema, losses, optim
 from flaxcls.train.state import TrainState
 
-TRAIN_METRICS = ("loss", "top1", "top5", "count", "skipped_steps")
+# "labeled": examples with a label (top-1/top-5 count those; distillation's unlabeled images
+# have label -1)
+TRAIN_METRICS = ("loss", "top1", "top5", "count", "labeled", "skipped_steps")
 EVAL_METRICS = ("loss", "top1", "top5", "count")
 
 Metrics = dict[str, jax.Array]
@@ -56,8 +58,17 @@ def make_train_step(
     spec: StepSpec,
     mesh: Mesh,
     head: Collection[str] | None = None,
-) -> Callable[[TrainState, Metrics, dict[str, jax.Array]], tuple[TrainState, Metrics]]:
-    """Builds ``step(state, metrics, batch) -> (state, metrics)``, jitted over the mesh.
+    teacher: flax.linen.Module | None = None,
+) -> Callable[..., tuple[TrainState, Metrics]]:
+    """Builds ``step(state, metrics, batch) -> (state, metrics)``, jitted over the mesh; with
+    a ``teacher`` (distillation), ``step(state, metrics, batch, teacher_variables)``.
+
+    The teacher runs in eval mode in the compute dtype on the student's augmented batch (its
+    own normalisation converted from the student's), under stop_gradient: it is an input of
+    the step, never part of the state. ``spec.distill_loss``: ``kl``/``js`` train on the
+    teacher alone; ``soft_hard`` mixes in the labels' cross-entropy with weight
+    ``1 - distill_alpha``. Examples with label -1 (images without labels) take the teacher's
+    loss only and count in no accuracy.
 
     With ``spec.freeze_backbone`` and ``head`` (the classifier's parameter paths, as given
     to ``optim.make_optimizer``) only the head is differentiated: no backward pass runs
@@ -78,16 +89,18 @@ def make_train_step(
     apply = _model_apply(model, spec.bn_impl)
     frozen = set(head) if head is not None and spec.freeze_backbone else None
     policy = parse_policy(spec.auto_augment) if spec.auto_augment else None
+    to_teacher = _renormalize(spec.mean, spec.std, spec.teacher_mean, spec.teacher_std, dtype)
 
-    def one_batch(params, batch_stats, loss_scale, key, batch):
+    def one_batch(params, batch_stats, loss_scale, key, batch, teacher_vars):
         """Gradients, new BatchNorm statistics and metric sums of one (micro-)batch."""
         mix_key, dropout_key = jax.random.split(key)
         raw = batch["image"]
+        labeled = (batch["label"] >= 0).astype(jnp.float32)
         if policy is not None:  # auto_augment_on="device": on the uint8 batch, its own key
             raw = autoaugment_device.apply_batch(raw, jax.random.fold_in(key, 2), policy,
                                                  spec.fill)
         images = normalize(raw, spec.mean, spec.std, dtype)
-        targets = losses.onehot(batch["label"], num_classes, smoothing)
+        targets = losses.onehot(batch["label"], num_classes, smoothing) * labeled[:, None]
         if spec.erasing > 0:  # its own key: the other draws stay as they are without it
             images = augment.random_erasing(
                 jax.random.fold_in(key, 1), images, prob=spec.erasing, mode=spec.erasing_mode,
@@ -96,6 +109,10 @@ def make_train_step(
             images, targets = augment.mix_batch(
                 mix_key, images, targets, mixup_alpha=alpha, cutmix_alpha=spec.cutmix_alpha,
                 prob=spec.mixup_prob, switch_prob=spec.mixup_cutmix_switch_prob)
+        teacher_logits = None
+        if teacher is not None:
+            teacher_logits = jax.lax.stop_gradient(teacher.apply(
+                teacher_vars, to_teacher(images), train=False)).astype(jnp.float32)
 
         def loss_fn(params):
             out, updates = apply(
@@ -108,7 +125,13 @@ def make_train_step(
             )
             logits, features = out if aux_weights else (out, {})
             logits = logits.astype(jnp.float32)
-            loss = jnp.mean(losses.cross_entropy(logits, targets))
+            per_example = losses.cross_entropy(logits, targets)
+            if teacher_logits is not None:
+                soft = losses.distillation(logits, teacher_logits, spec.distill_loss,
+                                           spec.distill_temperature)
+                per_example = (spec.distill_alpha * soft + (1 - spec.distill_alpha) * per_example
+                               if spec.distill_loss == "soft_hard" else soft)
+            loss = jnp.mean(per_example)
             for name, weight in aux_weights.items():
                 aux = features[name].astype(jnp.float32)
                 loss = loss + weight * jnp.mean(losses.cross_entropy(aux, targets))
@@ -122,19 +145,20 @@ def make_train_step(
         grads, (loss, logits, new_stats) = jax.grad(
             lambda part: loss_fn(rebuild(part)), has_aux=True)(trainable)
         n = jnp.asarray(batch["label"].shape[0], jnp.float32)
-        top1, top5 = _topk_sums(logits, batch["label"], jnp.ones_like(logits[:, 0]))
-        sums = {"loss": loss * n, "top1": top1, "top5": top5, "count": n}
+        top1, top5 = _topk_sums(logits, batch["label"], labeled)
+        sums = {"loss": loss * n, "top1": top1, "top5": top5, "count": n,
+                "labeled": jnp.sum(labeled)}
         return grads, new_stats, sums
 
     accum = spec.grad_accum_steps
     spread = spec.bn_stats == "global" and mesh.shape[DATA_AXIS] > 1
 
-    def forward_backward(params, batch_stats, loss_scale, key, batch):
+    def forward_backward(params, batch_stats, loss_scale, key, batch, teacher_vars):
         """Gradients, new BatchNorm statistics and metric sums of the global batch, or
         (bn_stats="device") of one device's share of it: with ``grad_accum_steps`` N > 1, of N
         micro-batches in turn (a scan), gradients and statistics averaged, sums added."""
         if accum == 1:
-            return one_batch(params, batch_stats, loss_scale, key, batch)
+            return one_batch(params, batch_stats, loss_scale, key, batch, teacher_vars)
         size = batch["label"].shape[0]
         if size % accum:
             raise ValueError(f"grad_accum_steps={accum} does not divide the batch of {size}")
@@ -150,11 +174,12 @@ def make_train_step(
 
         def body(carry, xs):
             i, part = xs
-            out = one_batch(params, batch_stats, loss_scale, jax.random.fold_in(key, i), part)
+            out = one_batch(params, batch_stats, loss_scale, jax.random.fold_in(key, i), part,
+                            teacher_vars)
             return jax.tree.map(jnp.add, carry, out), None
 
         shapes = jax.eval_shape(one_batch, params, batch_stats, loss_scale, key,
-                                jax.tree.map(lambda x: x[:size // accum], batch))
+                                jax.tree.map(lambda x: x[:size // accum], batch), teacher_vars)
         zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
         (grads, new_stats, sums), _ = jax.lax.scan(
             body, zeros, (jnp.arange(accum), jax.tree.map(micro, batch)))
@@ -164,9 +189,10 @@ def make_train_step(
     if spec.bn_stats == "device":
         n_dev = mesh.shape[DATA_AXIS]
 
-        def per_device(params, batch_stats, loss_scale, key, batch):
+        def per_device(params, batch_stats, loss_scale, key, batch, teacher_vars):
             key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
-            grads, new_stats, sums = forward_backward(params, batch_stats, loss_scale, key, batch)
+            grads, new_stats, sums = forward_backward(params, batch_stats, loss_scale, key, batch,
+                                                      teacher_vars)
             # The step's one all-reduce: every gradient, statistic and metric sum in one flat
             # float32 buffer. (A psum of the tree would be one all-reduce with hundreds of
             # operands, which XLA may split again at its combiner's operand-count limit.)
@@ -177,15 +203,17 @@ def make_train_step(
 
         # check_vma=False: gradients of the replicated parameters stay per device until the
         # explicit psum above (JAX would otherwise insert one psum per parameter itself).
-        compute = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), P(), P(DATA_AXIS)),
+        compute = jax.shard_map(per_device, mesh=mesh,
+                                in_specs=(P(), P(), P(), P(), P(DATA_AXIS), P()),
                                 out_specs=P(), check_vma=False)
     else:
         compute = forward_backward
 
-    def step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array]):
+    def step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array],
+             teacher_vars: Any = None):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         grads, new_stats, sums = compute(state.params, state.batch_stats, state.loss_scale, key,
-                                         batch)
+                                         batch, teacher_vars)
         grads = _with_frozen_zeros(grads, state.params, frozen)
         updates, new_opt = tx.update(grads if state.loss_scale is None else
                                      state.loss_scale.unscale(grads), state.opt_state, state.params)
@@ -220,13 +248,31 @@ def make_train_step(
             new_state = new_state.replace(ema=ema.update(
                 state.ema, new_state.params, new_state.batch_stats, new_state.step, spec))
 
-        new_metrics = {k: metrics[k] + sums[k] for k in ("loss", "top1", "top5", "count")}
+        new_metrics = {k: metrics[k] + sums[k] for k in ("loss", "top1", "top5", "count",
+                                                         "labeled")}
         new_metrics["skipped_steps"] = metrics["skipped_steps"] + skipped
         return new_state, new_metrics
 
     rep, data = replicated(mesh), batch_sharding(mesh)
-    return jax.jit(step, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
+    if teacher is None:
+        def train_step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array]):
+            return step(state, metrics, batch)
+
+        return jax.jit(train_step, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
+                       donate_argnums=(0, 1))
+    return jax.jit(step, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep),
                    donate_argnums=(0, 1))
+
+
+def _renormalize(mean, std, to_mean, to_std, dtype) -> Callable[[jax.Array], jax.Array]:
+    """Images normalised with (mean, std) -> normalised with (to_mean, to_std): the teacher's
+    input from the student's (an exact per-channel affine map; the identity where they agree)."""
+    if tuple(mean) == tuple(to_mean) and tuple(std) == tuple(to_std):
+        return lambda x: x
+    scale = jnp.asarray(std, jnp.float32) / jnp.asarray(to_std, jnp.float32)
+    shift = (jnp.asarray(mean, jnp.float32) - jnp.asarray(to_mean, jnp.float32)) / jnp.asarray(
+        to_std, jnp.float32)
+    return lambda x: (x.astype(jnp.float32) * scale + shift).astype(dtype)
 
 
 def _trainable_part(params: Any, head: set[str] | None) -> tuple[Any, Callable[[Any], Any]]:
@@ -306,6 +352,8 @@ def fetch_metrics(metrics: Metrics) -> dict[str, float]:
     host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
     n = max(host.get("count", 0.0), 1.0)
     out = {k: host[k] / n for k in ("loss", "top1", "top5") if k in host}
+    if "labeled" in host:  # accuracy over the examples with a label
+        out.update({k: host[k] / max(host["labeled"], 1.0) for k in ("top1", "top5")})
     out["count"] = host.get("count", 0.0)
     if "skipped_steps" in host:
         out["skipped_steps"] = host["skipped_steps"]

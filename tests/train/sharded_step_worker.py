@@ -37,6 +37,8 @@ def main(out_path: str, model_name: str = "ResNet_tiny", bn_stats: str = "global
     mesh = parallel.make_mesh()
     trainer = builder.build(Specs.from_config(c), mesh, steps_per_epoch=10)  # the loop's chain
     model, tx, state, step = trainer.model, trainer.tx, trainer.init_state(), trainer.train_step
+    if trainer.teacher is not None:
+        trainer.load_teacher()
     ref = jax.device_get(state) if bn_stats == "device" and not coordinator else None
     # Each process hands in its own consecutive slice of the global batch.
     per_process = 16 // jax.process_count()
@@ -50,7 +52,8 @@ def main(out_path: str, model_name: str = "ResNet_tiny", bn_stats: str = "global
         }
         metrics = zeros_metrics(TRAIN_METRICS, mesh)
         local = {k: v[mine] for k, v in batch.items()}
-        state, metrics = step(state, metrics, parallel.host_to_global(local, mesh))
+        state, metrics = step(state, metrics, parallel.host_to_global(local, mesh),
+                              *trainer.step_inputs)
         losses.append(fetch_metrics(metrics)["loss"])
         if ref is not None:
             ref, loss, whole = _per_slice_reference_step(model, tx, c, ref, batch,

@@ -22,15 +22,21 @@ def _run_worker(devices: int, out, *args: str) -> dict[str, np.ndarray]:
     return dict(np.load(out))
 
 
-# EMA and gradient accumulation (2 micro-batches of 8: each device holds one example of each)
-# shard like the rest of the step.
+# EMA, gradient accumulation (2 micro-batches of 8: each device holds one example of each) and
+# a teacher shard like the rest of the step.
 EMA_ACCUM = ("ema_decay=0.9", "ema_warmup=True", "grad_accum_steps=2")
 
 
+def _with_teacher(checkpoint) -> tuple[str, ...]:
+    return ("distill_teacher='ResNet_tiny'", f"distill_teacher_weights='{checkpoint}'",
+            "distill_loss='soft_hard'")
+
+
 @pytest.mark.subprocess
-@pytest.mark.parametrize("bn_impl, fields", [("flax", ()), ("fused", ()), ("flax", EMA_ACCUM)],
-                         ids=["flax", "fused", "ema-accum"])
-def test_sharded_step_matches_single_device(tmp_path, bn_impl, fields):
+@pytest.mark.parametrize("bn_impl, extra", [("flax", ""), ("fused", ""), ("flax", "all")],
+                         ids=["flax", "fused", "ema-accum-teacher"])
+def test_sharded_step_matches_single_device(tmp_path, bn_impl, extra, tiny_checkpoint):
+    fields = (*EMA_ACCUM, *_with_teacher(tiny_checkpoint)) if extra else ()
     one = _run_worker(1, tmp_path / "one.npz", "ResNet_tiny", "global", bn_impl, *fields)
     eight = _run_worker(8, tmp_path / "eight.npz", "ResNet_tiny", "global", bn_impl, *fields)
     assert int(one["devices"]) == 1 and int(eight["devices"]) == 8
@@ -82,6 +88,28 @@ def test_per_device_batchnorm_on_two_processes_equals_one_process(tmp_path):
             np.testing.assert_allclose(one[k], multi[k], rtol=2e-4, atol=2e-5, err_msg=k)
 
 
+@pytest.mark.subprocess
+def test_ema_accumulation_and_teacher_on_two_processes_equal_one_process(tmp_path,
+                                                                         tiny_checkpoint):
+    """The step with an EMA, 2 micro-batches and a teacher across 2 processes (1 device each)
+    gives the numbers of 1 process with 2 devices. Each process hands in a consecutive half of
+    the global batch, as the one process's two devices hold it: which examples share a
+    micro-batch (and so its BatchNorm statistics) follows the global batch's layout."""
+    fields = (*EMA_ACCUM, *_with_teacher(tiny_checkpoint))
+    one = _run_worker(2, tmp_path / "one.npz", "ResNet_tiny", "global", "flax", *fields)
+    _run_two_processes(lambda i, coordinator: [
+        str(WORKER), str(tmp_path / f"p{i}.npz"), "ResNet_tiny", "global", "flax", coordinator,
+        "2", str(i), *fields], timeout=300)
+    for i in range(2):
+        multi = dict(np.load(tmp_path / f"p{i}.npz"))
+        np.testing.assert_allclose(one["losses"], multi["losses"], rtol=1e-5)
+        keys = [k for k in one if k.startswith(("params/", "batch_stats/", "ema/"))]
+        assert any(k.startswith("ema/") for k in keys)
+        assert keys == [k for k in multi if k.startswith(("params/", "batch_stats/", "ema/"))]
+        for k in keys:
+            np.testing.assert_allclose(one[k], multi[k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
 def test_batch_not_divisible_names_the_field():
     assert parallel.check_batch_size(6, parallel.make_mesh()) == 6
 
@@ -115,14 +143,18 @@ def _run_two_processes(argv_of, timeout: int) -> list[str]:
 
 
 @pytest.mark.subprocess
-def test_two_processes_train_like_one(tmp_path, digits_dir):
+def test_two_processes_train_like_one(tmp_path, digits_dir, tiny_checkpoint):
     common = [
         "--config=configs/digits.py", f"--config.data_dir={digits_dir}",
         "--config.builtin_dataset=", "--config.num_train_steps=4", "--config.batch_size=32",
         "--config.crop_size=16", "--config.resize_short_size=16", "--config.log_every_steps=2",
         "--config.test_batch_size=64", "--config.compilation_cache=False",
-        # the EMA and accumulation run across processes too
-        "--config.ema_decay=0.9", "--config.ema_warmup=True", "--config.grad_accum_steps=2",
+        # the EMA and a teacher run across processes too (accumulation: in the worker test
+        # above; here each process reads every other example of a batch, so the global batch's
+        # order, and with it which examples share a micro-batch, depends on the process count)
+        "--config.ema_decay=0.9", "--config.ema_warmup=True",
+        "--config.distill_teacher=ResNet_tiny", "--config.distill_loss=soft_hard",
+        f"--config.distill_teacher_weights={tiny_checkpoint}",
     ]
     single = tmp_path / "single"
     run_launch([*common, f"--workdir={single}"], devices=2)
