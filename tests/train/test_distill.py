@@ -125,9 +125,9 @@ def test_unlabeled_images_join_the_train_split(tmp_path, digits_dir):
         shutil.copy(p, folder / f"{i}.jpg")
     listing = tmp_path / "extra.txt"
     listing.write_text("".join(f"extra/any/{i}.jpg\n" for i in range(3)))
-    base = dict(data_source="auto", data_dir=str(digits_dir), tfds_name="",
-                train_list="train_list.txt", val_list="val_list.txt", train_split="train",
-                eval_split="val", num_classes=10, total_images=0)
+    base = {"data_source": "auto", "data_dir": str(digits_dir), "tfds_name": "",
+                "train_list": "train_list.txt", "val_list": "val_list.txt", "train_split": "train",
+                "eval_split": "val", "num_classes": 10, "total_images": 0}
     plain = open_source(DataSpec(**base))
     for where, n in ((tmp_path / "extra", 7), (listing, 3)):
         src = open_source(DataSpec(**base, unlabeled=str(where)))
@@ -168,7 +168,7 @@ def test_distillation_with_unlabeled_images_trains_and_saves_no_teacher(tmp_path
     assert result["top1"] > 0.5 and taught["top1"] > 0.5, (result, taught)
     saved = read_variables(str(student / "checkpoints"))
     want = read_variables(str(teacher / "checkpoints"))
-    flat = lambda tree: {jax.tree_util.keystr(p) for p, _ in  # noqa: E731
+    flat = lambda tree: {jax.tree_util.keystr(p) for p, _ in
                          jax.tree_util.tree_leaves_with_path(tree)}
     assert flat(saved) == flat(want)  # the same architecture, once: no teacher inside
     meta = json.loads((student / "config.json").read_text())

@@ -50,7 +50,7 @@ def _reference_step(trainer, c, state, batch, parts):
     grad_fn = jax.jit(jax.grad(loss_fn, has_aux=True))
     outs = [grad_fn(state.params, batch["image"][i::parts], batch["label"][i::parts])
             for i in range(parts)]
-    mean_of = lambda trees: jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)  # noqa: E731
+    mean_of = lambda trees: jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)
     grads, stats = mean_of([g for g, _ in outs]), mean_of([s for _, s in outs])
     updates, _ = trainer.tx.update(grads, state.opt_state, state.params)
     return optax.apply_updates(state.params, updates), stats
@@ -80,7 +80,7 @@ def test_without_batchnorm_it_is_the_step_of_the_whole_batch():
     """SqueezeNet has no BatchNorm (and its head dropout is set to 0 here): the accumulated
     update equals one step on the whole batch up to rounding."""
     def trained(parts):
-        t, c = _trainer(model="SqueezeNet1_1", crop_size=32, resize_short_size=32,
+        t, _c = _trainer(model="SqueezeNet1_1", crop_size=32, resize_short_size=32,
                         grad_accum_steps=parts, lr=0.05)
         t = builder.build(t.specs, t.mesh, steps_per_epoch=10,
                           model=t.specs.model.build(dropout_rate=0.0))
