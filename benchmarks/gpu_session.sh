@@ -197,6 +197,23 @@ run train_batch_fp16 200 $TRAIN --setting "$R50:$B2:bfloat16" --setting "$R50:$B
 run augment_cost 260 $PY $HERE/augment_cost.py --model "$R50" --batch "$B" $IMG --dtype bfloat16 \
   --with-step --csv "$OUT/augment_cost.csv"
 run checkpoint_cost 120 $PY $HERE/checkpoint_cost.py --model "$R50" --csv "$OUT/checkpoint_cost.csv"
+# 8. The optimisation issue's costs: peak device memory (XLA's memory analysis) and step time of
+# ResNet50 bf16 with the batch as 1, 2 and 4 micro-batches (grad_accum_steps), and the teacher's
+# throughput cost (student MobileNetV2, teacher ResNet50_vd, random weights).
+run accum_memory 240 $TRAIN --setting "$R50:$B:bfloat16" --grad-accum-steps 1,2,4 $TIMING \
+  --compile-cache "$CACHE"
+run teacher_cost 240 $TRAIN --setting "$MOBILE:$B:bfloat16" --teacher "none,$VD" $TIMING \
+  --compile-cache "$CACHE"
+# The longer real-data comparison (momentum vs adamw, with and without EMA, then distillation)
+# needs tf.data, which the GPU image lacks until small data sets live on the device (issue:
+# small data sets); it runs where tensorflow imports and CIFAR10_DATA names the JPEG tarball.
+if [ -n "${CIFAR10_DATA:-}" ] && "$PY" -c "import tensorflow" 2>/dev/null; then
+  run recipe_compare 600 $PY $HERE/recipe_compare.py --data-dir "$CIFAR10_DATA" --epochs 30 \
+    --batch 512 --dtype bfloat16 --variant momentum --variant adamw --variant momentum_ema \
+    --variant adamw_ema --variant distill --csv "$OUT/recipe_compare.csv"
+else
+  log "--- recipe_compare: skipped (needs tensorflow and CIFAR10_DATA)"
+fi
 
 if [ -d "$PROFILES" ]; then
   tar -czf "$OUT/profiles.tar.gz" -C "$SCRATCH" profiles && log "profiles: $(ls "$PROFILES" | tr '\n' ' ')"

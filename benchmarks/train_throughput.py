@@ -19,7 +19,11 @@ outputs); ``--stem s2d`` runs the ResNet stem's stride-2 conv on the space-to-de
 (``stem_space_to_depth``: same parameters, same outputs; ResNet family with a 'plain' or
 'deep' stem only); ``--bn-impl fused`` trains with the hand-written BatchNorm backward
 (``config.bn_impl``, ``flaxcls.models.batchnorm``: same numbers, fewer saved bytes);
-``--xla-flags`` adds XLA flags. BatchNorm statistics are already one pass (Flax's
+``--xla-flags`` adds XLA flags. ``--grad-accum-steps 1,2,4`` splits each batch into that many
+micro-batches inside the step (``config.grad_accum_steps``); ``--teacher none,ResNet50_vd``
+adds a distillation teacher (random weights: the cost, not the accuracy) to the step. Every
+row reports the compiled step's device memory from XLA's memory analysis: ``peak_memory_mb``
+(arguments + outputs + temporaries - donated aliases) and ``temp_memory_mb``. BatchNorm statistics are already one pass (Flax's
 ``use_fast_variance``) and the loop never syncs with the host. ``--torch-peer`` first
 measures torchvision's ResNet50 (torch.compile, bf16 autocast, channels_last, SGD momentum)
 at the same batch sizes in this process; ``--peer-only`` measures only that.
@@ -49,6 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "space-to-depth image)")
     p.add_argument("--bn-impl", default="flax",
                    help="comma list: flax,fused (fused = BatchNorm with a hand-written backward)")
+    p.add_argument("--grad-accum-steps", default="1",
+                   help="comma list: micro-batches per step (config.grad_accum_steps)")
+    p.add_argument("--teacher", default="none",
+                   help="comma list: none or a registry model run as a distillation teacher "
+                        "(random weights) inside the step")
     p.add_argument("--setting", action="append", default=[],
                    help="MODEL:BATCH[:DTYPE[:L2MODE[:PAD[:STEM[:BN]]]]], repeatable; replaces "
                         "the product of the lists above")
@@ -66,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.pads = _common.split_list(args.pad_input_channels, int)
     args.stems = _common.split_list(args.stem)
     args.bn_impls = _common.split_list(args.bn_impl)
+    args.accums = _common.split_list(args.grad_accum_steps, int)
+    args.teachers = ["" if t.lower() == "none" else t for t in _common.split_list(args.teacher)]
+    if any(a < 1 for a in args.accums):
+        p.error(f"--grad-accum-steps {args.grad_accum_steps!r}: each must be >= 1")
     args.runs = []
     for text in args.setting:
         parts = text.split(":")
@@ -135,17 +148,38 @@ def _cache_entries(directory: str) -> int:
     return sum(len(files) for _, _, files in os.walk(directory))
 
 
+def memory_mb(compiled) -> dict:
+    """The compiled step's device memory (XLA's memory analysis), in MiB; empty where the
+    backend does not report it."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        m = None
+    if m is None:
+        return {}
+    mib = 1 / 2**20
+    peak = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+            - m.alias_size_in_bytes)
+    return {"peak_memory_mb": round(peak * mib, 1),
+            "temp_memory_mb": round(m.temp_size_in_bytes * mib, 1)}
+
+
 def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pad: int,
-            stem: str = "plain", bn_impl: str = "flax") -> dict:
+            stem: str = "plain", bn_impl: str = "flax", accum: int = 1,
+            teacher: str = "") -> dict:
     import jax
     import numpy as np
 
+    fields = {"distill_teacher": teacher} if teacher else {}
     c = _common.bench_config(
         model_name, image_size=args.image_size, num_classes=args.num_classes, dtype=dtype,
         batch_size=batch_size, l2_decay_mode=l2_mode, bn_impl=bn_impl,
-        stem_space_to_depth=stem == "s2d")
+        stem_space_to_depth=stem == "s2d", grad_accum_steps=accum, **fields)
     wrap = (lambda model: padded_input_model(model, pad)) if pad else None
     trainer = _common.build_trainer(c, wrap_model=wrap)
+    if teacher:
+        trainer.random_teacher()
+    extra = trainer.step_inputs
     size = trainer.image_size
     entries_before = _cache_entries(args.compile_cache)
 
@@ -157,18 +191,18 @@ def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pa
     metrics = trainer.zeros_metrics()
 
     t0 = time.perf_counter()
-    step = trainer.train_step.lower(state, metrics, batch).compile()
+    step = trainer.train_step.lower(state, metrics, batch, *extra).compile()
     compile_s = time.perf_counter() - t0
-    state, metrics = step(state, metrics, batch)
+    state, metrics = step(state, metrics, batch, *extra)
     jax.block_until_ready(state)
     first_step_s = time.perf_counter() - t0
     for _ in range(args.warmup):
-        state, metrics = step(state, metrics, batch)
+        state, metrics = step(state, metrics, batch, *extra)
     jax.block_until_ready(state)
 
     def run():
         nonlocal state, metrics
-        state, metrics = step(state, metrics, batch)
+        state, metrics = step(state, metrics, batch, *extra)
         return state, metrics
 
     windows = _common.time_windows(run, jax.block_until_ready, calls=args.steps,
@@ -194,6 +228,9 @@ def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pa
         "pad_input_channels": pad,
         "stem_space_to_depth": stem == "s2d",
         "bn_impl": bn_impl,
+        "grad_accum_steps": accum,
+        "teacher": teacher,
+        **memory_mb(step),
         "skipped_steps": skipped,
         "compile_cache": "on" if args.compile_cache else "off",
         "cache_entries_added": _cache_entries(args.compile_cache) - entries_before,
@@ -218,9 +255,11 @@ def main(argv=None) -> None:
 
         parallel.enable_compilation_cache(os.path.abspath(args.compile_cache))
     failed = 0
-    for model_name, batch_size, dtype, l2_mode, pad, stem, bn_impl in args.runs:
+    for (model_name, batch_size, dtype, l2_mode, pad, stem, bn_impl), accum, teacher in \
+            itertools.product(args.runs, args.accums, args.teachers):
         try:
-            result = measure(args, model_name, batch_size, dtype, l2_mode, pad, stem, bn_impl)
+            result = measure(args, model_name, batch_size, dtype, l2_mode, pad, stem, bn_impl,
+                             accum, teacher)
         except Exception as e:
             if type(e).__name__ in ("ConfigError", "KeyError") and "model" in str(e).lower():
                 raise
@@ -229,7 +268,8 @@ def main(argv=None) -> None:
             result = {"benchmark": "train_step", "framework": "jax", "model": model_name,
                       "batch": batch_size, "dtype": dtype, "l2_decay_mode": l2_mode,
                       "pad_input_channels": pad, "stem_space_to_depth": stem == "s2d",
-                      "bn_impl": bn_impl, "error": f"{type(e).__name__}: {e}"[:300],
+                      "bn_impl": bn_impl, "grad_accum_steps": accum, "teacher": teacher,
+                      "error": f"{type(e).__name__}: {e}"[:300],
                       "tag": args.tag}
         _common.emit(result, args.csv)
     sys.exit(1 if failed else 0)

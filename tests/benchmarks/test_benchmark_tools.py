@@ -149,9 +149,9 @@ def test_per_device_batchnorm_compiles_to_one_all_reduce_per_step():
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["devices"] == 8 and r["bn_stats"] == "device"
     # One all-reduce of one flat float32 buffer: every gradient, every BatchNorm statistic and
-    # the 4 metric sums (loss, top1, top5, count).
+    # the 5 metric sums (loss, top1, top5, count, labeled).
     assert r["all_reduce_ops"] == 1 and r["all_reduce_operands"] == 1
-    assert r["all_reduce_bytes"] == 4 * (r["params"] + r["batch_stats_elements"] + 4)
+    assert r["all_reduce_bytes"] == 4 * (r["params"] + r["batch_stats_elements"] + 5)
 
 
 def test_collective_summary_parses_tuple_and_single_all_reduces():
