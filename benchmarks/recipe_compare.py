@@ -91,7 +91,9 @@ def base_config(args, data_dir: str):
     c.crop_size = c.resize_short_size = 32
     c.lower_scale, c.random_flip = 0.35, True
     c.batch_size, c.test_batch_size = args.batch, 500
-    c.num_epochs, c.warm_up_epochs = args.epochs, 1.0
+    epochs = args.epochs
+    c.num_epochs = int(epochs) if float(epochs).is_integer() else epochs  # an int field
+    c.warm_up_epochs = min(1.0, epochs / 2)
     c.lr_strategy, c.lr, c.lr_base_batch_size = "cosine_decay_warmup", 0.1, 256
     c.l2_decay = 5e-4
     c.use_label_smoothing, c.label_smoothing_epsilon = True, 0.1
