@@ -81,7 +81,10 @@ def test_train_setting_list_parses():
                                         "--setting", "ResNet50:256"]).runs
     assert runs == [("ResNet50", 256, "bfloat16", "optimizer", 0, "s2d", "fused"),
                     ("ResNet50", 256, "bfloat16", "optimizer", 0, "plain", "flax")]
-    for bad in (["--setting", "ResNet50"], ["--bn-impl", "cudnn"],
+    args = train_throughput.parse_args(["--grad-accum-steps", "1,2", "--teacher",
+                                        "none,ResNet50_vd"])
+    assert (args.accums, args.teachers) == ([1, 2], ["", "ResNet50_vd"])
+    for bad in (["--setting", "ResNet50"], ["--bn-impl", "cudnn"], ["--grad-accum-steps", "0"],
                 ["--setting", "ResNet50:256:bfloat16:optimizer:0:plain:fused:extra"]):
         with pytest.raises(SystemExit):
             train_throughput.parse_args(bad)

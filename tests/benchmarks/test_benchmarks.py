@@ -66,3 +66,23 @@ def test_augment_cost_prints_json_per_op(tmp_path):
                                        "auto_augment:autoaug"}
     assert all(r["ms_per_batch"] > 0 and 0 < r["share_of_step"] for r in rows)
     assert csv_path.read_text().count("\n") == 9
+
+
+@pytest.mark.subprocess
+def test_train_throughput_reports_memory_falling_with_micro_batches_and_a_teacher(tmp_path):
+    """Peak device memory of the compiled step (XLA's memory analysis) falls with the number of
+    micro-batches; a teacher in the step costs memory and time."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--model",
+         "resnet_tiny", "--batch", "32", "--image-size", "16", "--dtype", "float32",
+         "--grad-accum-steps", "1,4", "--teacher", "none,ResNet_tiny", "--steps", "1",
+         "--warmup", "0", "--repeats", "1", "--csv", str(tmp_path / "out.csv")],
+        cwd=REPO, env=subprocess_env(1), capture_output=True, text=True, timeout=600,
+        check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {(r["grad_accum_steps"], r["teacher"]): r for r in map(
+        json.loads, (x for x in proc.stdout.splitlines() if x.startswith("{")))}
+    assert set(rows) == {(1, ""), (4, ""), (1, "ResNet_tiny"), (4, "ResNet_tiny")}
+    assert rows[4, ""]["peak_memory_mb"] < rows[1, ""]["peak_memory_mb"]
+    assert rows[1, "ResNet_tiny"]["peak_memory_mb"] > rows[1, ""]["peak_memory_mb"]
+    assert all(r["images_per_sec"] > 0 for r in rows.values())
