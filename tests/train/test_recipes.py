@@ -115,5 +115,9 @@ def test_the_modern_resnet50_recipe_is_torchvisions_and_validates():
     assert (specs.step.mixup_alpha, specs.step.cutmix_alpha, specs.step.label_smoothing,
             specs.step.erasing) == (0.2, 1.0, 0.1, 0.1)
     assert (specs.input.auto_augment, specs.input.repeated_augmentation) == ("trivial", 4)
+    # torchvision's EMA decay 0.99998 every 32 steps, adjusted by its train.py for 8 x 128
+    # images and 600 epochs
+    assert specs.step.ema_every_steps == 32
+    assert specs.step.ema_decay == pytest.approx(1 - 2e-5 * 8 * 128 * 32 / 600, abs=1e-6)
     with pytest.raises(NoRecipeError, match="no recipe 'timm/ResNet50'"):
         modern_config("timm/ResNet50")
