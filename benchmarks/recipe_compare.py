@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import logging
 import os
 import statistics
 import sys
@@ -130,6 +131,10 @@ def main(argv=None) -> None:
     p.add_argument("--tag", default="", help="free label stored with each result")
     args = p.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant or ["momentum", "adamw"]]
+    # The loop's progress goes to stderr; stdout keeps the JSON lines only.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("absl").setLevel(logging.WARNING)
     data_dir = class_folders(args.data_dir, args.cache_dir)
 
     from flaxcls.train.loop import train_and_evaluate
