@@ -275,6 +275,9 @@ class ResNet(BNClassifier, kw_only=True):
     stem_space_to_depth: bool = False
     drop_path_rate: float = 0.0  # stochastic depth of the last block; linear in depth from 0
     classifier_dropout: float = 0.0  # config.dropout_rate: before the fc, in training
+    # Paddle projects the very first block's shortcut even where shapes agree; the CIFAR
+    # ResNets (and torchvision's) keep it the identity there.
+    first_block_projection: bool = True
 
     def block_out_widths(self) -> tuple[int, ...]:
         """Output channels of each stage's blocks."""
@@ -339,7 +342,8 @@ class ResNet(BNClassifier, kw_only=True):
                 strides = 2 if b == 0 and s > 0 else 1
                 # Paddle's resnet.py also projects on the network's first block, even when shapes
                 # agree; in every other variant the channels change there anyway.
-                projection = x.shape[-1] != out_features or strides != 1 or s == b == 0
+                projection = (x.shape[-1] != out_features or strides != 1
+                              or (s == b == 0 and self.first_block_projection))
                 x = self.block_cls(
                     width,
                     conv=conv,
@@ -404,6 +408,16 @@ _register("ResNet200_vd", (3, 12, 48, 3), _BN, top=(0.8093, 0.9533), **_VD)
 _TINY = {"widths": (16, 32, 64, 128), "stem": "small", "stem_width": 16}
 _TINY_CFG = {"input_size": 32, "crop_size": 32, "resize_short_size": 32}
 _register("ResNet_tiny", (1, 1, 1, 1), _B, cfg=_TINY_CFG, **_TINY)
+# CIFAR-10's ResNet-18 (not in the Paddle zoo): ResNet18's blocks and widths on a stem of one
+# 3x3/1 conv without max pool, identity shortcut on the first block (He et al. 2016's
+# ImageNet blocks as the common CIFAR baseline uses them: 11,173,962 parameters for 10 classes).
+# Mean/std: per-channel statistics of the CIFAR-10 training images on the 0-1 scale.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+_CIFAR_CFG = {"input_size": 32, "crop_size": 32, "resize_short_size": 32,
+              "mean": CIFAR10_MEAN, "std": CIFAR10_STD, "num_classes": 10}
+_register("ResNet18_cifar", (2, 2, 2, 2), _B, cfg=_CIFAR_CFG, family="cifar", stem="small",
+          stem_width=64, first_block_projection=False)
 
 # ResNeXt (resnext.py, resnext_vd.py; family "resnext"). 32x4d: inner width 128..1024 in 32 groups
 # of 4, output 2x inner; 64x4d: inner width 256..2048 in 64 groups of 4, output = inner. Either
