@@ -113,6 +113,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.reader_thread = 0  # tf.data parallelism; 0 = autotune
     c.reader_buf_size = 8192  # shuffle buffer (examples)
     c.cache_eval = False
+    # Small data sets: the train split decoded once (at the train crop, centre-cropped at the
+    # model's crop fraction), cached in device_data_cache ("": <workdir>/device_data) and kept
+    # on every device; the step draws, crops (crop_padding) and flips its batches itself. List
+    # files or class folders; refused with the sizes when the split is over 40% of a device.
+    c.device_resident_data = False
+    c.crop_padding = 4  # device-resident train: random crop of the image zero-padded this much
+    c.device_data_cache = ""
 
     # --- optimisation
     c.num_epochs = 120
@@ -306,6 +313,14 @@ def validate(c: ml_collections.ConfigDict, need_data: bool = True) -> None:
             raise ConfigError(str(e)) from None
     need(c.auto_augment_on in ("host", "device"), "auto_augment_on",
          'must be "host" (tf.data on the CPU) or "device" (in the train step)')
+    need(c.crop_padding >= 0, "crop_padding", "must be >= 0 (0: no random crop)")
+    if c.device_resident_data:
+        need(c.data_source in ("auto", "list", "folder"), "device_resident_data",
+             "needs list files or class folders (data_source auto, list or folder)")
+        need(c.repeated_augmentation <= 1, "device_resident_data",
+             "draws its batches on the device: set repeated_augmentation=0")
+        need(not c.auto_augment or c.auto_augment_on == "device", "device_resident_data",
+             "has no host pipeline: set auto_augment_on=device for the policy")
     need(0 <= c.random_erasing <= 1, "random_erasing", "must be a probability in [0, 1]")
     need(c.random_erasing_mode in ("pixel", "const"), "random_erasing_mode",
          "must be 'pixel' (normal noise) or 'const' (the mean colour)")

@@ -229,6 +229,9 @@ class InputSpec:
     repeated_augmentation: int = 1  # each image this many times per epoch, apart (1: off)
     auto_augment: str = ""  # the policy after the flip ("": none, or on the device)
     fill: tuple[int, int, int] = (0, 0, 0)  # RGB of what its geometric ops uncover: the mean
+    device_resident: bool = False  # the train split decoded once and kept on the devices
+    crop_padding: int = 0  # device-resident train: random crop from the image padded this much
+    device_data_cache: str = ""  # where the decoded split is cached ("": the workdir's)
 
     @classmethod
     def from_config(cls, c: Any) -> InputSpec:
@@ -245,7 +248,8 @@ class InputSpec:
             cache_eval=bool(c.cache_eval), seed=int(c.random_seed or 0),
             repeated_augmentation=max(1, int(c.repeated_augmentation)),
             auto_augment=str(c.auto_augment) if c.auto_augment_on == "host" else "",
-            fill=_fill(prep.mean))
+            fill=_fill(prep.mean), device_resident=bool(c.device_resident_data),
+            crop_padding=int(c.crop_padding), device_data_cache=str(c.device_data_cache))
 
     @classmethod
     def for_eval(cls, prep: EvalPreprocessing | dict[str, Any]) -> InputSpec:

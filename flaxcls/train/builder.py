@@ -38,6 +38,8 @@ class Trainer:
     teacher: flax.linen.Module | None = None  # distillation's teacher (eval mode, not trained)
     # The teacher's weights on the mesh (load_teacher / random_teacher), an input of each step
     teacher_variables: Any = None
+    # A device-resident train split (use_resident): the step draws its batches from it
+    resident: Any = None
 
     @property
     def image_size(self) -> int:
@@ -47,8 +49,25 @@ class Trainer:
     @functools.cached_property
     def train_step(self):
         """``step(state, metrics, batch) -> (state, metrics)``, jitted over the mesh."""
+        batch_fn = None
+        if self.resident is not None:
+            from flaxcls.train.resident import make_batch_fn
+
+            spec = self.specs.input
+            batch_fn = make_batch_fn(
+                num_examples=int(self.resident["label"].shape[0]),
+                batch_size=self.specs.run.batch_size, seed=spec.seed,
+                padding=spec.crop_padding, flip=spec.random_flip, mesh=self.mesh)
         return make_train_step(self.model, self.tx, self.specs.step, self.mesh, self.head,
-                               self.teacher)
+                               self.teacher, batch_fn)
+
+    def use_resident(self, data: dict[str, Any]) -> None:
+        """Train from ``data`` (device arrays of the whole train split, replicated): the train
+        step's third argument is then ``data`` itself at every step. Call before the first use
+        of ``train_step``."""
+        if "train_step" in self.__dict__:
+            raise RuntimeError("use_resident() after train_step was built")
+        self.resident = data
 
     @property
     def step_inputs(self) -> tuple[Any, ...]:

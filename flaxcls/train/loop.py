@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import os
@@ -67,8 +68,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
     if run.lock is not None:
         stack.callback(run.lock.release)
     specs, mesh, source = run.specs, run.mesh, run.source
-    steps_per_epoch, total_steps = _steps(specs.run, source.num_train)
+    resident = _resident_split(specs, source, mesh, workdir) if specs.input.device_resident \
+        else None
+    num_train = source.num_train if resident is None else int(resident["label"].shape[0])
+    steps_per_epoch, total_steps = _steps(specs.run, num_train)
     trainer = builder.build(specs, mesh, steps_per_epoch=steps_per_epoch)
+    if resident is not None:
+        trainer.use_resident(resident)
     if trainer.head is not None:
         log.info("fine-tuning: head %s%s", sorted(trainer.head),
                  ", backbone frozen" if specs.optim.freeze_backbone
@@ -100,11 +106,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
 
     from flaxcls import data
 
-    host_iter = data.train_iterator(
-        source, specs.input, global_batch_size=specs.run.batch_size, start_step=start_step,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    batches = parallel.prefetch_to_mesh(host_iter, mesh)
-    stack.callback(batches.close)
+    if resident is None:
+        host_iter = data.train_iterator(
+            source, specs.input, global_batch_size=specs.run.batch_size, start_step=start_step,
+            process_index=jax.process_index(), process_count=jax.process_count())
+        batches = parallel.prefetch_to_mesh(host_iter, mesh)
+        stack.callback(batches.close)
+    else:  # the step draws its batch from the resident split itself
+        host_iter, batches = None, itertools.repeat(resident)
     train_step, metrics, step_inputs = trainer.train_step, trainer.zeros_metrics(), trainer.step_inputs
     stop = StopFlag(run.lock)
     stop.install()
@@ -186,6 +195,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
             log.info("training was already complete at step %d", step)
     ckpt.wait()
     return result
+
+
+def _resident_split(specs, source, mesh, workdir: str) -> dict[str, Any]:
+    """The train split on every device (``flaxcls.data.resident``), decoded once and cached."""
+    from flaxcls.data import resident
+
+    cache = specs.input.device_data_cache or os.path.join(workdir, "device_data")
+    arrays = resident.load_train_split(source, specs.input, cache, jax.local_devices()[0])
+    on_device = resident.to_devices(arrays, mesh)
+    n, size = arrays["image"].shape[0], arrays["image"].shape[1]
+    log.info("device_resident_data: %d train images of %dx%dx3 uint8 take %.1f MiB on each "
+             "device; batches are drawn, cropped (padding %d) and flipped in the train step",
+             n, size, size, (arrays["image"].nbytes + arrays["label"].nbytes) / 2**20,
+             specs.input.crop_padding)
+    return on_device
 
 
 def _steps(run: RunSpec, num_train: int) -> tuple[int, int]:

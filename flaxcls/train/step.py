@@ -59,6 +59,7 @@ def make_train_step(
     mesh: Mesh,
     head: Collection[str] | None = None,
     teacher: flax.linen.Module | None = None,
+    batch_fn: Callable[[Any, jax.Array], dict[str, jax.Array]] | None = None,
 ) -> Callable[..., tuple[TrainState, Metrics]]:
     """Builds ``step(state, metrics, batch) -> (state, metrics)``, jitted over the mesh; with
     a ``teacher`` (distillation), ``step(state, metrics, batch, teacher_variables)``.
@@ -69,6 +70,9 @@ def make_train_step(
     teacher alone; ``soft_hard`` mixes in the labels' cross-entropy with weight
     ``1 - distill_alpha``. Examples with label -1 (images without labels) take the teacher's
     loss only and count in no accuracy.
+
+    With ``batch_fn`` (a device-resident split, ``flaxcls.train.resident``) the third argument
+    is the replicated data and the step draws its own batch: ``batch_fn(data, state.step)``.
 
     With ``spec.freeze_backbone`` and ``head`` (the classifier's parameter paths, as given
     to ``optim.make_optimizer``) only the head is differentiated: no backward pass runs
@@ -211,6 +215,8 @@ def make_train_step(
 
     def step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array],
              teacher_vars: Any = None):
+        if batch_fn is not None:
+            batch = batch_fn(batch, state.step)
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         grads, new_stats, sums = compute(state.params, state.batch_stats, state.loss_scale, key,
                                          batch, teacher_vars)
@@ -253,7 +259,8 @@ def make_train_step(
         new_metrics["skipped_steps"] = metrics["skipped_steps"] + skipped
         return new_state, new_metrics
 
-    rep, data = replicated(mesh), batch_sharding(mesh)
+    rep = replicated(mesh)
+    data = rep if batch_fn is not None else batch_sharding(mesh)
     if teacher is None:
         def train_step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array]):
             return step(state, metrics, batch)

@@ -1,0 +1,98 @@
+"""Device-resident small data sets: the split decoded once and cached, the batch drawn in the
+step (every example once an epoch, a pure function of the step), crop and flip, the size check,
+and training from it end to end."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import checkpoint_params, digits_run_config
+
+from flaxcls import parallel
+from flaxcls.data.sources import DataError
+from flaxcls.train import resident
+
+
+def test_crop_and_flip_take_windows_of_the_padded_image():
+    rng = np.random.RandomState(0)
+    images = jnp.asarray(rng.randint(1, 256, (64, 8, 8, 3)).astype(np.uint8))
+    out = np.asarray(resident.crop_and_flip(images, jax.random.key(3), padding=2, flip=True))
+    padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
+    flipped, shifts = 0, set()
+    for i in range(64):
+        found = [(dy, dx, m) for dy in range(5) for dx in range(5) for m in (False, True)
+                 if np.array_equal(out[i], (padded[i, dy:dy + 8, dx:dx + 8, :][:, ::-1]
+                                            if m else padded[i, dy:dy + 8, dx:dx + 8, :]))]
+        assert found, i
+        flipped += found[0][2]
+        shifts.add(found[0][:2])
+    assert 15 < flipped < 49 and len(shifts) > 10
+    same = resident.crop_and_flip(images, jax.random.key(3), padding=0, flip=False)
+    assert np.array_equal(np.asarray(same), np.asarray(images))
+
+
+def test_each_epoch_is_a_permutation_and_a_step_always_draws_the_same_batch():
+    mesh = parallel.make_mesh()
+    n, batch = 50, 8
+    data = {"image": jnp.broadcast_to(jnp.arange(n, dtype=jnp.uint8)[:, None, None, None],
+                                      (n, 4, 4, 3)),
+            "label": jnp.arange(n, dtype=jnp.int32)}
+    fn = jax.jit(resident.make_batch_fn(num_examples=n, batch_size=batch, seed=7, padding=0,
+                                        flip=False, mesh=mesh))
+    per_epoch = n // batch
+    seen = [np.asarray(fn(data, jnp.int32(s))["label"]) for s in range(2 * per_epoch)]
+    for e in range(2):
+        labels = np.concatenate(seen[e * per_epoch:(e + 1) * per_epoch])
+        assert len(set(labels.tolist())) == len(labels) == per_epoch * batch  # none twice
+    assert not np.array_equal(seen[0], seen[per_epoch])  # another order next epoch
+    again = fn(data, jnp.int32(per_epoch + 1))
+    assert np.array_equal(np.asarray(again["label"]), seen[per_epoch + 1])
+    assert np.array_equal(np.asarray(again["image"])[:, 0, 0, 0], seen[per_epoch + 1])
+
+
+def test_a_split_too_large_is_refused_with_its_sizes_before_decoding(monkeypatch):
+    from flaxcls.data import resident as data_resident
+    from flaxcls.specs import InputSpec
+
+    spec = InputSpec.for_eval({"crop_size": 32, "resize_short_size": 32,
+                               "interpolation": "bilinear"})
+    monkeypatch.setattr(data_resident, "device_memory_bytes", lambda d: (100 * 2**20, "HBM"))
+    assert data_resident.check_fits(10_000, spec, None) == 10_000 * (32 * 32 * 3 + 4)
+    with pytest.raises(DataError) as e:
+        data_resident.check_fits(50_000, spec, None)
+    msg = str(e.value)
+    assert msg.startswith("config.device_resident_data=True: the train split needs 146.7 MiB")
+    assert "50000 images of 32x32x3" in msg and "device_resident_data=False" in msg
+
+
+@pytest.mark.heavy
+def test_training_from_the_devices_learns_resumes_and_caches(tmp_path, digits_dir, caplog):
+    from flaxcls.train.loop import train_and_evaluate
+
+    kw = {"device_resident_data": True, "crop_padding": 2, "num_epochs": 3,
+          "batch_size": 128, "test_batch_size": 256, "log_every_steps": 5,
+          "checkpoint_every_steps": 4, "device_data_cache": str(tmp_path / "cache")}
+    caplog.set_level(logging.INFO)
+    whole = tmp_path / "whole"
+    result = train_and_evaluate(digits_run_config(digits_dir, **kw), str(whole))
+    assert result["top1"] > 0.5, result
+    assert "decoded 1438 train images once" in caplog.text
+    assert "take 4.2 MiB on each device" in caplog.text
+    records = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert train[-1]["loss"] < train[0]["loss"]
+
+    caplog.clear()
+    parts = tmp_path / "parts"
+    train_and_evaluate(digits_run_config(digits_dir, num_train_steps=15, **kw), str(parts))
+    assert "decoded 1438 train images once" not in caplog.text  # read from the cache:
+    assert "1438 decoded train images from" in caplog.text
+    train_and_evaluate(digits_run_config(digits_dir, **kw), str(parts))
+    a, b = checkpoint_params(whole), checkpoint_params(parts)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
