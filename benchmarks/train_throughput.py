@@ -21,7 +21,9 @@ outputs); ``--stem s2d`` runs the ResNet stem's stride-2 conv on the space-to-de
 (``config.bn_impl``, ``flaxcls.models.batchnorm``: same numbers, fewer saved bytes);
 ``--xla-flags`` adds XLA flags. ``--grad-accum-steps 1,2,4`` splits each batch into that many
 micro-batches inside the step (``config.grad_accum_steps``); ``--teacher none,ResNet50_vd``
-adds a distillation teacher (random weights: the cost, not the accuracy) to the step. Every
+adds a distillation teacher (random weights: the cost, not the accuracy) to the step; ``--device-data 0,50000`` times the
+step drawing its batch from a device-resident split of that many images (shuffle, crop, flip
+in the step) beside the fixed batch. Every
 row reports the compiled step's device memory from XLA's memory analysis: ``peak_memory_mb``
 (arguments + outputs + temporaries - donated aliases) and ``temp_memory_mb``. BatchNorm statistics are already one pass (Flax's
 ``use_fast_variance``) and the loop never syncs with the host. ``--torch-peer`` first
@@ -58,6 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher", default="none",
                    help="comma list: none or a registry model run as a distillation teacher "
                         "(random weights) inside the step")
+    p.add_argument("--device-data", default="0",
+                   help="comma list: 0 = a fixed synthetic batch (default); N > 0 = a "
+                        "device-resident split of N random images the step draws its batches "
+                        "from (config.device_resident_data: shuffle, crop, flip in the step)")
     p.add_argument("--setting", action="append", default=[],
                    help="MODEL:BATCH[:DTYPE[:L2MODE[:PAD[:STEM[:BN]]]]], repeatable; replaces "
                         "the product of the lists above")
@@ -77,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.bn_impls = _common.split_list(args.bn_impl)
     args.accums = _common.split_list(args.grad_accum_steps, int)
     args.teachers = ["" if t.lower() == "none" else t for t in _common.split_list(args.teacher)]
+    args.device_datas = _common.split_list(args.device_data, int)
     if any(a < 1 for a in args.accums):
         p.error(f"--grad-accum-steps {args.grad_accum_steps!r}: each must be >= 1")
     args.runs = []
@@ -166,7 +173,7 @@ def memory_mb(compiled) -> dict:
 
 def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pad: int,
             stem: str = "plain", bn_impl: str = "flax", accum: int = 1,
-            teacher: str = "") -> dict:
+            teacher: str = "", device_data: int = 0) -> dict:
     import jax
     import numpy as np
 
@@ -179,6 +186,15 @@ def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pa
     trainer = _common.build_trainer(c, wrap_model=wrap)
     if teacher:
         trainer.random_teacher()
+    if device_data:
+        from flaxcls.data.resident import to_devices
+
+        rng = np.random.RandomState(0)
+        trainer.use_resident(to_devices({
+            "image": rng.randint(0, 256, (device_data, trainer.image_size, trainer.image_size,
+                                          3)).astype(np.uint8),
+            "label": rng.randint(0, c.num_classes, (device_data,)).astype(np.int32)},
+            trainer.mesh))
     extra = trainer.step_inputs
     size = trainer.image_size
     entries_before = _cache_entries(args.compile_cache)
@@ -187,7 +203,7 @@ def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pa
     state = trainer.init_state()
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
-    batch = _common.synthetic_batch(trainer)
+    batch = trainer.resident if device_data else _common.synthetic_batch(trainer)
     metrics = trainer.zeros_metrics()
 
     t0 = time.perf_counter()
@@ -230,6 +246,7 @@ def measure(args, model_name: str, batch_size: int, dtype: str, l2_mode: str, pa
         "bn_impl": bn_impl,
         "grad_accum_steps": accum,
         "teacher": teacher,
+        "device_data": device_data,
         **memory_mb(step),
         "skipped_steps": skipped,
         "compile_cache": "on" if args.compile_cache else "off",
@@ -255,11 +272,12 @@ def main(argv=None) -> None:
 
         parallel.enable_compilation_cache(os.path.abspath(args.compile_cache))
     failed = 0
-    for (model_name, batch_size, dtype, l2_mode, pad, stem, bn_impl), accum, teacher in \
-            itertools.product(args.runs, args.accums, args.teachers):
+    for (model_name, batch_size, dtype, l2_mode, pad, stem, bn_impl), accum, teacher, \
+            device_data in itertools.product(args.runs, args.accums, args.teachers,
+                                             args.device_datas):
         try:
             result = measure(args, model_name, batch_size, dtype, l2_mode, pad, stem, bn_impl,
-                             accum, teacher)
+                             accum, teacher, device_data)
         except Exception as e:
             if type(e).__name__ in ("ConfigError", "KeyError") and "model" in str(e).lower():
                 raise
@@ -269,6 +287,7 @@ def main(argv=None) -> None:
                       "batch": batch_size, "dtype": dtype, "l2_decay_mode": l2_mode,
                       "pad_input_channels": pad, "stem_space_to_depth": stem == "s2d",
                       "bn_impl": bn_impl, "grad_accum_steps": accum, "teacher": teacher,
+                      "device_data": device_data,
                       "error": f"{type(e).__name__}: {e}"[:300],
                       "tag": args.tag}
         _common.emit(result, args.csv)

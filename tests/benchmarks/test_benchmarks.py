@@ -86,3 +86,19 @@ def test_train_throughput_reports_memory_falling_with_micro_batches_and_a_teache
     assert rows[4, ""]["peak_memory_mb"] < rows[1, ""]["peak_memory_mb"]
     assert rows[1, "ResNet_tiny"]["peak_memory_mb"] > rows[1, ""]["peak_memory_mb"]
     assert all(r["images_per_sec"] > 0 for r in rows.values())
+
+
+@pytest.mark.subprocess
+def test_train_throughput_times_the_step_drawing_from_device_resident_data(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--model",
+         "resnet_tiny", "--batch", "16", "--image-size", "16", "--dtype", "float32",
+         "--device-data", "0,200", "--steps", "2", "--warmup", "1", "--repeats", "1",
+         "--csv", ""], cwd=REPO, env=subprocess_env(2), capture_output=True, text=True,
+        timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert [r["device_data"] for r in rows] == [0, 200]
+    assert all(r["images_per_sec"] > 0 and r["devices"] == 2 for r in rows)
+    # the resident split (200 x 16 x 16 x 3 bytes and labels) is an argument of the step
+    assert rows[1]["peak_memory_mb"] > rows[0]["peak_memory_mb"]
