@@ -110,6 +110,18 @@ def test_training_evaluates_both_and_serving_takes_the_chosen(tmp_path, digits_d
         assert got["top1"] == pytest.approx(saved[key]["top1"], abs=1e-6), key
         assert json.loads((out / "eval_results.json").read_text())["weights"] == key
 
+    # infer and export load through the same function: the EMA, and model.json says so
+    from flaxcls.infer import load_for_serving
+    from flaxcls.specs import resolve as resolve_specs
+
+    serve_config = digits_run_config(digits_dir, **kw, checkpoint=str(workdir / "checkpoints"))
+    _, served, where = load_for_serving(serve_config, resolve_specs(serve_config, need_data=False),
+                                        str(tmp_path / "serve"), parallel.make_mesh())
+    assert where["weights"] == "ema"
+    want = checkpoint_params(workdir, ema=True)
+    for p, v in jax.tree_util.tree_leaves_with_path(served):
+        np.testing.assert_array_equal(np.asarray(v), want[jax.tree_util.keystr(p)])
+
     # A pretrained start takes the EMA, and its own EMA starts there.
     from flaxcls.checkpoint import Checkpointer
     from flaxcls.specs import resolve
