@@ -29,22 +29,26 @@ EVAL_DATA_FIELDS = ("data_dir", "builtin_dataset", "data_source", "tfds_name", "
 def evaluate(eval_step, variables: Any, source: Any, spec: InputSpec, *, batch_size: int,
              mesh, step: int, workdir: str, writer: MetricWriter | None = None,
              extra: dict[str, Any] | None = None, progress: bool = False,
-             name: str = "eval", write_results: bool = True) -> dict[str, Any]:
+             name: str = "eval", write_results: bool = True,
+             batches: Any = None) -> dict[str, Any]:
     """One pass of ``eval_step`` over the eval split of ``source`` in global batches of
     ``batch_size`` (the last one padded and masked). Logs and records it under ``name``
     ("eval"; "eval_ema" for the moving average) and, with ``write_results``, writes
     ``<workdir>/eval_results.json`` (with ``extra``); returns top1, top5, loss, num_examples
-    and step. ``progress``: report how far the pass is (``--mode=eval``; process 0)."""
+    and step. ``progress``: report how far the pass is (``--mode=eval``; process 0).
+    ``batches``: this process's eval batches when they do not come from the tf.data stream
+    (a device-resident data set's, decoded once)."""
     if not source.num_eval:
         log.warning("no eval data (no val list or eval split): evaluation skipped")
         return {"step": int(step)}
-    from flaxcls import data
-
     metrics = zeros_metrics(EVAL_METRICS, mesh)
     t0 = time.time()
-    batches = data.eval_iterator(source, spec, global_batch_size=batch_size,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count())
+    if batches is None:
+        from flaxcls import data
+
+        batches = data.eval_iterator(source, spec, global_batch_size=batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
     meter = TaskProgress("eval", total=source.num_eval,
                          enabled=progress and jax.process_index() == 0)
     for batch in parallel.prefetch_to_mesh(batches, mesh):

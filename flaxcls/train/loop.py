@@ -68,8 +68,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
     if run.lock is not None:
         stack.callback(run.lock.release)
     specs, mesh, source = run.specs, run.mesh, run.source
-    resident = _resident_split(specs, source, mesh, workdir) if specs.input.device_resident \
-        else None
+    resident = resident_eval = None
+    if specs.input.device_resident:
+        resident, resident_eval = _resident_split(specs, source, mesh, workdir)
     num_train = source.num_train if resident is None else int(resident["label"].shape[0])
     steps_per_epoch, total_steps = _steps(specs.run, num_train)
     trainer = builder.build(specs, mesh, steps_per_epoch=steps_per_epoch)
@@ -146,10 +147,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
                  "eval_flip": specs.step.eval_flip}
 
         def one(variables: dict[str, Any], name: str) -> dict[str, Any]:
+            batches = None
+            if resident_eval is not None:
+                from flaxcls.data.resident import eval_batches
+
+                batches = eval_batches(resident_eval, global_batch_size=specs.run.test_batch_size,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count())
             return evaluate(trainer.eval_step, variables, source, specs.input,
                             batch_size=specs.run.test_batch_size, mesh=mesh, step=step,
                             workdir=workdir, writer=writer, extra=extra, name=name,
-                            write_results=state.ema is None)
+                            write_results=state.ema is None, batches=batches)
 
         raw = one(state.variables(), "eval")
         if state.ema is None or "top1" not in raw:
@@ -197,19 +205,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
     return result
 
 
-def _resident_split(specs, source, mesh, workdir: str) -> dict[str, Any]:
-    """The train split on every device (``flaxcls.data.resident``), decoded once and cached."""
+def _resident_split(specs, source, mesh, workdir: str) -> tuple[dict[str, Any], Any]:
+    """(the train split on every device, the decoded eval split in host memory or None):
+    ``flaxcls.data.resident``, each decoded once and cached."""
     from flaxcls.data import resident
 
     cache = specs.input.device_data_cache or os.path.join(workdir, "device_data")
     arrays = resident.load_train_split(source, specs.input, cache, jax.local_devices()[0])
+    evals = resident.load_eval_split(source, specs.input, cache) if source.num_eval else None
     on_device = resident.to_devices(arrays, mesh)
     n, size = arrays["image"].shape[0], arrays["image"].shape[1]
     log.info("device_resident_data: %d train images of %dx%dx3 uint8 take %.1f MiB on each "
              "device; batches are drawn, cropped (padding %d) and flipped in the train step",
              n, size, size, (arrays["image"].nbytes + arrays["label"].nbytes) / 2**20,
              specs.input.crop_padding)
-    return on_device
+    return on_device, evals
 
 
 def _steps(run: RunSpec, num_train: int) -> tuple[int, int]:
