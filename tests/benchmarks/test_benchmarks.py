@@ -69,6 +69,7 @@ def test_augment_cost_prints_json_per_op(tmp_path):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow  # accumulating steps are slow on XLA's CPU backend (README)
 def test_train_throughput_reports_memory_falling_with_micro_batches_and_a_teacher(tmp_path):
     """Peak device memory of the compiled step (XLA's memory analysis) falls with the number of
     micro-batches; a teacher in the step costs memory and time."""

@@ -24,6 +24,7 @@ def test_variants_are_presets_plus_fields():
 
 
 @pytest.mark.heavy
+@pytest.mark.slow  # two trainings through the loop
 def test_a_comparison_with_ema_and_distillation_on_class_folders(tmp_path, digits_dir, capsys):
     data = tmp_path / "data"
     for split, listing in (("train", "train_list.txt"), ("test", "val_list.txt")):

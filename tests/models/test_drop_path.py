@@ -14,7 +14,7 @@ from flaxcls.config import ConfigError, default_config, validate
 from flaxcls.models.layers import DropPath, drop_path_rates
 from flaxcls.registry import get_model_cfg
 
-RESIDUAL_FAMILIES = {"resnet", "resnext", "se_resnext", "resnext_wsl", "mobilenet_v2", "darknet",
+RESIDUAL_FAMILIES = {"resnet", "cifar", "resnext", "se_resnext", "resnext_wsl", "mobilenet_v2", "darknet",
                      "xception"}
 
 

@@ -206,9 +206,11 @@ def test_param_counts_and_shapes(name):
 
     # The family's Paddle name map targets each leaf exactly once (so the converter's
     # strictness holds for every member, fixture or not). Here, where the shapes are at hand.
-    targets = [(t.collection, *t.path) for t in paddle_name_map(name).values()]
-    leaves = {(c, *p) for c in variables for p in traverse_util.flatten_dict(variables[c])}
-    assert len(targets) == len(set(targets)) and set(targets) == leaves
+    # The CIFAR-sized models have no Paddle release to convert.
+    if cfg.family in LAYERS:
+        targets = [(t.collection, *t.path) for t in paddle_name_map(name).values()]
+        leaves = {(c, *p) for c in variables for p in traverse_util.flatten_dict(variables[c])}
+        assert len(targets) == len(set(targets)) and set(targets) == leaves
 
     logits, feats = outputs_of(name)
     assert logits.shape == (1, cfg.num_classes) and logits.dtype == jnp.float32

@@ -143,6 +143,7 @@ def test_unlabeled_images_join_the_train_split(tmp_path, digits_dir):
 
 
 @pytest.mark.heavy
+@pytest.mark.slow  # a teacher and a student trained through the loop
 def test_distillation_with_unlabeled_images_trains_and_saves_no_teacher(tmp_path, digits_dir):
     """A digits teacher, then a student distilled from it with extra images that have no
     labels: the loss falls, accuracy counts the labelled images only, and the student's

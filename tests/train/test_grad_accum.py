@@ -76,6 +76,7 @@ def test_accumulated_step_equals_micro_batch_gradients_averaged(parts):
         jax.tree.leaves(one.params), jax.tree.leaves(state.params)))
 
 
+@pytest.mark.slow  # SqueezeNet's accumulated step on XLA's CPU backend: about a minute
 def test_without_batchnorm_it_is_the_step_of_the_whole_batch():
     """SqueezeNet has no BatchNorm (and its head dropout is set to 0 here): the accumulated
     update equals one step on the whole batch up to rounding."""

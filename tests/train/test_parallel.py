@@ -33,8 +33,10 @@ def _with_teacher(checkpoint) -> tuple[str, ...]:
 
 
 @pytest.mark.subprocess
-@pytest.mark.parametrize("bn_impl, extra", [("flax", ""), ("fused", ""), ("flax", "all")],
-                         ids=["flax", "fused", "ema-accum-teacher"])
+@pytest.mark.parametrize("bn_impl, extra", [
+    ("flax", ""), ("fused", ""),
+    # in the slow set; the fast set runs them across 2 processes below
+    pytest.param("flax", "all", marks=pytest.mark.slow)], ids=["flax", "fused", "ema-accum-teacher"])
 def test_sharded_step_matches_single_device(tmp_path, bn_impl, extra, tiny_checkpoint):
     fields = (*EMA_ACCUM, *_with_teacher(tiny_checkpoint)) if extra else ()
     one = _run_worker(1, tmp_path / "one.npz", "ResNet_tiny", "global", bn_impl, *fields)
