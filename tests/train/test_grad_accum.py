@@ -56,6 +56,7 @@ def _reference_step(trainer, c, state, batch, parts):
     return optax.apply_updates(state.params, updates), stats
 
 
+@pytest.mark.heavy  # accumulating steps compile and run slowly on XLA's CPU backend
 @pytest.mark.parametrize("parts", [2, 4])
 def test_accumulated_step_equals_micro_batch_gradients_averaged(parts):
     t, c = _trainer(grad_accum_steps=parts)
