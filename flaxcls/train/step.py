@@ -213,8 +213,8 @@ def make_train_step(
     else:
         compute = forward_backward
 
-    def step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array],
-             teacher_vars: Any = None):
+    def whole_step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array],
+                   teacher_vars: Any = None):
         if batch_fn is not None:
             batch = batch_fn(batch, state.step)
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -261,12 +261,19 @@ def make_train_step(
 
     rep = replicated(mesh)
     data = rep if batch_fn is not None else batch_sharding(mesh)
+    # Both are named "step": the compiled program is "jit_step" (profiles, the compilation
+    # cache's keys).
     if teacher is None:
-        def train_step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array]):
-            return step(state, metrics, batch)
+        def step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array]):
+            return whole_step(state, metrics, batch)
 
-        return jax.jit(train_step, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
+        return jax.jit(step, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
                        donate_argnums=(0, 1))
+
+    def step(state: TrainState, metrics: Metrics, batch: dict[str, jax.Array],
+             teacher_vars: Any):
+        return whole_step(state, metrics, batch, teacher_vars)
+
     return jax.jit(step, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep),
                    donate_argnums=(0, 1))
 
