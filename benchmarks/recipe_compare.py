@@ -164,7 +164,7 @@ def main(argv=None) -> None:
                "epochs": args.epochs, "batch": args.batch, "dtype": args.dtype,
                "train_images_per_sec": train_images_per_sec(workdir),
                "wall_s": round(wall, 1), "fields": json.dumps(fields, sort_keys=True),
-               "data_dir": data_dir, "seed": args.seed, "tag": args.tag,
+               "data_dir": args.data_dir, "seed": args.seed, "tag": args.tag,
                **_common.run_info()}
         _common.emit(row, args.csv)
         if name != "distill" and (best is None or result["top1"] > best[0]):
