@@ -132,6 +132,16 @@ def checkpoint_params(workdir, ema: bool = False) -> dict[str, np.ndarray]:
             for p, v in jax.tree_util.tree_leaves_with_path(variables)}
 
 
+def no_tensorflow_env(tmp_path, devices: int = 1) -> dict[str, str]:
+    """``subprocess_env(devices)`` where ``import tensorflow`` fails, as on the GPU machines."""
+    blocker = tmp_path / "no_tf" / "tensorflow"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('tensorflow is not installed here')\n")
+    env = subprocess_env(devices)
+    env["PYTHONPATH"] = f"{blocker.parent}:{env['PYTHONPATH']}"
+    return env
+
+
 def digits_run_config(digits_dir, **overrides):
     """configs/digits.py on an already written digits folder, no compilation cache."""
     from configs import digits as digits_config

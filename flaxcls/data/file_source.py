@@ -192,11 +192,7 @@ def read_unlabeled(where: str) -> list[str]:
     allowed: these images have none)."""
     field = f"config.distill_unlabeled={where!r}"
     if os.path.isdir(where):
-        paths = []
-        for dirpath, dirnames, filenames in os.walk(where, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            paths.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                         if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES))
+        paths = images_under(where)
         if not paths:
             raise DataError(f"{field}: no images under it (looked for "
                             f"{', '.join(IMAGE_SUFFIXES)} files)")
@@ -290,13 +286,19 @@ def scan_class_folders(root: str) -> dict[str, list[str]]:
     with os.scandir(root) as it:
         names = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
     for name in names:
-        files = []
-        for dirpath, dirnames, filenames in os.walk(os.path.join(root, name), followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                         if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES))
-        classes[name] = files
+        classes[name] = images_under(os.path.join(root, name))
     return classes
+
+
+def images_under(folder: str) -> list[str]:
+    """The image files under ``folder`` (recursively, links followed, hidden entries skipped),
+    sorted folder by folder."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+                     if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES))
+    return files
 
 
 def _folder_split(classes: dict[str, list[str]], index: dict[str, int]) -> FileSplit:

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, subprocess_env
+from conftest import REPO, no_tensorflow_env, subprocess_env
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "benchmarks" / "analysis"))
@@ -20,12 +20,7 @@ import scaling
 
 
 def _no_tf_env(tmp_path, devices=1):
-    blocker = tmp_path / "no_tf" / "tensorflow"
-    blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text("raise ImportError('tensorflow is not installed here')\n")
-    env = subprocess_env(devices)
-    env["PYTHONPATH"] = f"{blocker.parent}:{env['PYTHONPATH']}"
-    return env
+    return no_tensorflow_env(tmp_path, devices)
 
 
 def _run(args, env, timeout=300):

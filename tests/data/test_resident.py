@@ -139,13 +139,9 @@ def test_training_from_the_devices_needs_no_tensorflow(tmp_path, digits_dir):
     import subprocess
     import sys
 
-    from conftest import REPO, subprocess_env
+    from conftest import REPO, no_tensorflow_env
 
-    blocker = tmp_path / "no_tf" / "tensorflow"
-    blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text("raise ImportError('tensorflow is not installed here')\n")
-    env = subprocess_env(1)
-    env["PYTHONPATH"] = f"{blocker.parent}:{env['PYTHONPATH']}"
+    env = no_tensorflow_env(tmp_path)
     workdir = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, str(REPO / "launch.py"), "--config=configs/digits.py",
