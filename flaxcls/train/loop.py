@@ -69,8 +69,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
         stack.callback(run.lock.release)
     specs, mesh, source = run.specs, run.mesh, run.source
     resident = resident_eval = None
+    t_decode = time.perf_counter()
     if specs.input.device_resident:
         resident, resident_eval = _resident_split(specs, source, mesh, workdir)
+    t_decode = time.perf_counter() - t_decode
     num_train = source.num_train if resident is None else int(resident["label"].shape[0])
     steps_per_epoch, total_steps = _steps(specs.run, num_train)
     trainer = builder.build(specs, mesh, steps_per_epoch=steps_per_epoch)
@@ -159,8 +161,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
                             workdir=workdir, writer=writer, extra=extra, name=name,
                             write_results=state.ema is None, batches=batches)
 
+        t = time.perf_counter()
         raw = one(state.variables(), "eval")
         if state.ema is None or "top1" not in raw:
+            clock.eval_s += time.perf_counter() - t
             return raw
         avg = one(state.ema_variables(), "eval_ema")
         metrics = ("top1", "top5", "loss")
@@ -168,17 +172,23 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
         result = {**(avg if use_ema else raw), "weights": "ema" if use_ema else "raw",
                   "raw": {k: raw[k] for k in metrics}, "ema": {k: avg[k] for k in metrics}}
         write_results_file(workdir, result, extra)
+        clock.eval_s += time.perf_counter() - t
         return result
 
     result: dict[str, Any] = {}
+    clock = TrainClock(start_step, decode_s=t_decode if resident is not None else None)
     step, t_epoch = start_step, time.time()
     while step < total_steps:
         batch = progress.next_batch(batches)
         state, metrics = train_step(state, metrics, batch, *step_inputs)
         step = at["step"] = step + 1
+        if step == start_step + 1:
+            clock.first_step_done(state)
         at_log = step % specs.run.log_every_steps == 0 or step == total_steps
         if at_log:
             m = fetch_metrics(metrics)  # the only host sync in the loop
+            if step == total_steps:
+                clock.last_step_done(step)
             metrics = trainer.zeros_metrics()
             progress.report(step, m, state.loss_scale, skipped(step), ckpt.latest_step)
         if step % specs.run.checkpoint_every_steps == 0 or step == total_steps:
@@ -202,7 +212,49 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
         if start_step == total_steps:
             log.info("training was already complete at step %d", step)
     ckpt.wait()
+    clock.report(writer)
     return result
+
+
+class TrainClock:
+    """Where a run's wall time went, for time-to-accuracy: the first step (the compile, or
+    the compilation cache's load, and one step), the steps after it up to the last step's
+    result (evals during training left out: they are timed apart), and the one-time decode
+    of a device-resident split. Logged and written to ``metrics.jsonl`` as ``timing``."""
+
+    def __init__(self, start_step: int, decode_s: float | None):
+        self.start_step, self.decode_s = start_step, decode_s
+        self.t0 = time.perf_counter()
+        self.t1 = self.t_end = None
+        self.eval_s = 0.0  # evals between the first step and the last
+        self.steps = 0
+
+    def first_step_done(self, state: TrainState) -> None:
+        jax.block_until_ready(state.step)  # one sync: the compile ends here
+        self.t1, self.eval_s = time.perf_counter(), 0.0
+
+    def last_step_done(self, step: int) -> None:
+        self.t_end, self.steps = time.perf_counter(), step - self.start_step
+        self.eval_between = self.eval_s  # the final eval comes after: not in the steps' time
+
+    def report(self, writer: MetricWriter) -> None:
+        if self.t1 is None or self.t_end is None:
+            return  # nothing trained in this process, or stopped early
+        rest = max(self.t_end - self.t1 - self.eval_between, 0.0)
+        timing = {"first_step_s": self.t1 - self.t0, "steps": self.steps,
+                  "steps_after_first_s": rest, "eval_during_training_s": self.eval_between}
+        if self.steps > 1:
+            # the first step at the pace of the others: training time without the compile
+            timing["train_s"] = rest * self.steps / (self.steps - 1)
+        if self.decode_s is not None:
+            timing["decode_s"] = self.decode_s
+        writer.write("timing", self.steps + self.start_step, timing)
+        log.info("timing: first step (compile) %.2f s, %d more steps %.2f s%s%s",
+                 timing["first_step_s"], self.steps - 1, rest,
+                 f" (evals between them {self.eval_between:.2f} s, not counted)"
+                 if self.eval_between else "",
+                 f"; device-resident decode {self.decode_s:.2f} s"
+                 if self.decode_s is not None else "")
 
 
 def _resident_split(specs, source, mesh, workdir: str) -> tuple[dict[str, Any], Any]:

@@ -55,6 +55,28 @@ def test_each_epoch_is_a_permutation_and_a_step_always_draws_the_same_batch():
     assert np.array_equal(np.asarray(again["image"])[:, 0, 0, 0], seen[per_epoch + 1])
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 50, 1024, 1025, 50_000])
+def test_the_keyed_bijection_permutes_any_range(n):
+    orders = [np.asarray(resident.permuted_positions(jnp.arange(n), n, jax.random.key(k)))
+              for k in range(3)]
+    for order in orders:
+        assert np.array_equal(np.sort(order), np.arange(n))
+    if n >= 1024:  # a shuffle, not a shift: unrelated to the position and to the other keys
+        assert abs(np.corrcoef(orders[0], np.arange(n))[0, 1]) < 0.1
+        assert abs(np.corrcoef(orders[0], orders[1])[0, 1]) < 0.1
+        assert np.mean(orders[0] == orders[1]) < 0.01
+    part = resident.permuted_positions(jnp.arange(n)[n // 2:], n, jax.random.key(0))
+    assert np.array_equal(np.asarray(part), orders[0][n // 2:])  # any slice, alone
+
+
+def test_where_an_example_lands_is_spread_over_the_epoch():
+    n = 100
+    where = [int(np.argmax(np.asarray(resident.permuted_positions(
+        jnp.arange(n), n, jax.random.key(k))) == 0)) for k in range(400)]
+    counts = np.histogram(where, bins=4, range=(0, n))[0]
+    assert counts.min() > 60, counts  # 100 expected in each quarter
+
+
 def test_a_split_too_large_is_refused_with_its_sizes_before_decoding(monkeypatch):
     from flaxcls.data import resident as data_resident
     from flaxcls.specs import InputSpec

@@ -67,7 +67,7 @@ MEMBERS = {
                       "ShuffleNetV2_x0_5", "ShuffleNetV2_x1_5", "ShuffleNetV2_x2_0",
                       "ShuffleNetV2_swish", "ShuffleNetV2_x0_5_swish", "ShuffleNetV2_x1_5_swish",
                       "ShuffleNetV2_x2_0_swish"),
-    "cifar": ("ResNet18_cifar",),  # CIFAR-sized, not in the 2019 zoo
+    "cifar": ("ResNet18_cifar", "SpeedNet_cifar", "SpeedNet_cifar_x0_5"),  # not in the 2019 zoo
 }
 _R = ("stem_conv1", "head")
 # (first conv, classifier) Flax paths of each family.
@@ -91,7 +91,7 @@ PUBLISHED = {
     "SqueezeNet1_1": (0.6008, 0.8185), "GoogLeNet": (0.7070, 0.8966),
     "ResNet50": (0.7650, 0.9300), "ResNet50_vd": (0.7912, 0.9444),
     "ResNet200_vd": (0.8093, 0.9533), "ResNet101_vc": (None, None), "ResNet_tiny": (None, None),
-    "ResNet18_cifar": (None, None),
+    "ResNet18_cifar": (None, None), "SpeedNet_cifar": (None, None),
     "ResNeXt50_32x4d": (0.7775, 0.9382), "ResNeXt101_64x4d": (0.7835, 0.9452),
     "ResNeXt152_vd_64x4d": (0.8108, 0.9534), "SE_ResNeXt50_vd_32x4d": (0.8024, 0.9489),
     "SENet154_vd": (0.8140, 0.9548), "SE_ResNeXt152_32x4d": (None, None),

@@ -44,6 +44,42 @@ def test_the_paddle_resnet18_still_projects_its_first_block():
     assert "shortcut_conv" in v["params"]["stage1_block0"]
 
 
+def test_speednet_is_three_pooled_groups_on_a_stem():
+    """Stem 3x3 conv (32 px), then per group conv -> max pool -> BN -> GELU -> conv -> BN ->
+    GELU at widths 64, 256, 256, a global max pool and a bias-free head: 1,978,016 parameters
+    (stem 864 + 64; groups 55,552 + 738,304 + 1,180,672; head 2,560), and a quarter of the
+    convolution weights at half the widths."""
+    cfg = flaxcls.get_model_cfg("speednet_cifar")
+    assert (cfg.family, cfg.num_classes, cfg.crop_size, cfg.mean) == ("cifar", 10, 32,
+                                                                      CIFAR10_MEAN)
+    model, v = _shapes("SpeedNet_cifar")
+    params = v["params"]
+    assert sum(x.size for x in jax.tree.leaves(params)) == 1_978_016
+    assert params["group2_conv1"]["kernel"].shape == (3, 3, 64, 256)
+    assert params["head"] == {"kernel": jax.ShapeDtypeStruct((256, 10), jnp.float32)}
+    feats = jax.eval_shape(
+        lambda x: model.apply(jax.tree.map(jnp.zeros_like, v), x, return_features=True),
+        jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))[1]
+    assert [feats[k].shape[1:] for k in ("stem", "group1", "group2", "group3", "pooled")] == [
+        (32, 32, 32), (16, 16, 64), (8, 8, 256), (4, 4, 256), (256,)]
+    _, half = _shapes("SpeedNet_cifar_x0_5")
+    assert sum(x.size for x in jax.tree.leaves(half["params"])) == 495_952
+
+
+def test_speednet_scales_its_logits_and_pools_the_maximum():
+    model = flaxcls.create_model("SpeedNet_cifar_x0_5")
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    v = model.init(jax.random.key(0), x)
+    logits, feats = model.apply(v, x, return_features=True)
+    want = (feats["group3"].max(axis=(1, 2)) @ v["params"]["head"]["kernel"]) / 9
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.heavy
+def test_speednet_trains():
+    train_step_checks(flaxcls.create_model("SpeedNet_cifar_x0_5"), 32)
+
+
 @pytest.mark.heavy
 def test_resnet18_cifar_trains():
     train_step_checks(flaxcls.create_model("ResNet18_cifar"), 32)
