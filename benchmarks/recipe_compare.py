@@ -93,7 +93,7 @@ def base_config(args, data_dir: str):
     c.lower_scale, c.random_flip = 0.35, True
     c.batch_size, c.test_batch_size = args.batch, 500
     epochs = args.epochs
-    c.num_epochs = int(epochs) if float(epochs).is_integer() else epochs  # an int field
+    c.num_epochs = float(epochs)
     c.warm_up_epochs = min(1.0, epochs / 2)
     c.lr_strategy, c.lr, c.lr_base_batch_size = "cosine_decay_warmup", 0.1, 256
     c.l2_decay = 5e-4

@@ -122,7 +122,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.device_data_cache = ""
 
     # --- optimisation
-    c.num_epochs = 120
+    c.num_epochs = 120.0  # may be fractional (9.9): round(num_epochs * steps per epoch) steps
     c.num_train_steps = -1  # >0 stops after this many steps (tests, benchmarks)
     c.batch_size = 256  # global, all devices and hosts
     c.test_batch_size = 256  # global
