@@ -79,6 +79,16 @@ run() {
 
 : > "$LOG"
 touch "$JSONL"
+# launch.py needs ml_collections and absl (config files and flags), which a bare GPU image may
+# lack: installed from the wheels in WHEELS (default ./wheels, an ignored folder that can
+# travel with the tree; `pip download --only-binary=:all: --python-version 3.12
+# --platform manylinux2014_x86_64 ml_collections absl-py PyYAML -d wheels`) into SCRATCH.
+WHEELS=${WHEELS:-wheels}
+if ! "$PY" -c "import ml_collections, absl, yaml" 2>/dev/null && [ -d "$WHEELS" ]; then
+  "$PY" -m pip install -q --no-index --find-links "$WHEELS" --target "$SCRATCH/pylib" \
+    ml_collections absl-py PyYAML 2>&1 | tail -n 3 | tee -a "$LOG"
+  export PYTHONPATH="$PYTHONPATH:$SCRATCH/pylib"
+fi
 log "=== flaxcls GPU session $(date -u +%FT%TZ) smoke=$SMOKE budget=${BUDGET}s out=$OUT cache=$CACHE"
 (nvidia-smi -L 2>&1 || echo "no nvidia-smi") | tee -a "$LOG"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>/dev/null | tee -a "$LOG"
@@ -214,6 +224,39 @@ if [ -n "${CIFAR10_DATA:-}" ] && "$PY" -c "import tensorflow" 2>/dev/null; then
 else
   log "--- recipe_compare: skipped (needs tensorflow and CIFAR10_DATA)"
 fi
+
+# 9. Small data sets on the device (issue: CIFAR-10 time to accuracy): configs/cifar10.py
+# (SpeedNet_cifar, device-resident, decoded with Pillow: no tensorflow) 5 seeds, then the
+# airbench94 peer on the same decoded JPEGs in its own processes, then the ResNet-18 recipe
+# once. CIFAR10_DATA: the JPEG class folders or their tarball (default data/cifar10-jpeg.tar.gz
+# in the repo, an ignored path that can travel with the tree); AIRBENCH_DIR: a checkout of
+# github KellerJordan/cifar10-airbench (default peers/cifar10-airbench, ignored: the peer's
+# code is not part of this project). Then the device-resident input cost: the CIFAR step on
+# resident data against the same step on synthetic device data (train_throughput.py).
+CIFAR=${CIFAR10_DATA:-data/cifar10-jpeg.tar.gz}
+AIRBENCH=${AIRBENCH_DIR:-peers/cifar10-airbench}
+if [ -e "$CIFAR" ]; then
+  if [ $SMOKE = 1 ]; then
+    TTA_SMOKE="--override model=SpeedNet_cifar_x0_5 --override dtype=float32 \
+      --override num_train_steps=3 --override batch_size=64 --override test_batch_size=500"
+    TTA_RUNS=2; R18_SMOKE="--override num_train_steps=2 --override batch_size=32 --override dtype=float32"
+  else
+    TTA_SMOKE=""; TTA_RUNS=5; R18_SMOKE=""
+  fi
+  PEER=""
+  [ -d "$AIRBENCH" ] && PEER="--peer airbench94 --peer-dir $AIRBENCH"
+  run cifar_speed 420 $PY $HERE/time_to_accuracy.py --config configs/cifar10.py --data-dir "$CIFAR" \
+    --runs $TTA_RUNS $TTA_SMOKE $PEER --workdir-root "$SCRATCH/cifar" --csv "$OUT/time_to_accuracy.csv"
+  run cifar_resnet18 300 $PY $HERE/time_to_accuracy.py --config configs/cifar10_resnet18.py \
+    --data-dir "$CIFAR" --runs 1 $R18_SMOKE --workdir-root "$SCRATCH/cifar" \
+    --csv "$OUT/time_to_accuracy.csv"
+else
+  log "--- cifar_speed, cifar_resnet18: skipped (no CIFAR-10 JPEGs at $CIFAR)"
+fi
+CIFAR_SETTING="SpeedNet_cifar:1024:bfloat16"
+[ $SMOKE = 1 ] && CIFAR_SETTING="SpeedNet_cifar_x0_5:16:float32"
+run resident_cost 180 $TRAIN --setting "$CIFAR_SETTING" --image-size 32 --device-data 0,50000 \
+  $TIMING --compile-cache "$CACHE"
 
 if [ -d "$PROFILES" ]; then
   tar -czf "$OUT/profiles.tar.gz" -C "$SCRATCH" profiles && log "profiles: $(ls "$PROFILES" | tr '\n' ' ')"
