@@ -50,6 +50,7 @@ def test_checkpoint_cost_prints_json(tmp_path):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow  # the README's test command stays under 15 minutes; CI runs it
 def test_augment_cost_prints_json_per_op(tmp_path):
     csv_path = tmp_path / "aug.csv"
     proc = subprocess.run(

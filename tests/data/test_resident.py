@@ -93,6 +93,7 @@ def test_a_split_too_large_is_refused_with_its_sizes_before_decoding(monkeypatch
 
 
 @pytest.mark.heavy
+@pytest.mark.slow  # the README's test command stays under 15 minutes; CI runs it
 def test_training_from_the_devices_learns_resumes_and_caches(tmp_path, digits_dir, caplog):
     from flaxcls.train.loop import train_and_evaluate
 
@@ -155,6 +156,7 @@ def test_both_decoders_give_the_stored_images_in_order(digits_dir):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow  # the README's test command stays under 15 minutes; CI runs it
 def test_training_from_the_devices_needs_no_tensorflow(tmp_path, digits_dir):
     """What the GPU machines have: jax without TensorFlow. A resident run trains, evaluates
     and checkpoints there."""

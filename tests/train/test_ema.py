@@ -85,6 +85,7 @@ def test_bad_values_name_the_field(field, value, says):
 
 
 @pytest.mark.heavy
+@pytest.mark.slow  # the README's test command stays under 15 minutes; CI runs it
 def test_training_evaluates_both_and_serving_takes_the_chosen(tmp_path, digits_dir):
     from flaxcls.evaluate import run_eval
     from flaxcls.train.loop import train_and_evaluate

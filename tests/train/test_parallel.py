@@ -55,7 +55,8 @@ def test_sharded_step_matches_single_device(tmp_path, bn_impl, extra, tiny_check
 # tests/models/test_batchnorm.py::test_inside_shard_map_per_device_statistics and the
 # 8-device global-BN check above.
 @pytest.mark.subprocess
-@pytest.mark.parametrize("bn_impl", ["flax", pytest.param("fused", marks=pytest.mark.slow)])
+@pytest.mark.slow  # the README's test command stays under 15 minutes; CI runs it
+@pytest.mark.parametrize("bn_impl", ["flax", "fused"])
 def test_per_device_batchnorm_equals_per_slice_gradients_averaged(tmp_path, bn_impl):
     """bn_stats="device" on 8 devices: each device's BatchNorm sees only its 2 examples, and the
     step equals plain per-slice gradients and statistics averaged, then one update (the
@@ -91,6 +92,7 @@ def test_per_device_batchnorm_on_two_processes_equals_one_process(tmp_path):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow  # the README's test command stays under 15 minutes; CI runs it
 def test_ema_accumulation_and_teacher_on_two_processes_equal_one_process(tmp_path,
                                                                          tiny_checkpoint):
     """The step with an EMA, 2 micro-batches and a teacher across 2 processes (1 device each)
@@ -145,6 +147,7 @@ def _run_two_processes(argv_of, timeout: int) -> list[str]:
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow  # the README's test command stays under 15 minutes; CI runs it
 def test_two_processes_train_like_one(tmp_path, digits_dir, tiny_checkpoint):
     common = [
         "--config=configs/digits.py", f"--config.data_dir={digits_dir}",

@@ -84,6 +84,7 @@ LOW_PRECISION_TOLERANCE = {  # dtype: (loss, update)
 
 
 @pytest.mark.heavy
+@pytest.mark.slow  # the README's test command stays under 15 minutes; CI runs it
 def test_train_step_dtypes_keep_float32_params_and_follow_float32():
     """2 steps in float32, bfloat16 and float16 from the same initial state and batches: the
     parameters stay float32 and all move, no float16 step is skipped, and the low-precision
@@ -266,6 +267,7 @@ def test_frozen_backbone_gets_no_backward_pass(dtype, bn_stats):
     assert all(not np.allclose(stats0[k], stats2[k]) for k in stats0)
 
 
+@pytest.mark.slow  # the README's test command stays under 15 minutes; CI runs it
 def test_auto_augment_on_device_runs_in_the_step_on_its_own_key():
     """auto_augment_on="device": the policy changes what the model sees (another loss), and
     the same key gives the same step; on the host (the default) the step is untouched."""

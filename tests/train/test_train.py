@@ -54,6 +54,7 @@ def test_eta_reads_as_days_hours_minutes():
 
 
 @pytest.mark.heavy
+@pytest.mark.slow  # the README's test command stays under 15 minutes; CI runs it
 def test_resume_equals_uninterrupted(tmp_path, digits_dir):
     from flaxcls.train.loop import train_and_evaluate
 
@@ -81,6 +82,7 @@ def test_resume_equals_uninterrupted(tmp_path, digits_dir):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow  # the README's test command stays under 15 minutes; CI runs it
 def test_sigterm_saves_and_resumes(tmp_path, digits_dir):
     workdir = tmp_path / "run"
     args = [sys.executable, str(REPO / "launch.py"), "--config=configs/digits.py",
