@@ -220,6 +220,8 @@ def main({main_args}):
         torchvision.datasets.CIFAR10("cifar10", download=True, train=True)
     assert CALLS == ["make_net", "make_net", ("compile", "max-autotune"),
                      ("compile", "max-autotune")], CALLS
+    if run == int(os.environ.get("FAKE_HANG_RUN", "-1")):
+        __import__("time").sleep(120)
     widths = [len(c) for c in logging_columns_list]
     t = 3.25 + (0 if run == "warmup" else run)
     for cells, last in (([str(run), "0", "1.0", "0.5", "0.6", "", "1.0000"], False),
@@ -296,6 +298,19 @@ def test_the_peer_runs_on_tensors_of_the_same_jpegs(cifar_like, tmp_path):
     assert train["labels"].dtype == np.int64 and list(test["labels"]) == sorted(test["labels"])
     assert list(train["labels"][:20]) != sorted(train["labels"][:20])  # mixed classes
     assert np.bincount(train["labels"]).tolist() == [8, 8, 8, 9] + [8] * 6
+    # a peer that hangs in its second run: the first is reported, then the timeout
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "time_to_accuracy.py"), "--data-dir",
+         str(cifar_like), "--runs", "0", "--peer", "airbench94", "--peer-dir",
+         str(tmp_path / "checkout"), "--peer-runs", "2", "--peer-timeout", "8",
+         "--workdir-root", str(tmp_path / "root2"), "--csv", ""],
+        cwd=REPO, env={**env, "FAKE_HANG_RUN": "1"}, capture_output=True, text=True,
+        timeout=300, check=False)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    done, failed, summary = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert done["run"] == 0 and done["train_s"] == 3.25
+    assert failed["error"] == "timed out after 8.0 s" and failed["runs_done"] == 1
+    assert summary["runs"] == 1 and "timed out" in proc.stderr
 
 
 def test_the_peer_is_skipped_without_torch(cifar_like, tmp_path, monkeypatch, capsys):
