@@ -92,6 +92,28 @@ def test_a_split_too_large_is_refused_with_its_sizes_before_decoding(monkeypatch
     assert "50000 images of 32x32x3" in msg and "device_resident_data=False" in msg
 
 
+@pytest.mark.parametrize("which", ["tf", "pillow"])
+def test_an_unreadable_jpeg_is_named_and_left_out(tmp_path, digits_dir, caplog, monkeypatch,
+                                                   which):
+    from flaxcls.data import resident as data_resident
+
+    paths = sorted(str(p) for p in (digits_dir / "train").rglob("*.jpg"))[:6]
+    broken = tmp_path / "3" / "broken.jpg"
+    broken.parent.mkdir()
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    paths.insert(2, str(broken))
+    if which == "pillow":
+        monkeypatch.setattr(data_resident, "decoder", lambda: "pillow")
+    elif data_resident.decoder() != "tf":
+        pytest.skip("TensorFlow is not installed")
+    caplog.set_level(logging.WARNING)
+    out = data_resident.decode_files(paths, list(range(7)), 32, 32, "bilinear",
+                                     describe=lambda i: paths[i])
+    assert out["image"].shape == (6, 32, 32, 3)
+    assert out["label"].tolist() == [0, 1, 3, 4, 5, 6]  # the others keep their labels
+    assert f"skipped 1 unreadable image(s): {broken}" in caplog.text
+
+
 @pytest.mark.heavy
 @pytest.mark.slow  # the README's test command stays under 15 minutes; CI runs it
 def test_training_from_the_devices_learns_resumes_and_caches(tmp_path, digits_dir, caplog):
