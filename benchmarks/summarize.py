@@ -54,8 +54,11 @@ _TRAIN_COLUMNS = [
     ("batch", _get("batch"), False), ("dtype", _get("dtype"), False),
     ("l2", _get("l2_decay_mode"), False), ("pad", _get("pad_input_channels"), False),
     ("stem", _stem, False), ("BN", _get("bn_impl"), False),
+    ("accum", _get("grad_accum_steps"), False), ("teacher", _get("teacher"), False),
+    ("resident images", _get("device_data"), False),
     ("img/s", lambda r: f"{r['images_per_sec']:,.0f}", True),
     ("step ms", lambda r: f"{r['step_ms']:.2f}", True),
+    ("peak MB", _get("peak_memory_mb"), True),
     ("compile s", _get("compile_s"), True), ("first step s", _get("first_step_s"), True),
     ("cache", _get("compile_cache"), False), ("tag", _get("tag"), False),
 ]
@@ -92,9 +95,29 @@ def _table(rows: list[dict], benchmark: str, title: str, columns: list) -> list[
     return out + [""]
 
 
+def _time_to_accuracy(rows: list[dict]) -> list[str]:
+    """One line per trainer and config: runs, mean/min/max training time and test top-1."""
+    summaries = [r for r in rows if r.get("what") == "time_to_accuracy_summary"
+                 and "train_s_mean" in r]
+    if not summaries:
+        return []
+    out = ["## Time to accuracy (CIFAR-10)", "",
+           "| trainer | config | model | batch | dtype | runs | train s mean (min-max) | "
+           "top-1 mean (min-max) | reached target |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in summaries:
+        out.append(
+            f"| {r.get('trainer', '')} | {r.get('config', '')} | {r.get('model', '')} | "
+            f"{r.get('batch', '')} | {r.get('dtype', '')} | {r['runs']} | "
+            f"{r['train_s_mean']:.2f} ({r['train_s_min']:.2f}-{r['train_s_max']:.2f}) | "
+            f"{r['top1_mean']:.4f} ({r['top1_min']:.4f}-{r['top1_max']:.4f}) | "
+            f"{r.get('reached_target', '')} of {r['runs']} at {r.get('target', '')} |")
+    return out + [""]
+
+
 def summarize(rows: list[dict]) -> str:
-    out = _table(rows, "train_step", "## Train step (synthetic device-resident data)",
-                 _TRAIN_COLUMNS)
+    out = _table(rows, "train_step", "## Train step (device-resident data: synthetic, or a "
+                 "resident split where \"resident images\" says)", _TRAIN_COLUMNS)
+    out += _time_to_accuracy(rows)
     out += _table(rows, "inference", "## Inference", _INFER_COLUMNS)
     out += _profiles(rows)
     devices = sorted({r.get("device", "") for r in rows if r.get("device")})

@@ -219,6 +219,23 @@ def test_summary_tells_levers_apart_and_reads_profiles():
     assert "| conv forward | 6.0 | 20.0% | 53 |" in text
 
 
+def test_summary_has_the_resident_split_and_time_to_accuracy():
+    import summarize
+
+    base = {"benchmark": "train_step", "framework": "jax", "model": "SpeedNet_cifar",
+            "batch": 1024, "dtype": "bfloat16", "images_per_sec": 90000.0, "step_ms": 11.4,
+            "grad_accum_steps": 1, "teacher": ""}
+    rows = [{**base, "device_data": 0}, {**base, "device_data": 50000, "images_per_sec": 89000.0},
+            {"what": "time_to_accuracy_summary", "trainer": "airbench94", "runs": 5,
+             "train_s_mean": 3.1, "train_s_min": 3.0, "train_s_max": 3.3, "top1_mean": 0.9401,
+             "top1_min": 0.938, "top1_max": 0.942, "reached_target": 3, "target": 0.94}]
+    text = summarize.summarize(rows)
+    lines = [ln for ln in text.splitlines() if ln.startswith("| jax | SpeedNet_cifar")]
+    assert "| 1 |  | 0 | 90,000 |" in lines[0] and "| 1 |  | 50000 | 89,000 |" in lines[1]
+    assert ("| airbench94 |  |  |  |  | 5 | 3.10 (3.00-3.30) | 0.9401 (0.9380-0.9420) | "
+            "3 of 5 at 0.94 |") in text
+
+
 def test_profile_groups_name_gpu_and_cpu_ops_and_keep_converts_out_of_convolutions():
     """An op the profiled program's HLO does not name is grouped by its name, into the groups
     of ``gpu_hlo.py report``."""
