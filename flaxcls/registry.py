@@ -1,7 +1,9 @@
 """The model registry: name -> Flax module constructor + ModelCfg, the one source of model facts.
 
 Every model is registered under its original Paddle name (``ResNet50_vd``) and a snake_case alias
-(``resnet50_vd``); look-ups ignore case and treat ``-`` like ``_``.
+(``resnet50_vd``); PaddleClas 2.x's names for registered models (``ShuffleNetV2_x1_0``, the SSLD
+releases ``ResNet50_vd_ssld``, ...) resolve too (``PADDLECLAS_ALIASES``). Look-ups ignore case and
+treat ``-`` like ``_``.
 """
 
 from __future__ import annotations
@@ -62,9 +64,27 @@ class _Entry:
 _ENTRIES: dict[str, _Entry] = {}  # original name -> entry
 _ALIASES: dict[str, str] = {}  # normalised original or snake name -> original name
 
+# PaddleClas 2.x names of registered models: its spelling of one of ours, or weights it released
+# for the same architecture (SSLD: knowledge-distilled), with their published ImageNet top-1 and
+# top-5 (None: the model's own release). Source: PaddlePaddle/PaddleClas @ d178931fc,
+# docs/zh_CN/models/ImageNet1k/model_list.md (the table with the download links); the earlier
+# ResNet50_vd_ssld_v2 (SSLD + AutoAugment) from docs/en/models/ResNet_and_vd_en.md.
+PADDLECLAS_ALIASES: dict[str, tuple[str, float | None, float | None]] = {
+    "ShuffleNetV2_x1_0": ("ShuffleNetV2", None, None),
+    "ResNet34_vd_ssld": ("ResNet34_vd", 0.7972, 0.9490),
+    "ResNet50_vd_ssld": ("ResNet50_vd", 0.8300, 0.9640),
+    "ResNet50_vd_ssld_v2": ("ResNet50_vd", 0.830, 0.964),
+    "ResNet101_vd_ssld": ("ResNet101_vd", 0.8373, 0.9669),
+    "MobileNetV1_ssld": ("MobileNetV1", 0.7789, 0.9394),
+    "MobileNetV2_ssld": ("MobileNetV2", 0.7674, 0.9339),
+}
+
 
 def _key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
+
+
+_OTHER_NAMES = {_key(alias): model for alias, (model, _, _) in PADDLECLAS_ALIASES.items()}
 
 
 def register_model(name: str, builder: Callable[..., nn.Module] | None = None, **cfg_kwargs: Any):
@@ -80,6 +100,9 @@ def register_model(name: str, builder: Callable[..., nn.Module] | None = None, *
         for alias in {_key(name), _key(cfg.snake_name)}:
             if alias in _ALIASES:
                 raise ValueError(f"model name {alias!r} is already registered by {_ALIASES[alias]}")
+            if alias in _OTHER_NAMES:
+                raise ValueError(f"model name {alias!r} is already an alias of "
+                                 f"{_OTHER_NAMES[alias]} (registry.PADDLECLAS_ALIASES)")
         _ENTRIES[name] = _Entry(fn, cfg)
         _ALIASES[_key(name)] = name
         _ALIASES[_key(cfg.snake_name)] = name
@@ -95,10 +118,11 @@ class UnknownModelError(ValueError):
 def _resolve(name: str) -> _Entry:
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
-    original = _ALIASES.get(_key(name))
-    if original is None:
-        close = difflib.get_close_matches(_key(name), list(_ALIASES), n=5, cutoff=0.6)
-        suggestions = list(dict.fromkeys(_ALIASES[c] for c in close))
+    names = {**_OTHER_NAMES, **_ALIASES}
+    original = names.get(_key(name))
+    if original not in _ENTRIES:
+        close = difflib.get_close_matches(_key(name), list(names), n=5, cutoff=0.6)
+        suggestions = list(dict.fromkeys(names[c] for c in close if names[c] in _ENTRIES))
         hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
         raise UnknownModelError(
             f"Unknown model {name!r}.{hint} flaxcls.list_models() lists all {len(_ENTRIES)} models."

@@ -2,12 +2,13 @@
 the tests' way to make released-weight files (``flaxcls.convert.readers`` only reads them).
 
 ``tensor_record`` is one per-variable file; a combined file is the records of the variables in
-sorted-name order.
+sorted-name order; ``pdparams_bytes`` is what ``paddle.save(layer.state_dict())`` writes.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -86,4 +87,18 @@ def write_combined(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
                    lods: Mapping[str, Sequence[Sequence[int]]] | None = None) -> Path:
     out = Path(path)
     out.write_bytes(combined_bytes(arrays, lods))
+    return out
+
+
+def write_pdparams(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray],
+                   param_names: Mapping[str, str] | None = None) -> Path:
+    """A ``.pdparams`` as ``paddle.save(layer.state_dict(), path)`` writes it: pickle protocol 4
+    of ``{state-dict key: numpy array, ...}`` in state-dict order, then, where given, the
+    ``"StructuredToParameterName@@"`` entry (key -> the tensor's parameter name)."""
+    obj: dict = {key: np.asarray(value) for key, value in state_dict.items()}
+    if param_names is not None:
+        obj["StructuredToParameterName@@"] = dict(param_names)
+    out = Path(path)
+    with out.open("wb") as f:  # pickle.dump streams big arrays; dumps would copy them all
+        pickle.dump(obj, f, protocol=4)
     return out

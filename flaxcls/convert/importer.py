@@ -1,7 +1,8 @@
 """Released Paddle weights -> flaxcls variables, and -> an Orbax checkpoint with a JSON sidecar.
 
-``from_paddle(path, model)`` reads any form ``readers.load_paddle_arrays`` knows and converts
-strictly (``paddle.paddle_to_flax``). ``convert_to_checkpoint`` writes
+``from_paddle(path, model)`` reads any form ``readers.load_paddle_weights`` knows and converts
+strictly (``paddle.paddle_to_flax``, which picks the 2019 parameter names or, for PaddleClas's
+``legendary_models`` ``.pdparams``, their state-dict keys). ``convert_to_checkpoint`` writes
 ``<out>/checkpoints/0/`` (params and batch_stats, what ``--config.pretrained_model`` reads)
 and ``<out>/conversion.json`` (model, source file, its sha256, converter and flaxcls versions).
 """
@@ -19,7 +20,7 @@ import numpy as np
 from flaxcls.checkpoint import CONVERSION_SIDECAR
 from flaxcls.checksum import file_sha256
 from flaxcls.convert.paddle import paddle_name_map, paddle_to_flax
-from flaxcls.convert.readers import load_paddle_arrays
+from flaxcls.convert.readers import load_paddle_weights
 from flaxcls.registry import get_model_cfg
 
 CONVERTER_VERSION = "1"
@@ -31,11 +32,12 @@ def from_paddle(path: str | os.PathLike, model_name: str) -> dict[str, Any]:
     """``{"params", "batch_stats"}`` (numpy float32) for ``model.apply(variables, x, train=False)``.
 
     ``path``: a folder of per-variable files, a ``.tar``/``.tar.gz``/``.zip`` of one, a
-    combined params file or a ``.pdparams`` pickle. The class count is read from the weights.
+    combined params file or a ``.pdparams`` pickle (the 2019 names, or PaddleClas 2.x's
+    state-dict keys). The class count is read from the weights.
     """
     cfg = get_model_cfg(model_name)
-    arrays = load_paddle_arrays(path, names=list(paddle_name_map(cfg.name)))
-    return paddle_to_flax(arrays, cfg.name)
+    weights = load_paddle_weights(path, names=list(paddle_name_map(cfg.name)))
+    return paddle_to_flax(weights.arrays, cfg.name, weights.state_dict_keys)
 
 
 def convert_to_checkpoint(path: str | os.PathLike, model_name: str,

@@ -1,11 +1,20 @@
-"""Paddle 2019 parameters (by name) -> Flax variables, for every registered family.
+"""Paddle parameters -> Flax variables, for every registered family.
 
-Each family registers a *name map*: Paddle parameter name -> ``Target`` (Flax collection,
-path, and any layout change beyond the standard ones). This module applies the map strictly:
-every Flax leaf is filled, every Paddle tensor is used once, known training leftovers
-(optimizer velocity, learning-rate counters) are ignored with a log line, and anything else
-missing, extra or mis-shaped stops the conversion with one message listing it all: the report
-checkpoint restore and pretrained loading give too (``flaxcls.mismatch``).
+Each family registers a *name map*: Paddle parameter name -> ``Target`` (Flax collection, path,
+and any layout change beyond the standard ones), for the 2019 names (``res2a_branch2a_weights``;
+also the ``ParamAttr`` names of PaddleClas's ``model_zoo`` files). The families PaddleClas 2.x
+rebuilt in ``legendary_models/`` (ResNet and ResNet_vd, MobileNetV1, VGG) leave their parameter
+names automatic (``conv2d_0.w_0``, in layer-creation order: not to be trusted), so they also
+register a *state-dict map* keyed by the structured keys of their ``.pdparams``
+(``stem.0.conv.weight``). ``paddle_to_flax`` takes the tensors by parameter name and, from a
+``.pdparams``, the state-dict key of each (``readers.PaddleWeights``), and uses the naming that
+covers more of them: the keys where they fit the state-dict map, else the names, as before.
+
+The chosen map is applied strictly: every Flax leaf is filled, every Paddle tensor is used
+once, known training leftovers (optimizer velocity, learning-rate counters) are ignored with a
+log line, and anything else missing, extra or mis-shaped stops the conversion with one message
+listing it all: the report checkpoint restore and pretrained loading give too
+(``flaxcls.mismatch``).
 
 Standard layout changes: 4-D conv weights OIHW -> HWIO (depthwise [C,1,kh,kw] becomes
 Flax's [kh,kw,1,C]); fc weights ``[in, out]`` are already Dense kernels; an fc fed by a
@@ -43,6 +52,10 @@ NameMap = dict[str, Target]
 NameMapFn = Callable[[nn.Module, ModelCfg], NameMap]
 
 _NAME_MAPS: dict[str, NameMapFn] = {}
+# PaddleClas 2.x state-dict keys; a function returns None for a model of the family that
+# PaddleClas's legendary_models do not build (ResNet50_vc, ResNet_tiny).
+_STATE_DICT_MAPS: dict[str, Callable[[nn.Module, ModelCfg], NameMap | None]] = {}
+STATE_DICT_NAMING = "PaddleClas state-dict keys"
 
 # Tensors a training checkpoint may carry that are not model weights.
 TRAINING_LEFTOVERS = re.compile(
@@ -62,6 +75,17 @@ def register_name_map(family: str) -> Callable[[NameMapFn], NameMapFn]:
 
     def wrap(fn: NameMapFn) -> NameMapFn:
         _NAME_MAPS[family] = fn
+        return fn
+
+    return wrap
+
+
+def register_state_dict_map(family: str):
+    """Decorator: ``fn(model, cfg) -> NameMap | None`` keyed by the PaddleClas 2.x state-dict keys
+    of the models of ``family`` (None where PaddleClas builds no such model)."""
+
+    def wrap(fn):
+        _STATE_DICT_MAPS[family] = fn
         return fn
 
     return wrap
@@ -94,6 +118,25 @@ def bias(paddle_name: str, path: tuple[str, ...]) -> NameMap:
     return {paddle_name: Target("params", (*path, "bias"))}
 
 
+# A Paddle 2.x BatchNorm layer's state-dict entries -> Flax BatchNorm leaves.
+STATE_DICT_BN = {
+    ".weight": ("params", "scale"),
+    ".bias": ("params", "bias"),
+    "._mean": ("batch_stats", "mean"),
+    "._variance": ("batch_stats", "var"),
+}
+
+
+def state_dict_conv_bn(prefix: str, conv_path: tuple[str, ...],
+                       bn_path: tuple[str, ...]) -> NameMap:
+    """PaddleClas's ``ConvBNLayer`` at ``prefix``: ``{prefix}.conv.weight`` (no bias) and
+    ``{prefix}.bn.weight/.bias/._mean/._variance``."""
+    mapping = conv(f"{prefix}.conv.weight", conv_path)
+    for suffix, (collection, leaf) in STATE_DICT_BN.items():
+        mapping[f"{prefix}.bn{suffix}"] = Target(collection, (*bn_path, leaf))
+    return mapping
+
+
 # ----------------------------------------------------------------------------- conversion
 
 
@@ -102,6 +145,16 @@ def paddle_name_map(model_name: str, num_classes: int | None = None) -> NameMap:
     fn = _NAME_MAPS.get(cfg.family)
     if fn is None:
         raise ValueError(f"{cfg.name}: no Paddle name map for family {cfg.family!r}")
+    return fn(create_model(cfg.name, num_classes=num_classes), cfg)
+
+
+def state_dict_name_map(model_name: str, num_classes: int | None = None) -> NameMap | None:
+    """PaddleClas 2.x state-dict key -> Target for the model, or None where PaddleClas's
+    ``legendary_models`` do not build it (its ``.pdparams`` then carry the 2019 names)."""
+    cfg = get_model_cfg(model_name)
+    fn = _STATE_DICT_MAPS.get(cfg.family)
+    if fn is None:
+        return None
     return fn(create_model(cfg.name, num_classes=num_classes), cfg)
 
 
@@ -145,20 +198,38 @@ def paddle_layout_shape(shape: tuple[int, ...], target: Target) -> tuple[int, ..
     return tuple(shape)
 
 
-def paddle_to_flax(arrays: Mapping[str, np.ndarray], model_name: str) -> dict:
+def paddle_to_flax(arrays: Mapping[str, np.ndarray], model_name: str,
+                   state_dict_keys: Mapping[str, str] | None = None) -> dict:
     """Paddle-named arrays -> ``{"params": ..., "batch_stats": ...}`` (numpy, float32).
 
-    The class count is read from the classifier's bias. Raises ValueError naming the model and
-    listing (``flaxcls.mismatch``'s report, shapes in Paddle's layout) every missing, unexpected
-    or wrongly shaped tensor, then any fault of the name map itself.
+    ``state_dict_keys``: parameter name -> the state-dict key the ``.pdparams`` stored it under
+    (``readers.PaddleWeights``). Where the model has a PaddleClas state-dict map, the arrays are
+    also keyed that way (a key without an entry keeps its name) and the naming that covers more
+    of them is used; a tie goes to the parameter names. The class count is read from the
+    classifier's bias. Raises ValueError naming the model (and the naming, for state-dict keys)
+    and listing (``flaxcls.mismatch``'s report, shapes in Paddle's layout) every missing,
+    unexpected or wrongly shaped tensor, then any fault of the name map itself.
     """
     cfg = get_model_cfg(model_name)
-    first = paddle_name_map(cfg.name)
+    by_name = paddle_name_map(cfg.name)
+    by_key = state_dict_name_map(cfg.name)
+    if by_key is not None:
+        keys = state_dict_keys or {}
+        keyed = {keys.get(n, n): v for n, v in arrays.items()}
+        if _covered(keyed, by_key) > _covered(arrays, by_name):
+            return _convert(cfg, keyed, by_key, state_dict_name_map, STATE_DICT_NAMING)
+    return _convert(cfg, arrays, by_name, paddle_name_map, "")
+
+
+def _covered(arrays: Mapping[str, np.ndarray], mapping: NameMap) -> int:
+    return sum(1 for name in arrays if name in mapping)
+
+
+def _convert(cfg: ModelCfg, arrays: Mapping[str, np.ndarray], first: NameMap,
+             map_for: Callable[..., NameMap | None], naming: str) -> dict:
+    """``paddle_to_flax`` with one naming: ``first`` is ``map_for(cfg.name)``."""
     num_classes = _num_classes(arrays, first, cfg)
-    if num_classes != cfg.num_classes:
-        mapping = paddle_name_map(cfg.name, num_classes)
-    else:
-        mapping = first
+    mapping = map_for(cfg.name, num_classes) if num_classes != cfg.num_classes else first
     model = create_model(cfg.name, num_classes=num_classes)
     expected = _expected_shapes(model, cfg)
 
@@ -185,8 +256,9 @@ def paddle_to_flax(arrays: Mapping[str, np.ndarray], model_name: str) -> dict:
     diff = mismatch.compare(have, want)
     if diff or faults:
         report = diff.report(have="Paddle weights", want="model's name map") if diff else ""
+        where = f" ({naming})" if naming else ""
         raise ValueError(
-            f"cannot convert Paddle weights to {cfg.name}: {len(diff) + len(faults)} "
+            f"cannot convert Paddle weights to {cfg.name}{where}: {len(diff) + len(faults)} "
             f"tensor(s) differ:{report}" + "".join(f"\n  {line}" for line in faults))
     flat = {(t.collection, *t.path): to_flax_layout(arrays[n], t) for n, t in mapping.items()}
     return traverse_util.unflatten_dict(flat)

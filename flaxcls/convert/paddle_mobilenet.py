@@ -1,18 +1,32 @@
-"""Paddle 2019 names of MobileNetV1 (``mobilenet_v1.py``) and MobileNetV2 (``mobilenet_v2.py``)
--> Flax variables. Every conv is ``{name}_weights`` with BN ``{name}_bn_{scale,offset,mean,
-variance}``.
+"""Paddle names of MobileNetV1 and MobileNetV2 -> Flax variables.
+
+2019 names (``mobilenet_v1.py``, ``mobilenet_v2.py``; PaddleClas's ``model_zoo/mobilenet_v2.py``
+keeps them): every conv is ``{name}_weights`` with BN ``{name}_bn_{scale,offset,mean,variance}``.
 
 * V1: ``conv1``; units ``conv2_1, conv2_2, conv3_1, conv3_2, conv4_1, conv4_2, conv5_1..conv5_6,
   conv6``, each ``{unit}_dw`` (depthwise) and ``{unit}_sep`` (1x1); fc ``fc7_weights/_offset``.
 * V2: ``conv1_1``; units ``conv{k}_{j}`` (stage k = 2..8, unit j from 1), each
   ``{unit}_expand``, ``{unit}_dwise``, ``{unit}_linear``; ``conv9``; fc ``fc10_weights/_offset``.
+
+PaddleClas 2.x state-dict keys of V1 at every width (``legendary_models/mobilenet_v1.py``, also
+MobileNetV1_ssld; the same network): ``conv`` (stem), ``blocks.{0..12}.depthwise_conv`` and
+``.pointwise_conv``, each a ``ConvBNLayer`` (``.conv.weight``, ``.bn.weight/.bias/._mean/
+._variance``), ``fc.weight/.bias``.
 """
 
 from __future__ import annotations
 
 from flax import linen as nn
 
-from flaxcls.convert.paddle import NameMap, bn, conv, dense, register_name_map
+from flaxcls.convert.paddle import (
+    NameMap,
+    bn,
+    conv,
+    dense,
+    register_name_map,
+    register_state_dict_map,
+    state_dict_conv_bn,
+)
 from flaxcls.models.mobilenet import V1_STAGES, V2_STAGES
 from flaxcls.registry import ModelCfg
 
@@ -33,6 +47,18 @@ def _mobilenet_v1_name_map(model: nn.Module, cfg: ModelCfg) -> NameMap:
         mapping.update(_conv_bn(f"{unit}_dw", (path, "dw_conv"), (path, "dw_bn")))
         mapping.update(_conv_bn(f"{unit}_sep", (path, "pw_conv"), (path, "pw_bn")))
     mapping.update(dense("fc7_weights", "fc7_offset", ("head",)))
+    return mapping
+
+
+@register_state_dict_map("mobilenet_v1")
+def _mobilenet_v1_state_dict_map(model: nn.Module, cfg: ModelCfg) -> NameMap:
+    mapping = state_dict_conv_bn("conv", ("stem_conv",), ("stem_bn",))
+    paths = [f"stage{s + 1}_block{b}" for s, units in enumerate(V1_STAGES) for b in range(len(units))]
+    for k, path in enumerate(paths):
+        for unit, leaf in (("depthwise_conv", "dw"), ("pointwise_conv", "pw")):
+            mapping.update(state_dict_conv_bn(f"blocks.{k}.{unit}", (path, f"{leaf}_conv"),
+                                              (path, f"{leaf}_bn")))
+    mapping.update(dense("fc.weight", "fc.bias", ("head",)))
     return mapping
 
 

@@ -1,6 +1,12 @@
-"""Paddle 2019 names of the ResNet family -> Flax variables: ResNet / ResNet_vc / ResNet_vd
-(``resnet*.py``), ResNeXt / ResNeXt_vd (``resnext*.py``), SE_ResNeXt / SE_ResNeXt_vd / SENet154_vd
-(``se_resnext*.py``) and ResNeXt101_wsl (``resnext101_wsl.py``, PyTorch-style names).
+"""Paddle names of the ResNet family -> Flax variables: the 2019 names of ResNet / ResNet_vc /
+ResNet_vd (``resnet*.py``), ResNeXt / ResNeXt_vd (``resnext*.py``), SE_ResNeXt / SE_ResNeXt_vd /
+SENet154_vd (``se_resnext*.py``) and ResNeXt101_wsl (``resnext101_wsl.py``, PyTorch-style names);
+and the PaddleClas 2.x state-dict keys of ResNet and ResNet_vd 18-200
+(``ppcls/arch/backbone/legendary_models/resnet.py``, also its SSLD releases): ``stem.{i}``,
+``blocks.{k}.conv{0,1[,2]}`` and ``.short`` (k counts blocks over all stages), each a
+``ConvBNLayer`` (``.conv.weight``, ``.bn.weight/.bias/._mean/._variance``), ``fc.weight/.bias``.
+PaddleClas's network is the 2019 one: the same stems, shortcut placement (a projection on the
+first block of every stage, stage 1 included, also for 18/34) and vd avg-pool shortcut.
 
 All four share one Flax structure (``flaxcls.models.resnet.ResNet``); only the naming differs,
 so each family's map walks the same list of blocks. Works on a dict of numpy arrays, however it
@@ -24,8 +30,10 @@ from flaxcls.convert.paddle import (
     paddle_name_map,
     paddle_to_flax,
     register_name_map,
+    register_state_dict_map,
+    state_dict_conv_bn,
 )
-from flaxcls.models.resnet import BasicBlock, ResNet
+from flaxcls.models.resnet import BasicBlock, BottleneckBlock, ResNet
 from flaxcls.registry import get_model_cfg
 
 FC_WEIGHT, FC_BIAS = "fc_0.w_0", "fc_0.b_0"
@@ -132,6 +140,34 @@ def _se_resnext_name_map(model: ResNet, cfg) -> NameMap:
         mapping.update(conv(f"{conv_name}_weights", conv_path))
         mapping.update(bn(f"{conv_name}_bn", bn_path))
     mapping.update(dense("fc6_weights", "fc6_offset", ("head",)))
+    return mapping
+
+
+def _is_paddleclas_resnet(model: ResNet) -> bool:
+    """What ``legendary_models/resnet.py`` builds: version "vb" (7x7 stem) or "vd" (three-conv
+    stem and avg-pool shortcut), 64-512 widths, no groups, SE or head dropout."""
+    version = (model.stem, model.avg_down) in (("plain", False), ("deep", True))
+    return (version and model.block_cls in (BasicBlock, BottleneckBlock) and model.stem_width == 64
+            and tuple(model.widths) == (64, 128, 256, 512) and model.out_widths is None
+            and model.cardinality == 1 and not model.se_reduction and not model.head_dropout
+            and model.first_block_projection)
+
+
+@register_state_dict_map("resnet")
+def _resnet_state_dict_map(model: ResNet, cfg) -> NameMap | None:
+    if not _is_paddleclas_resnet(model):
+        return None  # ResNet*_vc (model_zoo/resnet_vc.py keeps the 2019 names), ResNet_tiny
+    mapping: NameMap = {}
+    for i, (conv_path, bn_path) in enumerate(_stem_paths(model)):
+        mapping.update(state_dict_conv_bn(f"stem.{i}", conv_path, bn_path))
+    for k, (_, _, path, projection) in enumerate(_blocks(model)):
+        for j, (conv_leaf, bn_leaf) in enumerate(_block_layers(model)):
+            mapping.update(state_dict_conv_bn(f"blocks.{k}.conv{j}", (path, conv_leaf),
+                                              (path, bn_leaf)))
+        if projection:
+            mapping.update(state_dict_conv_bn(f"blocks.{k}.short", (path, "shortcut_conv"),
+                                              (path, "shortcut_bn")))
+    mapping.update(dense("fc.weight", "fc.bias", ("head",)))
     return mapping
 
 

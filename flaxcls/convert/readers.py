@@ -5,6 +5,13 @@ a ``.tar``/``.tar.gz``/``.zip`` as downloaded (read in memory); a combined file 
 records back to back, in sorted-name order, no names inside); ``.pdparams`` pickles, loaded
 by an unpickler that can only rebuild numpy arrays and plain containers.
 
+A ``.pdparams`` written by ``paddle.save(layer.state_dict())`` is keyed by structured state-dict
+keys (``stem.0.conv.weight``) and carries ``StructuredToParameterName@@``, each key's parameter
+name. Tensors are returned by parameter name, as the 2019 names and PaddleClas's ``ParamAttr``
+names are; ``load_paddle_weights`` also returns each renamed tensor's state-dict key, for the
+models (PaddleClas's ``legendary_models``) whose parameter names are automatic
+(``conv2d_0.w_0``, in layer-creation order) and only the keys can be trusted.
+
 Record layout (little-endian): uint32 version 0 | uint64 LoD levels, each a uint64 byte size
 and that many bytes of uint64 offsets | uint32 tensor version 0 | int32 desc size | the
 ``VarType.TensorDesc`` protobuf (field 1 dtype enum, field 2 dims) | C-order data.
@@ -58,6 +65,15 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 
 class WeightFileError(ValueError):
     """A weight file that can't be read: truncated, unknown dtype, wrong size, unsafe pickle."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PaddleWeights:
+    """A weight file's tensors by parameter name, and the state-dict key of each tensor that a
+    ``.pdparams`` renamed through its ``StructuredToParameterName@@`` entry (none otherwise)."""
+
+    arrays: dict[str, np.ndarray]
+    state_dict_keys: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,6 +257,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def read_pdparams_bytes(data: bytes, where: str) -> dict[str, np.ndarray]:
     """A ``.pdparams`` pickle -> arrays keyed by parameter name (structured keys renamed)."""
+    return read_pdparams_weights(data, where).arrays
+
+
+def read_pdparams_weights(data: bytes, where: str) -> PaddleWeights:
+    """A ``.pdparams`` pickle -> arrays keyed by parameter name, and the state-dict key of every
+    tensor renamed through ``StructuredToParameterName@@``."""
     try:
         obj = _RestrictedUnpickler(io.BytesIO(data), where).load()
     except WeightFileError:
@@ -255,15 +277,18 @@ def read_pdparams_bytes(data: bytes, where: str) -> dict[str, np.ndarray]:
     for name, info in big.items():
         parts = [obj.pop(s) for s in info["slices"]]
         obj[name] = np.concatenate([np.ravel(p) for p in parts]).reshape(info["OriginShape"])
-    out = {}
+    out, keys = {}, {}
     for key, value in obj.items():
         if not isinstance(key, str):
             raise WeightFileError(f"{where}: key {key!r} is not a string")
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "biufc":
             kind = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
             raise WeightFileError(f"{where}: entry {key!r} is a {kind}, not a numeric array")
-        out[str(renames.get(key, key))] = value
-    return out
+        name = str(renames.get(key, key))
+        out[name] = value
+        if name != key:
+            keys[name] = key
+    return PaddleWeights(out, keys)
 
 
 # ----------------------------------------------------------------------------- files
@@ -287,10 +312,11 @@ def _role(name: str) -> str:
     return "tensor"
 
 
-def _members_to_arrays(members: Iterable[tuple[str, bytes]], where: str,
-                       names: Sequence[str] | None) -> dict[str, np.ndarray]:
+def _members_to_weights(members: Iterable[tuple[str, bytes]], where: str,
+                        names: Sequence[str] | None) -> PaddleWeights:
     out: dict[str, np.ndarray] = {}
     origin: dict[str, str] = {}
+    keys: dict[str, str] = {}
     skipped = []
 
     def add(name: str, array: np.ndarray, member: str) -> None:
@@ -304,26 +330,29 @@ def _members_to_arrays(members: Iterable[tuple[str, bytes]], where: str,
     with TaskProgress(f"reading {where}", total=len(names) if names else None,
                       unit="tensors", logger=log) as progress:
         for member, data in members:
-            _add_member(member, data, where, names, add, skipped)
+            _add_member(member, data, where, names, add, keys, skipped)
             progress.done = len(out)
             progress.update(0)
     if skipped:
         log.info("%s: skipped %d non-tensor files: %s", where, len(skipped), ", ".join(skipped))
     if not out:
         raise WeightFileError(f"{where}: no Paddle tensors found")
-    return out
+    return PaddleWeights(out, keys)
 
 
 def _add_member(member: str, data: bytes, where: str, names: Sequence[str] | None,
-                add: Callable[[str, np.ndarray, str], None], skipped: list[str]) -> None:
+                add: Callable[[str, np.ndarray, str], None], keys: dict[str, str],
+                skipped: list[str]) -> None:
     """The tensors of one file of a weight folder or archive, through ``add``."""
     role = _role(member)
     label = f"{where}: {member}" if member else where
     if role in ("skip", "program"):
         skipped.append(member)
     elif role == "pickle":
-        for name, array in read_pdparams_bytes(data, label).items():
+        weights = read_pdparams_weights(data, label)
+        for name, array in weights.arrays.items():
             add(name, array, member)
+        keys.update(weights.state_dict_keys)
     elif role == "combined":
         if names is None:
             raise WeightFileError(f"{label}: a combined file needs the list of variable "
@@ -368,23 +397,29 @@ def load_paddle_arrays(path: str | os.PathLike, names: Sequence[str] | None = No
     ``names``: the variable names a combined file holds (any order; records are in sorted
     order). Needed only for combined files; ``from_paddle`` passes the model's Paddle names.
     """
+    return load_paddle_weights(path, names).arrays
+
+
+def load_paddle_weights(path: str | os.PathLike, names: Sequence[str] | None = None
+                        ) -> PaddleWeights:
+    """``load_paddle_arrays``'s tensors, with the state-dict keys a ``.pdparams`` carried."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"Paddle weights {p} do not exist")
     if p.is_dir():
-        return _members_to_arrays(_folder_members(p), str(p), names)
+        return _members_to_weights(_folder_members(p), str(p), names)
     lower = p.name.lower()
     if lower.endswith(".zip"):
-        return _members_to_arrays(_zip_members(p), str(p), names)
+        return _members_to_weights(_zip_members(p), str(p), names)
     if _is_archive(p):
-        return _members_to_arrays(_tar_members(p), str(p), names)
+        return _members_to_weights(_tar_members(p), str(p), names)
     data = p.read_bytes()
     if lower.endswith(".pdparams") or data[:1] == b"\x80":
-        return read_pdparams_bytes(data, str(p))
+        return read_pdparams_weights(data, str(p))
     if names is None:
         raise WeightFileError(f"{p}: a single tensor file or combined file; a combined file "
                               "needs the list of variable names (give the model name)")
-    return read_combined_bytes(data, names, str(p))
+    return PaddleWeights(read_combined_bytes(data, names, str(p)))
 
 
 def read_tensor_file(path: str | os.PathLike) -> Record:
