@@ -45,7 +45,7 @@ class SpeedNet(BNClassifier):
     logit_scale: float = 1 / 9
     bn_momentum: float = 0.6
     act: object = nn.gelu
-    dropout_rate: float = 0.0  # before the classifier (config.dropout_rate)
+    classifier_dropout: float = 0.0  # before the classifier (config.dropout_rate)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -63,8 +63,8 @@ class SpeedNet(BNClassifier):
             features[f"group{g}"] = x
         x = jnp.max(x, axis=(1, 2))
         features["pooled"] = x
-        if self.dropout_rate:
-            x = nn.Dropout(self.dropout_rate, deterministic=not train,
+        if self.classifier_dropout:
+            x = nn.Dropout(self.classifier_dropout, deterministic=not train,
                            name="classifier_dropout")(x)
         logits = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype,
                           param_dtype=jnp.float32, name="head")(x)
