@@ -1,11 +1,14 @@
-"""Convert every released Paddle tar in a folder and evaluate each on ImageNet val; print a table.
+"""Convert every released Paddle file in a folder and evaluate each on ImageNet val; print a table.
 
     python benchmarks/eval_released.py --weights_dir downloads/ --data_dir /data/ILSVRC2012 \
         --work_dir runs/released
 
-``--weights_dir`` holds the files as downloaded, ``<Model>_pretrained.tar`` (the model name is
-taken from the file name; ``DarkNet53_ImageNet1k_pretrained.tar`` is DarkNet53). Each one is
-converted to ``<work_dir>/weights/<Model>`` (reused when its sidecar names the same source
+``--weights_dir`` holds the files as downloaded: the 2019 release's ``<Model>_pretrained.tar``
+and PaddleClas's ``<Name>_pretrained.pdparams`` (the model name is taken from the file name;
+``DarkNet53_ImageNet1k_pretrained.tar`` is DarkNet53; a PaddleClas name such as
+``ResNet50_vd_ssld`` is its registry alias, and its published figures are PaddleClas's for that
+release, ``flaxcls.registry.PADDLECLAS_ALIASES``, not the 2019 ones of the network). Each one is
+converted to ``<work_dir>/weights/<Name>`` (reused when its sidecar names the same source
 sha256) and evaluated by the trainer's own evaluation (``flaxcls.evaluate.run_eval``,
 as ``launch.py --mode=eval --config.pretrained_model=...``) with the model's own preprocessing
 (resize short side, center crop, mean/std from its ModelCfg). ``--data_dir`` is read as
@@ -29,14 +32,15 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SUFFIX = "_pretrained.tar"
+SUFFIXES = ("_pretrained.tar", "_pretrained.pdparams")
 # Release file names that are not "<registered name>_pretrained.tar".
 FILE_ALIASES = {"DarkNet53_ImageNet1k": "DarkNet53"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--weights_dir", required=True, help="folder of <Model>_pretrained.tar files")
+    p.add_argument("--weights_dir", required=True,
+                   help="folder of <Model>_pretrained.tar / .pdparams files")
     p.add_argument("--data_dir", required=True, help="ImageNet folder with val_list.txt or val/")
     p.add_argument("--work_dir", default="runs/released", help="converted weights and results")
     p.add_argument("--data_source", default="auto", choices=("auto", "list", "folder"))
@@ -54,12 +58,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def release_name(path: Path) -> str:
+    """The release's name in the file name: ``ResNet50_vd_ssld_pretrained.pdparams`` ->
+    ``ResNet50_vd_ssld``."""
+    for suffix in SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    raise ValueError(f"{path.name}: expected <Model>{' or <Model>'.join(SUFFIXES)}")
+
+
 def model_name_from_file(path: Path) -> str:
     """``ResNet50_vd_pretrained.tar`` -> ``ResNet50_vd`` (with the release's naming quirks)."""
-    if not path.name.endswith(SUFFIX):
-        raise ValueError(f"{path.name}: expected <Model>{SUFFIX}")
-    stem = path.name[: -len(SUFFIX)]
+    stem = release_name(path)
     return FILE_ALIASES.get(stem, stem)
+
+
+def published(name: str) -> tuple[float | None, float | None]:
+    """(top-1, top-5) published for the release ``name``: PaddleClas's for its own names (an
+    SSLD release is another set of weights for the same network), else the model table's."""
+    import flaxcls
+    from flaxcls.registry import PADDLECLAS_ALIASES
+
+    for alias, (_, top1, top5) in PADDLECLAS_ALIASES.items():
+        if alias.lower() == name.lower() and top1 is not None:
+            return top1, top5
+    cfg = flaxcls.get_model_cfg(name)
+    return cfg.top1, cfg.top5
 
 
 def _parse_value(text: str, kind: type) -> Any:
@@ -132,15 +156,17 @@ def evaluate_tar(tar: Path, args: argparse.Namespace) -> dict[str, Any]:
     import flaxcls
     from flaxcls.evaluate import run_eval
 
-    model = model_name_from_file(tar)
-    cfg = flaxcls.get_model_cfg(model)
-    row: dict[str, Any] = {"model": cfg.name, "file": tar.name, "published_top1": cfg.top1,
-                           "published_top5": cfg.top5}
+    name = model_name_from_file(tar)
+    cfg = flaxcls.get_model_cfg(name)
+    top1, top5 = published(name)
+    label = cfg.name if name.lower() == cfg.name.lower() else name  # ResNet50_vd_ssld
+    row: dict[str, Any] = {"model": label, "network": cfg.name, "file": tar.name,
+                           "published_top1": top1, "published_top5": top5}
     work = Path(args.work_dir)
     t0 = time.time()
-    sidecar = _converted(tar, cfg.name, work / "weights" / cfg.name)
-    config = make_config(cfg.name, work / "weights" / cfg.name, args, sidecar["num_classes"])
-    result = run_eval(config, str(work / "eval" / cfg.name))
+    sidecar = _converted(tar, name, work / "weights" / label)
+    config = make_config(cfg.name, work / "weights" / label, args, sidecar["num_classes"])
+    result = run_eval(config, str(work / "eval" / label))
     row.update(top1=result["top1"], top5=result["top5"], num_examples=result["num_examples"],
                seconds=round(time.time() - t0, 1))
     return row
@@ -152,11 +178,12 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr, force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)
     patterns = [p.strip() for p in args.models.split(",") if p.strip()]
-    tars = sorted(t for t in Path(args.weights_dir).glob(f"*{SUFFIX}")
-                  if any(fnmatch.fnmatch(t.name, p) or fnmatch.fnmatch(t.name, p + SUFFIX)
+    tars = sorted(t for suffix in SUFFIXES for t in Path(args.weights_dir).glob(f"*{suffix}")
+                  if any(fnmatch.fnmatch(t.name, p) or fnmatch.fnmatch(t.name, p + suffix)
                          for p in patterns))
     if not tars:
-        print(f"no *{SUFFIX} matching {args.models!r} in {args.weights_dir}", file=sys.stderr)
+        print(f"no *{' or *'.join(SUFFIXES)} matching {args.models!r} in {args.weights_dir}",
+              file=sys.stderr)
         return 2
     rows = []
     for tar in tars:
@@ -164,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(evaluate_tar(tar, args))
         except Exception as e:  # noqa: BLE001 (one bad file must not stop the others)
             logging.getLogger("flaxcls").error("%s: %s", tar.name, e)
-            rows.append({"model": tar.name[: -len(SUFFIX)], "file": tar.name,
+            rows.append({"model": release_name(tar), "file": tar.name,
                          "error": f"{type(e).__name__}: {e}"})
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.work_dir) / "results.json").write_text(json.dumps(rows, indent=2) + "\n")

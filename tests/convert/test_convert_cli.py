@@ -172,8 +172,14 @@ def test_eval_released_names_and_table(tmp_path):
     bench = _eval_released()
     assert bench.model_name_from_file(REPO / "ResNet50_vd_pretrained.tar") == "ResNet50_vd"
     assert bench.model_name_from_file(REPO / "DarkNet53_ImageNet1k_pretrained.tar") == "DarkNet53"
-    with pytest.raises(ValueError, match="expected <Model>_pretrained.tar"):
+    assert bench.model_name_from_file(REPO / "ResNet50_vd_ssld_pretrained.pdparams") == (
+        "ResNet50_vd_ssld")
+    with pytest.raises(ValueError, match="expected <Model>_pretrained.tar or "
+                                         "<Model>_pretrained.pdparams"):
         bench.model_name_from_file(REPO / "ResNet50.zip")
+    # An SSLD release is compared with PaddleClas's figures, not the network's 2019 ones
+    assert bench.published("ResNet50_vd_ssld") == (0.83, 0.964)
+    assert bench.published("resnet50_vd") == (0.7912, 0.9444)
     rows = [{"model": "ResNet50", "top1": 0.7651, "top5": 0.93, "published_top1": 0.765,
              "published_top5": 0.9300, "num_examples": 50000},
             {"model": "Odd", "error": "ValueError: cannot convert\n  missing ..."}]
