@@ -77,6 +77,9 @@ PADDLECLAS_ALIASES: dict[str, tuple[str, float | None, float | None]] = {
     "ResNet101_vd_ssld": ("ResNet101_vd", 0.8373, 0.9669),
     "MobileNetV1_ssld": ("MobileNetV1", 0.7789, 0.9394),
     "MobileNetV2_ssld": ("MobileNetV2", 0.7674, 0.9339),
+    "MobileNetV3_large_x1_0_ssld": ("MobileNetV3_large_x1_0", 0.7896, 0.9448),
+    "MobileNetV3_small_x1_0_ssld": ("MobileNetV3_small_x1_0", 0.7129, 0.9010),
+    "MobileNetV3_small_x0_35_ssld": ("MobileNetV3_small_x0_35", 0.5555, 0.7771),
 }
 
 

@@ -67,6 +67,9 @@ MEMBERS = {
                       "ShuffleNetV2_x0_5", "ShuffleNetV2_x1_5", "ShuffleNetV2_x2_0",
                       "ShuffleNetV2_swish", "ShuffleNetV2_x0_5_swish", "ShuffleNetV2_x1_5_swish",
                       "ShuffleNetV2_x2_0_swish"),
+    # PaddleClas 2.x (legendary_models/mobilenet_v3.py), not in the 2019 zoo.
+    "mobilenet_v3": tuple(f"MobileNetV3_{size}_{w}" for size in ("large", "small")
+                          for w in ("x0_35", "x0_5", "x0_75", "x1_0", "x1_25")),
     "cifar": ("ResNet18_cifar", "SpeedNet_cifar", "SpeedNet_cifar_x0_5"),  # not in the 2019 zoo
 }
 _R = ("stem_conv1", "head")
@@ -77,7 +80,7 @@ LAYERS = {
     "resnext_wsl": _R, "densenet": ("stem_conv", "head"), "darknet": ("stem/conv", "head"),
     "inception_v4": ("stem/conv1/conv", "head"), "xception": ("stem_conv1", "head"),
     "mobilenet_v1": ("stem_conv", "head"), "mobilenet_v2": ("stem_conv", "head"),
-    "shufflenet_v2": ("stem_conv", "head"),
+    "shufflenet_v2": ("stem_conv", "head"), "mobilenet_v3": ("stem_conv", "head"),
 }
 # (input, crop, resize_short) where a family or a model is not 224 / 224 / 256.
 SIZES = {"darknet": (256, 256, 256), "inception_v4": (299, 299, 320),
@@ -104,6 +107,13 @@ PUBLISHED = {
     "MobileNetV1": (0.7099, 0.8968), "MobileNetV1_x0_25": (0.5143, 0.7546),
     "MobileNetV2_x2_0": (0.7523, 0.9258), "ShuffleNetV2": (0.6880, 0.8845),
     "ShuffleNetV2_swish": (0.7003, 0.8917),
+    # PaddleClas's model list (PaddlePaddle/PaddleClas @ d178931fc,
+    # docs/zh_CN/models/ImageNet1k/model_list.md).
+    "MobileNetV3_large_x0_35": (0.6432, 0.8546), "MobileNetV3_large_x0_5": (0.6924, 0.8852),
+    "MobileNetV3_large_x0_75": (0.7314, 0.9108), "MobileNetV3_large_x1_0": (0.7532, 0.9231),
+    "MobileNetV3_large_x1_25": (0.7641, 0.9295), "MobileNetV3_small_x0_35": (0.5303, 0.7637),
+    "MobileNetV3_small_x0_5": (0.5921, 0.8152), "MobileNetV3_small_x0_75": (0.6602, 0.8633),
+    "MobileNetV3_small_x1_0": (0.6824, 0.8806), "MobileNetV3_small_x1_25": (0.7067, 0.8951),
 }
 # A floor under the published top-1 of every model of these families (the README table's).
 TOP1_FLOOR = {"densenet": 0.7, "darknet": 0.7, "inception_v4": 0.79, "xception": 0.79}
