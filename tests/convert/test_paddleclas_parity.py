@@ -37,6 +37,8 @@ LEGENDARY = {
     "ResNet50_vd_v2",  # the 2019 distilled weights of ResNet50_vd's network
     "MobileNetV1", "MobileNetV1_x0_25", "MobileNetV1_x0_5", "MobileNetV1_x0_75",
     "VGG11", "VGG13", "VGG16", "VGG19",
+    *(f"MobileNetV3_{size}_{w}" for size in ("large", "small")
+      for w in ("x0_35", "x0_5", "x0_75", "x1_0", "x1_25")),
 }
 
 

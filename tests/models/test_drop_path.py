@@ -14,8 +14,8 @@ from flaxcls.config import ConfigError, default_config, validate
 from flaxcls.models.layers import DropPath, drop_path_rates
 from flaxcls.registry import get_model_cfg
 
-RESIDUAL_FAMILIES = {"resnet", "cifar", "resnext", "se_resnext", "resnext_wsl", "mobilenet_v2", "darknet",
-                     "xception"}
+RESIDUAL_FAMILIES = {"resnet", "cifar", "resnext", "se_resnext", "resnext_wsl", "mobilenet_v2",
+                     "mobilenet_v3", "darknet", "xception"}
 
 
 # Members of those families without residual blocks (the CIFAR speed-run net).

@@ -279,6 +279,7 @@ SMALL = {
     "mobilenet_v1": (64, {"scale": 0.25}),  # MobileNetV1_x0_25
     "mobilenet_v2": (64, {}),
     "shufflenet_v2": (64, {}),  # the swish variants differ in the activation only
+    "mobilenet_v3": (64, {}),
 }
 # Further structural kinds within a family, each once: (model, input size, overrides).
 # 72 px gives odd stage maps (18, 9, 5, 3) so the vd ceil-mode avg pool gets partial windows.
