@@ -21,8 +21,11 @@ from flaxcls.recipes import (
 )
 from flaxcls.registry import UnknownModelError
 
+# The recipes of our own (not a 2019 release's): the digits job, the CIFAR-10 runs, the modern
+# ones; every other file in configs/ is a 2019 recipe as the table has it.
+OWN_RECIPES = ("paddle2019", "digits", "cifar10", "cifar10_resnet18")
 CURATED = [p for p in CONFIG_FILES
-           if p.stem not in ("paddle2019", "digits") and not p.stem.endswith("_modern")]
+           if p.stem not in OWN_RECIPES and not p.stem.endswith("_modern")]
 
 
 def test_every_released_model_has_a_recipe_or_a_reason():
