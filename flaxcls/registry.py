@@ -80,6 +80,10 @@ PADDLECLAS_ALIASES: dict[str, tuple[str, float | None, float | None]] = {
     "MobileNetV3_large_x1_0_ssld": ("MobileNetV3_large_x1_0", 0.7896, 0.9448),
     "MobileNetV3_small_x1_0_ssld": ("MobileNetV3_small_x1_0", 0.7129, 0.9010),
     "MobileNetV3_small_x0_35_ssld": ("MobileNetV3_small_x0_35", 0.5555, 0.7771),
+    # PP-LCNet's SSLD top-5 is only in docs/zh_CN/models/ImageNet1k/PP-LCNet.md (table 1.3.1).
+    "PPLCNet_x0_5_ssld": ("PPLCNet_x0_5", 0.6610, 0.8646),
+    "PPLCNet_x1_0_ssld": ("PPLCNet_x1_0", 0.7439, 0.9209),
+    "PPLCNet_x2_5_ssld": ("PPLCNet_x2_5", 0.8082, 0.9533),
 }
 
 

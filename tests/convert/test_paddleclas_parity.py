@@ -39,6 +39,8 @@ LEGENDARY = {
     "VGG11", "VGG13", "VGG16", "VGG19",
     *(f"MobileNetV3_{size}_{w}" for size in ("large", "small")
       for w in ("x0_35", "x0_5", "x0_75", "x1_0", "x1_25")),
+    *(f"PPLCNet_{w}" for w in ("x0_25", "x0_35", "x0_5", "x0_75", "x1_0", "x1_5", "x2_0",
+                               "x2_5")),
 }
 
 

@@ -11,7 +11,8 @@ from flaxcls.config import ConfigError, default_config, validate
 from flaxcls.specs import ModelSpec
 
 # Families whose released head already drops its pooled features (Fluid's downgrade-in-infer).
-OWN_HEAD_DROPOUT = {"alexnet", "vgg", "googlenet", "inception_v4", "squeezenet", "mobilenet_v3"}
+OWN_HEAD_DROPOUT = {"alexnet", "vgg", "googlenet", "inception_v4", "squeezenet", "mobilenet_v3",
+                    "pp_lcnet"}
 OWN_HEAD_DROPOUT_MODELS = {"SE_ResNeXt50_32x4d", "SE_ResNeXt101_32x4d", "SE_ResNeXt152_32x4d",
                            "SENet154_vd"}
 

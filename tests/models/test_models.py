@@ -70,6 +70,9 @@ MEMBERS = {
     # PaddleClas 2.x (legendary_models/mobilenet_v3.py), not in the 2019 zoo.
     "mobilenet_v3": tuple(f"MobileNetV3_{size}_{w}" for size in ("large", "small")
                           for w in ("x0_35", "x0_5", "x0_75", "x1_0", "x1_25")),
+    # PaddleClas 2.x (legendary_models/pp_lcnet.py), not in the 2019 zoo.
+    "pp_lcnet": tuple(f"PPLCNet_{w}" for w in ("x0_25", "x0_35", "x0_5", "x0_75", "x1_0", "x1_5",
+                                               "x2_0", "x2_5")),
     "cifar": ("ResNet18_cifar", "SpeedNet_cifar", "SpeedNet_cifar_x0_5"),  # not in the 2019 zoo
 }
 _R = ("stem_conv1", "head")
@@ -81,6 +84,7 @@ LAYERS = {
     "inception_v4": ("stem/conv1/conv", "head"), "xception": ("stem_conv1", "head"),
     "mobilenet_v1": ("stem_conv", "head"), "mobilenet_v2": ("stem_conv", "head"),
     "shufflenet_v2": ("stem_conv", "head"), "mobilenet_v3": ("stem_conv", "head"),
+    "pp_lcnet": ("stem_conv", "head"),
 }
 # (input, crop, resize_short) where a family or a model is not 224 / 224 / 256.
 SIZES = {"darknet": (256, 256, 256), "inception_v4": (299, 299, 320),
@@ -114,6 +118,10 @@ PUBLISHED = {
     "MobileNetV3_large_x1_25": (0.7641, 0.9295), "MobileNetV3_small_x0_35": (0.5303, 0.7637),
     "MobileNetV3_small_x0_5": (0.5921, 0.8152), "MobileNetV3_small_x0_75": (0.6602, 0.8633),
     "MobileNetV3_small_x1_0": (0.6824, 0.8806), "MobileNetV3_small_x1_25": (0.7067, 0.8951),
+    "PPLCNet_x0_25": (0.5186, 0.7565), "PPLCNet_x0_35": (0.5809, 0.8083),
+    "PPLCNet_x0_5": (0.6314, 0.8466), "PPLCNet_x0_75": (0.6818, 0.8830),
+    "PPLCNet_x1_0": (0.7132, 0.9003), "PPLCNet_x1_5": (0.7371, 0.9153),
+    "PPLCNet_x2_0": (0.7518, 0.9227), "PPLCNet_x2_5": (0.7660, 0.9300),
 }
 # A floor under the published top-1 of every model of these families (the README table's).
 TOP1_FLOOR = {"densenet": 0.7, "darknet": 0.7, "inception_v4": 0.79, "xception": 0.79}
@@ -280,6 +288,7 @@ SMALL = {
     "mobilenet_v2": (64, {}),
     "shufflenet_v2": (64, {}),  # the swish variants differ in the activation only
     "mobilenet_v3": (64, {}),
+    "pp_lcnet": (64, {}),
 }
 # Further structural kinds within a family, each once: (model, input size, overrides).
 # 72 px gives odd stage maps (18, 9, 5, 3) so the vd ceil-mode avg pool gets partial windows.
